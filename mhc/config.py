@@ -65,6 +65,7 @@ class ModelConfig:
     res_init: str = "identity"
     alpha_init: float = 0.01
     collapse: str = "sum"
+    learned_maps: str = "pre,post,res"  # Table 1 ablation: the others are fixed (1/N, 1, I)
     # attention: "mha" (RoPE on d_model/n_heads) or "mla" (DeepSeek latent attention)
     attention: str = "mha"
     kv_lora_rank: int = 512
@@ -148,7 +149,8 @@ class ModelConfig:
             width=self.d_model, n_streams=self.streams, kind=self.residual, dynamic=self.dynamic,
             manifold=self.manifold, sinkhorn_iters=self.sinkhorn_iters,
             sinkhorn_convention=self.sinkhorn_convention, sinkhorn_grad=self.sinkhorn_grad,
-            res_init=self.res_init, alpha_init=self.alpha_init, norm_eps=self.norm_eps)
+            res_init=self.res_init, alpha_init=self.alpha_init, norm_eps=self.norm_eps,
+            learned_maps=tuple(m.strip() for m in self.learned_maps.split(",") if m.strip()))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,6 +27,7 @@ from jax.ad_checkpoint import checkpoint_name
 from mhc import manifolds
 
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
+MAP_NAMES = ("pre", "post", "res")
 BRANCH_OUT = "branch_out"  # name of F's output, kept by the "mhc" remat policy
 COLLAPSE = ("sum", "mean")
 
@@ -53,6 +54,9 @@ class ConnectionSpec:
     alpha_init: float = 0.01
     norm_eps: float = 1e-6
     pre_eps: float | None = None  # added to H_pre; None = 1e-6 for deepseek_v4, else 0
+    # maps that are learned; the others are fixed at the residual's values (pre = 1/N, post = 1,
+    # res = I), as in the paper's Table 1 component ablation
+    learned_maps: tuple[str, ...] = MAP_NAMES
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -76,6 +80,11 @@ class ConnectionSpec:
                              f"{', '.join(manifolds.GRADS)}")
         if not isinstance(self.sinkhorn_iters, int) or self.sinkhorn_iters < 1:
             raise ValueError(f"sinkhorn_iters={self.sinkhorn_iters!r}; must be an integer >= 1")
+        learned = tuple(self.learned_maps)
+        if not learned or not set(learned) <= set(MAP_NAMES) or len(set(learned)) < len(learned):
+            raise ValueError(f"learned_maps={self.learned_maps!r}; allowed: a non-empty subset of "
+                             f"{', '.join(MAP_NAMES)} (use kind='residual' for none)")
+        object.__setattr__(self, "learned_maps", learned)
         if self.pre_eps is None:
             object.__setattr__(self, "pre_eps",
                                1e-6 if self.sinkhorn_convention == "deepseek_v4" else 0.0)
@@ -187,9 +196,12 @@ def compute_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) ->
     """The maps of one site for the given streams, whatever the kind."""
     if spec.kind == "residual":
         return residual_maps(streams_xNxC)
-    if spec.kind == "hc":
-        return hc_maps(params, streams_xNxC, spec)
-    return mhc_maps(params, streams_xNxC, spec)
+    maps = (hc_maps if spec.kind == "hc" else mhc_maps)(params, streams_xNxC, spec)
+    if len(spec.learned_maps) < len(MAP_NAMES):  # Table 1 ablation: fix the others
+        fixed = residual_maps(streams_xNxC)
+        maps = Maps(*(m if name in spec.learned_maps else f
+                      for name, m, f in zip(MAP_NAMES, maps, fixed)))
+    return maps
 
 
 # ------------------------------------------------------------------------------- applying

@@ -281,3 +281,25 @@ def test_mhc_identity_init_maps():
     hc_u = mhc.HyperConnection(C, n_streams=N, kind="mhc", res_init="uniform")
     hc_u(_streams(15), branch)
     np.testing.assert_allclose(hc_u.last_maps.res, 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize("learned", [("res",), ("pre", "res"), ("post",)])
+def test_learned_maps_fix_the_others_at_residual_values(learned):
+    """Paper Table 1: a disabled map is replaced by pre = 1/N, post = 1, res = I; the learned ones
+    are untouched."""
+    spec_all = connections.ConnectionSpec(width=8, n_streams=4, kind="hc")
+    spec = connections.ConnectionSpec(width=8, n_streams=4, kind="hc", learned_maps=learned)
+    params = connections.init_params(spec_all, 1)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(0), p.shape), params)
+    x = jax.random.normal(jax.random.key(1), (3, 4, 8))
+    full = connections.compute_maps(params, x, spec_all)
+    part = connections.compute_maps(params, x, spec)
+    fixed = connections.residual_maps(x)
+    for name, f, p, r in zip(connections.MAP_NAMES, full, part, fixed):
+        np.testing.assert_allclose(p, f if name in learned else r, rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [(), ("pre", "pre"), ("mix",)])
+def test_learned_maps_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match="learned_maps"):
+        connections.ConnectionSpec(width=8, kind="hc", learned_maps=bad)
