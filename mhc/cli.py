@@ -1,9 +1,10 @@
-"""The `mhc` command (also `python -m mhc`): train · data prepare · plot · compile · info.
+"""The `mhc` command (also `python -m mhc`): train · data prepare · plot · eval · compile · info.
 
     mhc train --recipe tiny --residual mhc [key=value ...]
     mhc train --resume --run-dir runs/tiny-mhc-s0           # continue exactly where it stopped
     mhc data prepare corpus/*.txt --out data/train.bin [--tokenizer tokenizer.json]
     mhc plot runs/tiny-mhc-s0
+    mhc eval runs/tiny-mhc-s0 --task data/hellaswag.jsonl [--shots K] [--out results.json]
     mhc compile --recipe 27b --mesh fsdp=64,expert=8 --hbm 80GiB
     mhc info
 Bad input exits with status 2 and one line `mhc: error: ...` naming the bad value, before anything
@@ -95,6 +96,22 @@ def _plot(args) -> int:
     from mhc import plot
 
     print(f"wrote {plot.plot_run(args.run_dir, args.out)}", flush=True)
+    return 0
+
+
+def _eval(args) -> int:
+    from mhc import evaluate, rundir
+
+    print(f"mhc eval: {args.run_dir} on {len(args.task)} task(s)", flush=True)
+    results = evaluate.run(args.run_dir, args.task, shots=args.shots, limit=args.limit,
+                           step=args.step, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                           batch_size=args.batch_size, max_len=args.max_len, verbose=True)
+    print(f"checkpoint step {results['step']} ({results['residual']})")
+    print(evaluate.format_table(results), flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        rundir.write_json_atomic(args.out, results)
+        print(f"wrote {args.out}", flush=True)
     return 0
 
 
@@ -197,6 +214,23 @@ def _parser() -> _Parser:
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="default: RUN_DIR/curves.png")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("eval", help="score a checkpoint on local task files (few-shot "
+                                    "log-likelihood ranking / exact match, paper Table 4)")
+    p.add_argument("run_dir")
+    p.add_argument("--task", action="append", required=True, metavar="[NAME=]PATH",
+                   help="JSONL task file (repeatable); format in mhc/evaluate.py")
+    p.add_argument("--shots", type=int, default=None,
+                   help="few-shot examples (default: Table 4's for a known task name, else 0)")
+    p.add_argument("--limit", type=int, default=None, help="score the first N examples only")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--out", default=None, help="write the results (and predictions) as JSON")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-len", type=int, default=None,
+                   help="context in tokens (default: the model's max_seq_len)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the few-shot draw")
+    p.set_defaults(func=_eval)
 
     p = sub.add_parser("compile", help="AOT-compile the training step for a simulated mesh and "
                                        "print the per-device memory plan")
