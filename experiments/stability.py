@@ -6,7 +6,10 @@ gain per layer at the end) and `summary.md` / `summary.json` with the paper's nu
 
     python experiments/stability.py                      # small recipe, ~25 min on 2 CPU cores
     python experiments/stability.py --smoke              # seconds: wiring check used by the tests
-    python experiments/stability.py --steps 1000 lr=6e-3 # any config override as key=value
+    python experiments/stability.py steps=1000 lr=6e-3   # any config override as key=value
+    python experiments/stability.py --scale paper mesh=fsdp=64,expert=8   # 27B on hardware
+
+A finished run of the same config is reused, so re-running only redraws the figure.
 """
 from __future__ import annotations
 
@@ -18,6 +21,12 @@ import sys
 
 import numpy as np
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from experiments.common import SMOKE_OVERRIDES, make_config, train_or_reuse  # noqa: E402
+
 KINDS = ("residual", "hc", "mhc")
 PAPER = {  # PAPER.md §4 (27B model, arXiv 2512.24880 Figs. 3 and 7)
     "hc": "composite Amax gain peaks near 3000",
@@ -27,24 +36,14 @@ PAPER = {  # PAPER.md §4 (27B model, arXiv 2512.24880 Figs. 3 and 7)
 
 
 def run_all(recipe: str, kinds, steps, overrides, out_dir, *, verbose=True) -> dict:
-    from mhc import recipes, train
-    from mhc.config import apply_overrides
-    from mhc.metrics import read_jsonl
-
+    """Metrics rows per kind, trained into `out_dir/<kind>` (a finished run of the same config
+    is reused, so the paper_repro figures built on this study train it once)."""
     results = {}
     for kind in kinds:
-        cfg = apply_overrides(recipes.get(recipe), [f"residual={kind}", *(
-            [f"steps={steps}"] if steps else []), *overrides])
-        run_dir = os.path.join(out_dir, kind)
-        if os.path.isdir(run_dir):
-            import shutil
-            shutil.rmtree(run_dir)
-        if verbose:
-            print(f"== {kind}: {cfg.model.n_layers} blocks ({2 * cfg.model.n_layers} sites), "
-                  f"d_model {cfg.model.d_model}, lr {cfg.train.lr}, {cfg.train.steps} steps",
-                  flush=True)
-        train.run(cfg, run_dir, verbose=verbose)
-        results[kind] = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+        cfg = make_config(recipe, [f"residual={kind}", *([f"steps={steps}"] if steps else []),
+                                   *overrides])
+        results[kind] = train_or_reuse(cfg, os.path.join(out_dir, kind), verbose=verbose,
+                                       label=kind)
     return results
 
 
@@ -120,28 +119,41 @@ def write_summary(summary: dict, meta: dict, path_md: str, path_json: str):
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recipe", default="small")
-    p.add_argument("--steps", type=int, default=None)
+# The documented small scale (README): 12 blocks = 24 sites, C = 128, 300 steps on 2 CPU cores.
+SMALL = ("small", ("steps=300", "lr=4e-3", "warmup_steps=30", "eval_every=50", "log_every=25",
+                   "wandb=disabled"))
+PAPER_SCALE = ("27b", ("wandb=disabled",))  # Table 5's 27B; add mesh=... for the hardware
+
+
+def scale_setup(scale: str, smoke: bool, overrides=()) -> tuple[str, list[str]]:
+    """(recipe, overrides) of the study at a scale: "small" (CPU minutes), "paper" (27B), or the
+    few-second smoke check; user overrides come last."""
+    if smoke:
+        return "tiny", [*SMOKE_OVERRIDES, *overrides]
+    recipe, base = {"small": SMALL, "paper": PAPER_SCALE}[scale]
+    return recipe, [*base, *overrides]
+
+
+def add_scale_args(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--scale", choices=("small", "paper"), default="small",
+                   help="small: CPU minutes (default); paper: the 27B recipe (pass mesh=...)")
     p.add_argument("--kinds", default=",".join(KINDS))
-    p.add_argument("--out", default="experiments/results/stability")
+    p.add_argument("--out", default=out)
     p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps (wiring check)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_scale_args(p, "experiments/results/stability")
     args = p.parse_args(argv)
-    overrides = list(args.overrides)
-    recipe, steps = args.recipe, args.steps
-    if args.smoke:
-        recipe, steps = "tiny", 4
-        overrides = ["n_layers=2", "d_model=32", "n_heads=2", "d_ff=64", "seq_len=32",
-                     "batch_size=4", "eval_every=2", "eval_batches=1", "log_every=2",
-                     "wandb=disabled", "checkpoint=false", *overrides]
+    recipe, overrides = scale_setup(args.scale, args.smoke, args.overrides)
     kinds = [k for k in args.kinds.split(",") if k]
     os.makedirs(args.out, exist_ok=True)
-    results = run_all(recipe, kinds, steps, overrides, args.out, verbose=not args.smoke)
+    results = run_all(recipe, kinds, None, overrides, args.out, verbose=not args.smoke)
     summary = summarize(results)
     plot(results, os.path.join(args.out, "stability.png"))
-    meta = {"recipe": recipe, "steps": steps or "recipe default", "overrides": overrides}
+    meta = {"recipe": recipe, "steps": results[kinds[0]][-1]["step"], "overrides": overrides}
     table = write_summary(summary, meta, os.path.join(args.out, "summary.md"),
                           os.path.join(args.out, "summary.json"))
     print(table)
@@ -149,5 +161,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

@@ -102,3 +102,15 @@ def restore(run_dir: str | ocp.CheckpointManager, model: nnx.Module,
     if optimizer is not None:
         nnx.update(optimizer, restored["optimizer"])
     return Restored(step, restored["config"], restored.get("data"), restored.get("meta"))
+
+
+def load_model(run_dir: str, step: int | None = None):
+    """(model, config, step): the run's model built from `RUN_DIR/config.json` and restored from
+    its latest (or the given) checkpoint, for evaluation and inspection (no optimizer state)."""
+    from mhc.model import Decoder
+    from mhc.rundir import load_run_config
+
+    cfg = load_run_config(run_dir)
+    model = Decoder(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
+    restored = restore(run_dir, model, step=step)
+    return model, cfg, restored.step

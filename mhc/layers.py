@@ -31,13 +31,14 @@ class HyperConnection(nnx.Module):
                  manifold: str = "sinkhorn", sinkhorn_iters: int = 20,
                  sinkhorn_convention: str = "paper", sinkhorn_grad: str = "recompute",
                  res_init: str = "identity", alpha_init: float = 0.01, norm_eps: float = 1e-6,
-                 layer_index=0, rngs: nnx.Rngs | None = None):
+                 layer_index=0, rngs: nnx.Rngs | None = None, **spec_options):
+        """`spec_options`: any other `ConnectionSpec` field (e.g. `learned_maps`)."""
         del rngs  # deterministic init (HC/mHC start from their static maps); kept for API symmetry
         self.spec = ConnectionSpec(
             width=width, n_streams=n_streams, kind=kind, dynamic=dynamic, manifold=manifold,
             sinkhorn_iters=sinkhorn_iters, sinkhorn_convention=sinkhorn_convention,
             sinkhorn_grad=sinkhorn_grad, res_init=res_init, alpha_init=alpha_init,
-            norm_eps=norm_eps)
+            norm_eps=norm_eps, **spec_options)
         self.params = nnx.data({name: nnx.Param(value) for name, value in
                                 connections.init_params(self.spec, layer_index).items()})
         self._last_maps = nnx.data(None)
@@ -45,7 +46,6 @@ class HyperConnection(nnx.Module):
     @classmethod
     def from_spec(cls, spec: ConnectionSpec, layer_index=0) -> "HyperConnection":
         fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-        del fields["pre_eps"]  # derived from the convention
         return cls(**fields, layer_index=layer_index)
 
     def _param_values(self) -> dict:
@@ -106,12 +106,13 @@ class LinenHyperConnection(linen.Module):
     res_init: str = "identity"
     alpha_init: float = 0.01
     norm_eps: float = 1e-6
+    learned_maps: tuple[str, ...] = connections.MAP_NAMES
     layer_index: int = 0
 
     @linen.compact
     def __call__(self, streams_BxTxNxC, branch):
         spec = ConnectionSpec(**{f.name: getattr(self, f.name)
-                                 for f in dataclasses.fields(ConnectionSpec) if f.name != "pre_eps"})
+                                 for f in dataclasses.fields(ConnectionSpec) if hasattr(self, f.name)})
         init = connections.init_params(spec, self.layer_index)
         params = {name: self.param(name, lambda _key, v=value: v) for name, value in init.items()}
         new, maps = connections.apply_site(params, streams_BxTxNxC, branch, spec)

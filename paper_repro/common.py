@@ -42,7 +42,8 @@ def write(name: str, title: str, rows: list[Row], out_dir: str, command: str,
              f"Produced by `{command}` on {meta['date']}, commit {meta['commit']}, "
              f"{meta['device']}.", "",
              "| quantity | paper says | we measure | agrees? |", "|---|---|---|---|"]
-    lines += [f"| {r.quantity} | {r.paper} | {r.ours} | {r.agrees} |" for r in rows]
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731 (a pipe would split the cell)
+    lines += ["| " + " | ".join(cell(v) for v in dataclasses.astuple(r)) + " |" for r in rows]
     if notes:
         lines += ["", notes]
     text = "\n".join(lines) + "\n"
@@ -57,3 +58,95 @@ def write(name: str, title: str, rows: list[Row], out_dir: str, command: str,
 
 def command_line(script: str, argv) -> str:
     return " ".join(["python", f"paper_repro/{script}", *(argv or [])])
+
+
+# ------------------------------------------------------ figures built on the stability study
+def stability_parser(doc: str) -> "argparse.ArgumentParser":
+    """Arguments shared by the figures that read the residual/HC/mHC stability runs: --scale,
+    --kinds, --out, --smoke, key=value overrides, and --runs (where the runs live; a finished
+    run of the same config there is reused, so the figures train the study once)."""
+    import argparse
+
+    from experiments import stability
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    stability.add_scale_args(p, RESULTS)
+    p.add_argument("--runs", default=None, help="run directories (default: "
+                   "experiments/results/stability, or OUT/runs with --smoke)")
+    return p
+
+
+def stability_results(args, kinds=None) -> tuple[dict, str]:
+    """({kind: metrics rows}, runs directory) of the stability study at `args.scale`."""
+    from experiments import stability
+    # smoke runs keep their (tiny) final checkpoint so Fig. 8 reuses the same runs
+    extra = ["checkpoint=true"] if args.smoke else []
+    recipe, overrides = stability.scale_setup(args.scale, args.smoke, [*extra, *args.overrides])
+    default = "stability" if args.scale == "small" else f"stability_{args.scale}"
+    runs = args.runs or (os.path.join(args.out, "runs") if args.smoke else
+                         os.path.join(REPO, "experiments", "results", default))
+    kinds = kinds or [k for k in args.kinds.split(",") if k]
+    return stability.run_all(recipe, kinds, None, overrides, runs, verbose=not args.smoke), runs
+
+
+def smooth(values, window: int = 10):
+    """Trailing moving average (same length; the first points average what exists)."""
+    import numpy as np
+    v = np.asarray(values, float)
+    return np.array([v[max(0, i - window + 1):i + 1].mean() for i in range(v.size)])
+
+
+def series(rows, key):
+    """(steps, values) of `key` over the rows that have it."""
+    pts = [(r["step"], r[key]) for r in rows if key in r]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def savefig(fig, path: str) -> str:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def layer_records(rows) -> list[dict]:
+    """The per-site arrays logged during training (`layers`: amax_fwd/bwd, composite_fwd/bwd,
+    ...), with their step."""
+    return [{"step": r["step"], **r["layers"]} for r in rows if "layers" in r]
+
+
+def amax_figure(rows, kind: str, title: str, path: str) -> dict:
+    """Per-site Amax gain of `kind`'s H_res: (a) single site, (b) composite from the first site,
+    forward and backward, at the logged step where the composite peaked and at the end. Returns
+    {"peak": record, "end": record}."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    records = layer_records(rows)
+    peak = max(records, key=lambda r: max(max(r["composite_fwd"]), max(r["composite_bwd"])))
+    end = records[-1]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, prefix, name in ((axes[0], "amax", "(a) single site"),
+                             (axes[1], "composite", "(b) composite from site 1")):
+        for rec, style in ((peak, "-"), (end, ":")):
+            sites = np.arange(1, len(rec[f"{prefix}_fwd"]) + 1)
+            ax.plot(sites, rec[f"{prefix}_fwd"], style, color="tab:blue", marker="o", ms=3,
+                    label=f"forward, step {rec['step']}")
+            ax.plot(sites, rec[f"{prefix}_bwd"], style, color="tab:orange", marker="s", ms=3,
+                    label=f"backward, step {rec['step']}")
+        ax.axhline(1, color="k", lw=0.6)
+        ax.set(title=f"{title} {name}", xlabel="site (2 per block)", ylabel="Amax gain",
+               yscale="log")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    savefig(fig, path)
+    return {"peak": peak, "end": end}
+
+
+def amax_extremes(rows) -> dict:
+    """Largest single-site and composite Amax gains (fwd/bwd) over every logged step and site."""
+    records = layer_records(rows)
+    return {key: max(max(r[key]) for r in records)
+            for key in ("amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd")}

@@ -41,3 +41,21 @@ def test_step_time_smoke(tmp_path):
     for kind in ("residual", "hc", "mhc", "mhc_lite"):
         assert f"| smoke | {kind} |" in text
     assert "Compile time of the mHC step: 4 layers" in text
+
+
+def test_paper_repro_stability_figures_smoke(tmp_path):
+    """Figs. 2, 3, 5, 7 and 8 share one set of smoke runs (trained by the first, reused after)
+    and each writes its PNG and a paper-vs-ours table."""
+    for name in ("fig2_hc_instability", "fig5_mhc_stability", "fig3_hc_amax", "fig7_mhc_amax",
+                 "fig8_heatmaps"):
+        assert _load(f"paper_repro/{name}.py").main(["--smoke", "--out", str(tmp_path)]) == 0
+        assert (tmp_path / f"{name}.png").stat().st_size > 0, name
+        table = (tmp_path / f"{name}.md").read_text()
+        assert "| quantity | paper says | we measure | agrees? |" in table, name
+        csv_head = (tmp_path / f"{name}.csv").read_text().splitlines()[0]
+        assert csv_head == "quantity,paper,ours,agrees", name
+    # mHC's forward gain is exact at every depth, whatever the scale
+    assert "| composite forward gain (max) | about 1 | 1.000000 | yes |" in (
+        tmp_path / "fig7_mhc_amax.md").read_text()
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert runs == ["hc", "mhc", "residual"]

@@ -1,0 +1,116 @@
+"""Fig. 8: H_res heatmaps of HC and mHC - one layer and the composite over all layers - averaged
+over the tokens of one held-out sequence, with row sums (forward gain) and column sums (backward
+gain) beside each map.
+
+Paper (27B, arXiv 2512.24880 Fig. 8): HC's composite entries reach hundreds; mHC's stay bounded,
+with row and column sums near 1. Here: the final checkpoints of the stability study's HC and mHC
+runs (small scale by default; shared with Figs. 2/3/5/7).
+
+    python paper_repro/fig8_heatmaps.py                    # small scale
+    python paper_repro/fig8_heatmaps.py --smoke            # seconds (wiring check)
+    python paper_repro/fig8_heatmaps.py --scale paper mesh=fsdp=64,expert=8
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from paper_repro import common  # noqa: E402
+
+
+def sequence_maps(run_dir: str) -> tuple[np.ndarray, int]:
+    """(H_res of every site for one held-out sequence `[S, T, N, N]`, checkpoint step)."""
+    import jax.numpy as jnp
+
+    from mhc import checkpoint, data
+    model, cfg, step = checkpoint.load_model(run_dir)
+    tokens, _ = data.load_tokens(cfg.train.corpus, cfg.train.token_dtype)
+    _, val = data.train_val_split(tokens, cfg.train.val_fraction)
+    inputs = jnp.asarray(np.asarray(val[:cfg.train.seq_len], np.int32)[None])
+    return np.asarray(model.forward(inputs).maps.res[:, 0]), step
+
+
+def token_average_maps(res_SxTxNxN: np.ndarray, site: int) -> dict[str, np.ndarray]:
+    """Single-site map and the composite over all sites, each averaged over tokens."""
+    from mhc import diagnostics
+    composite = np.asarray(diagnostics.composite(res_SxTxNxN))  # [T, N, N]
+    return {"single": res_SxTxNxN[site].mean(0), "composite": composite.mean(0)}
+
+
+def _heatmap(ax, h: np.ndarray, title: str):
+    im = ax.imshow(h, cmap="RdBu_r", vmin=-np.abs(h).max(), vmax=np.abs(h).max())
+    n = h.shape[0]
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, f"{h[i, j]:.3g}", ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(n), [f"{s:.3g}" for s in h.sum(0)], fontsize=7)
+    ax.set_yticks(range(n), [f"{s:.3g}" for s in h.sum(1)], fontsize=7)
+    ax.set_xlabel("column sums (backward gain)", fontsize=8)
+    ax.set_ylabel("row sums (forward gain)", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return im
+
+
+def main(argv=None) -> int:
+    p = common.stability_parser(__doc__)
+    p.add_argument("--site", type=int, default=None,
+                   help="single site to show (default: HC's site with the largest gain)")
+    args = p.parse_args(argv)
+    _, runs = common.stability_results(args, ["hc", "mhc"])
+    maps, steps = {}, {}
+    for kind in ("hc", "mhc"):
+        maps[kind], steps[kind] = sequence_maps(os.path.join(runs, kind))
+    from mhc import diagnostics
+    gains = np.asarray(diagnostics.amax_gain(maps["hc"].mean(1))[0])  # [S] forward gain per site
+    site = int(np.argmax(gains)) if args.site is None else args.site
+    n_sites = maps["hc"].shape[0]
+    if not 0 <= site < n_sites:
+        raise SystemExit(f"--site={site}; allowed: 0..{n_sites - 1}")
+    shown = {k: token_average_maps(v, site) for k, v in maps.items()}
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(9, 8.5))
+    for r, kind in enumerate(("hc", "mhc")):
+        for c, which in enumerate(("single", "composite")):
+            label = (f"site {site + 1}" if which == "single" else f"composite of {n_sites} sites")
+            im = _heatmap(axes[r, c], shown[kind][which],
+                          f"{kind.upper() if kind == 'hc' else 'mHC'} H_res, {label} "
+                          f"(step {steps[kind]})")
+            fig.colorbar(im, ax=axes[r, c], fraction=0.046)
+    common.savefig(fig, os.path.join(args.out, "fig8_heatmaps.png"))
+
+    hc_c, mhc_c = shown["hc"]["composite"], shown["mhc"]["composite"]
+    mhc_sums = np.concatenate([mhc_c.sum(0), mhc_c.sum(1)])
+    table = [
+        common.Row("largest absolute entry of HC's composite map", "reaches hundreds (27B)",
+                   f"{np.abs(hc_c).max():.3g}",
+                   "partly: above 1, far below hundreds" if np.abs(hc_c).max() > 1
+                   else common.verdict(False)),
+        common.Row("HC composite row / column sums (range)", "far from 1",
+                   f"rows {hc_c.sum(1).min():.3g}..{hc_c.sum(1).max():.3g}, "
+                   f"cols {hc_c.sum(0).min():.3g}..{hc_c.sum(0).max():.3g}",
+                   common.verdict(np.abs(np.concatenate([hc_c.sum(0), hc_c.sum(1)]) - 1).max()
+                                  > 0.05)),
+        common.Row("mHC composite entries", "bounded in [0, 1]",
+                   f"{mhc_c.min():.3g}..{mhc_c.max():.3g}",
+                   common.verdict(mhc_c.min() >= 0 and mhc_c.max() <= 1 + 1e-5)),
+        common.Row("mHC composite row / column sums (largest deviation from 1)", "near 1",
+                   f"{np.abs(mhc_sums - 1).max():.2g}",
+                   common.verdict(np.abs(mhc_sums - 1).max() < 0.05)),
+    ]
+    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}`; one held-out sequence of "
+             f"{maps['hc'].shape[1]} tokens; composite = H_res(site {n_sites})···H_res(site 1) per "
+             "token, then averaged.")
+    text = common.write("fig8_heatmaps", "Fig. 8: H_res heatmaps, HC vs mHC", table, args.out,
+                        common.command_line("fig8_heatmaps.py", argv), notes)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
