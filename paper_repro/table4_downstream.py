@@ -68,15 +68,31 @@ def task_files(tasks_dir: str) -> list[str]:
     return files
 
 
+def _finished(run_dir: str) -> bool:
+    """A completed run whose final checkpoint restores with the current code."""
+    from mhc import evaluate
+    from mhc.rundir import RunDirError, load_run_config
+    try:
+        steps = load_run_config(run_dir).train.steps
+        if not os.path.isdir(os.path.join(run_dir, "checkpoints", str(steps))):
+            return False
+        evaluate.load_model(run_dir, steps)
+    except (RunDirError, ValueError, OSError, KeyError, TypeError):
+        return False
+    return True
+
+
 def default_runs(kinds, verbose: bool) -> dict:
-    """The stability checkpoints, or tiny runs trained (once) into runs/table4 if missing."""
+    """The stability study's checkpoints when all of them are finished (so the three columns
+    compare like with like), else tiny-recipe runs trained once into runs/table4/KIND."""
+    stability = {kind: os.path.join(STABILITY, kind) for kind in kinds}
+    if all(_finished(d) for d in stability.values()):
+        return stability
+    if verbose:
+        print(f"== the stability checkpoints in {_show(STABILITY)} are missing or unfinished: "
+              f"training tiny runs into runs/table4 instead", flush=True)
     runs = {}
     for kind in kinds:
-        run_dir = os.path.join(STABILITY, kind)
-        ckpts = os.path.join(run_dir, "checkpoints")
-        if os.path.isdir(ckpts) and any(d.isdigit() for d in os.listdir(ckpts)):
-            runs[kind] = run_dir
-            continue
         cfg = exp.make_config("tiny", [f"residual={kind}", "checkpoint=true", "wandb=disabled"])
         runs[kind] = os.path.join(REPO, "runs", "table4", kind)
         exp.train_or_reuse(cfg, runs[kind], verbose=verbose, label=f"table4 {kind} (tiny)")
