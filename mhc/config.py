@@ -8,7 +8,7 @@ import typing
 
 from mhc import connections, manifolds
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 COLLAPSE = ("sum", "mean", "head")
 REMAT = ("none", "full", "dots", "mhc")
 ATTENTION = ("mha", "mla")
@@ -51,7 +51,7 @@ class ModelConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
     init_std: float = 0.02
-    dtype: str = "float32"
+    dtype: str = "auto"  # compute dtype; the HC/mHC coefficient path is fp32 regardless
     remat: str = "none"  # none | full | dots | mhc (see mhc/model/transformer.py)
     remat_group: int = 1  # blocks recomputed together (L_r of paper Eq. 20); 0 = the optimum
     # the connection (see mhc.connections)
@@ -66,6 +66,7 @@ class ModelConfig:
     alpha_init: float = 0.01
     collapse: str = "sum"
     learned_maps: str = "pre,post,res"  # Table 1 ablation: the others are fixed (1/N, 1, I)
+    kernels: str = "auto"  # auto | xla | pallas: fused Pallas mHC sites (see mhc.kernels)
     # attention: "mha" (RoPE on d_model/n_heads) or "mla" (DeepSeek latent attention)
     attention: str = "mha"
     kv_lora_rank: int = 512
@@ -123,6 +124,7 @@ class ModelConfig:
         _choice(self, "sinkhorn_convention", manifolds.CONVENTIONS)
         _choice(self, "sinkhorn_grad", manifolds.GRADS)
         _choice(self, "dtype", DTYPES)
+        _choice(self, "kernels", connections.KERNELS)
         _choice(self, "remat", REMAT)
         _check(isinstance(self.remat_group, int) and self.remat_group >= 0,
                f"remat_group={self.remat_group!r}; must be an integer >= 0 (0 = automatic)")
@@ -144,13 +146,22 @@ class ModelConfig:
         """Streams actually carried: a plain residual needs one."""
         return 1 if self.residual == "residual" else self.n_streams
 
+    @property
+    def compute_dtype(self) -> str:
+        """The resolved compute dtype: "auto" is bfloat16 on GPU/TPU and float32 on CPU."""
+        if self.dtype != "auto":
+            return self.dtype
+        import jax
+        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+
     def connection_spec(self) -> connections.ConnectionSpec:
         return connections.ConnectionSpec(
             width=self.d_model, n_streams=self.streams, kind=self.residual, dynamic=self.dynamic,
             manifold=self.manifold, sinkhorn_iters=self.sinkhorn_iters,
             sinkhorn_convention=self.sinkhorn_convention, sinkhorn_grad=self.sinkhorn_grad,
             res_init=self.res_init, alpha_init=self.alpha_init, norm_eps=self.norm_eps,
-            learned_maps=tuple(m.strip() for m in self.learned_maps.split(",") if m.strip()))
+            learned_maps=tuple(m.strip() for m in self.learned_maps.split(",") if m.strip()),
+            kernels=self.kernels)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ KINDS = ("residual", "hc", "mhc", "mhc_lite")
 MAP_NAMES = ("pre", "post", "res")
 BRANCH_OUT = "branch_out"  # name of F's output, kept by the "mhc" remat policy
 COLLAPSE = ("sum", "mean")
+KERNELS = ("auto", "xla", "pallas")  # implementation of a site (mhc.kernels)
 
 
 class Maps(NamedTuple):
@@ -57,8 +58,13 @@ class ConnectionSpec:
     # maps that are learned; the others are fixed at the residual's values (pre = 1/N, post = 1,
     # res = I), as in the paper's Table 1 component ablation
     learned_maps: tuple[str, ...] = MAP_NAMES
+    # "auto": fused Pallas kernels on GPU/TPU for dynamic mHC + Sinkhorn, pure JAX otherwise;
+    # "pallas": always (interpret mode on CPU); "xla": never (see mhc.kernels)
+    kernels: str = "auto"
 
     def __post_init__(self):
+        if self.kernels not in KERNELS:
+            raise ValueError(f"kernels={self.kernels!r}; allowed: {', '.join(KERNELS)}")
         if self.kind not in KINDS:
             raise ValueError(f"unknown residual kind {self.kind!r}; allowed: {', '.join(KINDS)}")
         if not isinstance(self.n_streams, int) or self.n_streams < 1:
@@ -231,6 +237,10 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     if streams_xNxC.ndim < 2 or streams_xNxC.shape[-2:] != (spec.n_streams, spec.width):
         raise ValueError(f"streams shape {tuple(streams_xNxC.shape)}; expected "
                          f"[..., n_streams={spec.n_streams}, width={spec.width}]")
+    if spec.kernels != "xla" and spec.kind == "mhc":
+        from mhc import kernels  # Pallas is imported only when a site may use it
+        if kernels.use_fused(spec):
+            return kernels.apply_site(params, streams_xNxC, branch, spec)
     maps = compute_maps(params, streams_xNxC, spec)
     if spec.kind == "residual":  # fixed maps: skip the mixing arithmetic
         branch_out = checkpoint_name(branch(jnp.mean(streams_xNxC.astype(jnp.float32), -2)

@@ -28,7 +28,7 @@ from mhc.model.moe import MoE, balance_router_bias
 
 
 def _dtype(cfg: ModelConfig):
-    return jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    return jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
 
 
 def _connection(cfg: ModelConfig, site_index):

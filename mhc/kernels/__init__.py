@@ -1,0 +1,102 @@
+"""Pallas kernels for mHC and when they are used.
+
+  sinkhorn(logits, iters, convention=...)    Sinkhorn forward + recomputing backward (sinkhorn_kernel.py)
+  apply_site(params, streams, branch, spec)  one mHC site through the fused input/output kernels
+                                             (fused_site.py); same results as
+                                             `mhc.connections.apply_site`
+
+Selection (`ConnectionSpec.kernels` / `ModelConfig.kernels`):
+  "auto"    Pallas on GPU/TPU (`jax.default_backend()` in ("gpu", "tpu")), pure JAX (XLA) on CPU
+  "pallas"  always Pallas; on CPU that is interpret mode (slow, for tests)
+  "xla"     always the pure-JAX path
+Only dynamic mHC with the Sinkhorn manifold, all three maps learned, and the "recompute" or
+"autodiff" Sinkhorn gradient (both give the exact gradient of the truncated iteration, which the
+kernels compute) is fused; every other kind / option silently uses the pure-JAX path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+from jax.experimental import pallas as pl
+
+from mhc.connections import KERNELS
+from mhc.kernels.fused_site import Static, chunk_width, fused_input, fused_output
+from mhc.kernels.sinkhorn_kernel import TARGETS, call_options, default_target, sinkhorn
+
+ACCELERATORS = ("gpu", "tpu")
+DEFAULT_BLOCK_M = 64
+
+
+def check_kernels(kernels: str) -> str:
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r}; allowed: {', '.join(KERNELS)}")
+    return kernels
+
+
+def pallas_selected(kernels: str) -> bool:
+    """Whether `kernels` means Pallas on the current default backend."""
+    check_kernels(kernels)
+    return kernels == "pallas" or (kernels == "auto" and jax.default_backend() in ACCELERATORS)
+
+
+def fusable(spec) -> bool:
+    """Whether the fused kernels implement this connection exactly (see the module docstring)."""
+    return (spec.kind == "mhc" and spec.manifold == "sinkhorn" and spec.dynamic
+            and len(spec.learned_maps) == 3 and spec.sinkhorn_grad in ("recompute", "autodiff"))
+
+
+def use_fused(spec) -> bool:
+    return fusable(spec) and pallas_selected(getattr(spec, "kernels", "xla"))
+
+
+def _block_m(m: int, block_m: int | None) -> int:
+    if block_m is not None:
+        if not isinstance(block_m, int) or block_m < 8 or block_m % 8:
+            raise ValueError(f"block_m={block_m!r}; must be a multiple of 8")
+        return block_m
+    return min(DEFAULT_BLOCK_M, max(8, pl.next_power_of_2(m)))
+
+
+def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Array], jax.Array],
+               spec, *, block_m: int | None = None, target: str | None = None):
+    """`H_res·x + H_postᵀ·branch(H_pre·x)` for a fusable mHC `spec` -> (new streams, Maps).
+
+    block_m: token rows per kernel program (multiple of 8; default min(64, M rounded up to a power
+    of two)). target: "interpret" | "triton" | "mosaic" (None = the default backend's)."""
+    from mhc.connections import BRANCH_OUT, Maps
+    if not fusable(spec):
+        raise ValueError(f"connection kind={spec.kind!r} manifold={spec.manifold!r} is not "
+                         "fused; allowed: dynamic mhc with the sinkhorn manifold")
+    call_options(target)  # validates
+    *batch, n, c = streams_xNxC.shape
+    m = math.prod(batch)
+    tc = chunk_width(c)
+    s = Static(n=n, c=c, cp=-(-c // tc) * tc, tc=tc, block_m=_block_m(m, block_m),
+               iters=spec.sinkhorn_iters, convention=spec.sinkhorn_convention, eps=1e-6,
+               pre_eps=float(spec.pre_eps), norm_eps=float(spec.norm_eps),
+               target=target or default_target())
+    mp = -(-m // s.block_m) * s.block_m
+    p = 2 * n + n * n
+    x = jnp.pad(streams_xNxC.reshape(m, n, c), ((0, mp - m), (0, 0), (0, s.cp - c)))
+    x = x.reshape(mp, n * s.cp)
+    phi = jnp.pad(params["phi"].reshape(n, c, p), ((0, 0), (0, s.cp - c), (0, s.pp - p)))
+    alpha = params["alpha"]
+    gate = jnp.concatenate([jnp.full((n,), alpha[0]), jnp.full((n,), alpha[1]),
+                            jnp.full((n * n,), alpha[2]), jnp.zeros((s.pp - p,), jnp.float32)])
+    bias = jnp.pad(params["bias"], (0, s.pp - p))
+    b, pre, post, res = fused_input(s, x, phi.reshape(n * s.cp, s.pp), gate, bias)
+    branch_out = checkpoint_name(branch(b[:m, :c].reshape(*batch, c)), BRANCH_OUT)
+    f = jnp.pad(branch_out.reshape(m, c), ((0, mp - m), (0, s.cp - c)))
+    new = fused_output(s, x, f, post, res)
+    new = new.reshape(mp, n, s.cp)[:m, :, :c].reshape(*batch, n, c)
+    maps = Maps(pre[:m, :n].reshape(*batch, n), post[:m, :n].reshape(*batch, n),
+                res[:m, :n * n].reshape(*batch, n, n))
+    return new, maps
+
+
+__all__ = ["KERNELS", "TARGETS", "apply_site", "check_kernels", "fusable", "pallas_selected", "sinkhorn",
+           "use_fused"]

@@ -1,0 +1,177 @@
+"""Pallas kernels (interpret mode on CPU) against the pure-JAX reference: Sinkhorn and the fused
+mHC site, values and gradients, both Sinkhorn conventions, N = 1/2/3/4, C not a multiple of the
+chunk, M not a multiple of the token tile, fp32 and bf16 streams; a whole Decoder with
+kernels="pallas" equals kernels="xla"; selection; GPU (Triton) and TPU (Mosaic) lowering.
+Shapes and iteration counts are small: interpret mode compiles every kernel body into XLA."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from mhc import connections as cx
+from mhc import kernels, manifolds
+from mhc.config import ConfigError, ModelConfig
+from mhc.model import Decoder
+
+
+def _close(a, b, rtol):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    scale = max(float(np.abs(b).max()), 1e-6)
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale)
+
+
+@pytest.mark.parametrize("convention,n,m", [("paper", 3, 37), ("deepseek_v4", 2, 20)])
+def test_sinkhorn_kernel_values_and_grad(convention, n, m):
+    x = 2.0 * jax.random.normal(jax.random.key(n), (m, n, n))
+    g = jax.random.normal(jax.random.key(7), (m, n, n))
+
+    def loss(fn, x):
+        h = fn(x)
+        return jnp.sum(h * g), h
+
+    ref = jax.value_and_grad(lambda x: loss(lambda x: manifolds.sinkhorn(
+        x, 6, convention=convention), x), has_aux=True)(x)
+    ker = jax.value_and_grad(lambda x: loss(lambda x: kernels.sinkhorn(
+        x, 6, convention=convention, block_m=16), x), has_aux=True)(x)  # 3 tiles, 11 padded rows
+    (_, h_ref), dx_ref = ref
+    (_, h), dx = ker
+    _close(h, h_ref, 1e-6)
+    _close(dx, dx_ref, 1e-5)
+    np.testing.assert_allclose(h.sum(-1), 1.0, atol=1e-5)  # exact row sums in both conventions
+
+
+CASES = [  # n, width, batch, convention, dtype
+    (4, 24, (37,), "paper", jnp.float32),         # C pads 24 -> 32, M pads 37 -> 40
+    (2, 32, (2, 5), "deepseek_v4", jnp.float32),  # two batch dims, M = 10 -> 16
+    (1, 16, (9,), "paper", jnp.float32),          # a single stream
+    (4, 32, (20,), "deepseek_v4", jnp.bfloat16),  # bf16 streams, fp32 coefficients
+]
+
+
+@pytest.mark.parametrize("n,c,batch,convention,dtype", CASES)
+def test_fused_site_values_and_grads(n, c, batch, convention, dtype):
+    spec = cx.ConnectionSpec(width=c, n_streams=n, sinkhorn_iters=5,
+                             sinkhorn_convention=convention, kernels="xla")
+    k = jax.random.split(jax.random.key(n * c), 6)
+    init = cx.init_params(spec, 1)
+    params = {"phi": 0.3 * jax.random.normal(k[0], init["phi"].shape),  # away from init's zeros
+              "bias": init["bias"] + 0.5 * jax.random.normal(k[1], init["bias"].shape),
+              "alpha": jnp.array([0.7, 0.5, 1.3])}
+    streams = (2.0 * jax.random.normal(k[2], (*batch, n, c))).astype(dtype)
+    w = jax.random.normal(k[3], (c, c)) / c ** 0.5
+    z = jnp.zeros((*batch, c), jnp.float32)  # added to F's output: its grad is d branch output
+    cot = jax.random.normal(k[4], (*batch, n, c))
+
+    def loss(apply, params, streams, z):
+        branch = lambda h: (jnp.tanh(h.astype(jnp.float32) @ w) + z).astype(h.dtype)  # noqa: E731
+        new, maps = apply(params, streams, branch, spec)
+        # every output carries a cotangent: new streams, and all three maps
+        return (jnp.sum(new.astype(jnp.float32) * cot) + jnp.sum(maps.res ** 2)
+                + jnp.sum(maps.pre * maps.post)), (new, maps)
+
+    def fused(*a):
+        return kernels.apply_site(*a, block_m=8)
+
+    grad = jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True)
+    (_, (new_r, maps_r)), g_r = jax.jit(lambda *a: grad(cx.apply_site, *a))(params, streams, z)
+    (_, (new_k, maps_k)), g_k = jax.jit(lambda *a: grad(fused, *a))(params, streams, z)
+
+    bf16 = dtype == jnp.bfloat16
+    assert new_k.dtype == dtype and maps_k.res.dtype == jnp.float32
+    _close(new_k, new_r, 1e-2 if bf16 else 1e-5)  # bf16: one rounding of the streams
+    for a, b in zip(maps_k, maps_r):  # the coefficient path is fp32 in both
+        _close(a, b, 1e-5)
+    g_params_r, g_streams_r, g_z_r = g_r
+    g_params_k, g_streams_k, g_z_k = g_k
+    for name in ("phi", "bias", "alpha"):
+        _close(g_params_k[name], g_params_r[name], 1e-3 if bf16 else 2e-5)
+    assert g_streams_k.dtype == dtype
+    _close(g_streams_k, g_streams_r, 1e-2 if bf16 else 2e-5)
+    _close(g_z_k, g_z_r, 1e-2 if bf16 else 1e-5)
+
+
+def test_decoder_with_pallas_kernels_equals_xla():
+    cfg = ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=16, n_streams=2,
+                      sinkhorn_iters=4, sinkhorn_convention="deepseek_v4", dtype="float32")
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 8)), jnp.int32)
+
+    def loss_and_grads(kernels_choice):
+        model = Decoder(dataclasses.replace(cfg, kernels=kernels_choice), rngs=nnx.Rngs(0))
+        # move phi off its zero init so the dynamic path matters
+        for path, param in nnx.iter_graph(model):
+            if path and path[-1] == "phi":
+                param[...] = 0.05 * jax.random.normal(jax.random.key(len(path)), param.shape)
+
+        @nnx.jit
+        def step(model):
+            def loss(model):
+                logits, maps = model(tokens)
+                return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), (logits, maps)
+            return nnx.value_and_grad(loss, has_aux=True)(model)
+        return step(model)
+
+    (l_x, (logits_x, maps_x)), g_x = loss_and_grads("xla")
+    (l_p, (logits_p, maps_p)), g_p = loss_and_grads("pallas")
+    _close(logits_p, logits_x, 1e-5)
+    _close(maps_p.res, maps_x.res, 1e-5)
+    flat_x, flat_p = jax.tree.leaves(g_x), jax.tree.leaves(g_p)
+    assert len(flat_x) == len(flat_p)
+    for a, b in zip(flat_p, flat_x):
+        _close(a, b, 1e-4)
+
+
+def test_selection_and_fallback():
+    spec = cx.ConnectionSpec(width=16, n_streams=2)
+    assert spec.kernels == "auto" and not kernels.use_fused(spec)  # CPU: pure JAX
+    assert kernels.use_fused(dataclasses.replace(spec, kernels="pallas"))
+    assert not kernels.use_fused(dataclasses.replace(spec, kernels="xla"))
+    for other in (dict(kind="hc"), dict(kind="mhc_lite"), dict(manifold="orthostochastic"),
+                  dict(dynamic=False), dict(sinkhorn_grad="implicit"), dict(learned_maps=("res",))):
+        fallback = cx.ConnectionSpec(width=16, n_streams=2, kernels="pallas", **other)
+        assert not kernels.use_fused(fallback), other
+    # a non-fused kind with kernels="pallas" runs the reference path, same result
+    hc = cx.ConnectionSpec(width=16, n_streams=2, kind="hc", kernels="pallas")
+    x = jax.random.normal(jax.random.key(0), (3, 2, 16))
+    a, _ = cx.apply_site(cx.init_params(hc), x, jnp.tanh, hc)
+    b, _ = cx.apply_site(cx.init_params(hc), x, jnp.tanh, dataclasses.replace(hc, kernels="xla"))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_bad_kernel_options_are_named():
+    with pytest.raises(ValueError, match="kernels='cuda'; allowed: auto, xla, pallas"):
+        cx.ConnectionSpec(width=8, kernels="cuda")
+    with pytest.raises(ConfigError, match="kernels='triton'"):
+        ModelConfig(kernels="triton")
+    with pytest.raises(ValueError, match="target='cuda'"):
+        kernels.sinkhorn(jnp.zeros((2, 3, 3)), target="cuda")
+    with pytest.raises(ValueError, match="block_m=12"):
+        kernels.sinkhorn(jnp.zeros((2, 3, 3)), block_m=12)
+    with pytest.raises(ValueError, match="not fused"):
+        kernels.apply_site({}, jnp.zeros((2, 2, 8)), jnp.tanh,
+                           cx.ConnectionSpec(width=8, n_streams=2, kind="hc"))
+
+
+@pytest.mark.parametrize("target,platform", [("triton", "cuda"), ("mosaic", "tpu")])
+def test_kernels_lower_for_gpu_and_tpu(target, platform):
+    """Lowering only (no hardware here): block shapes and primitives pass Pallas' Triton / Mosaic
+    lowering for the full site (forward + backward) and the standalone Sinkhorn backward."""
+    n, c = 4, 256
+    spec = cx.ConnectionSpec(width=c, n_streams=n, sinkhorn_iters=20)
+    params = cx.init_params(spec, 1)
+    streams = jnp.ones((2, 64, n, c), jnp.bfloat16)
+
+    def site(params, streams):
+        new, _ = kernels.apply_site(params, streams, lambda h: h * 2, spec, block_m=64,
+                                    target=target)
+        return jnp.sum(new.astype(jnp.float32))
+
+    def sinkhorn(x):
+        return jnp.sum(kernels.sinkhorn(x, 20, block_m=128, target=target))
+
+    jax.jit(jax.grad(site, argnums=(0, 1))).trace(params, streams).lower(
+        lowering_platforms=(platform,))
+    jax.jit(jax.grad(sinkhorn)).trace(jnp.ones((256, n, n))).lower(lowering_platforms=(platform,))
