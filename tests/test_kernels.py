@@ -175,3 +175,14 @@ def test_kernels_lower_for_gpu_and_tpu(target, platform):
     jax.jit(jax.grad(site, argnums=(0, 1))).trace(params, streams).lower(
         lowering_platforms=(platform,))
     jax.jit(jax.grad(sinkhorn)).trace(jnp.ones((256, n, n))).lower(lowering_platforms=(platform,))
+
+
+def test_kernel_benchmark_exits_cleanly_on_cpu(capsys):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "kernels.py")
+    module_spec = importlib.util.spec_from_file_location("bench_kernels", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    assert module.main([]) == 0
+    assert "needs a GPU or TPU" in capsys.readouterr().out
