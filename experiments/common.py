@@ -111,7 +111,8 @@ def write_json(path: str, obj) -> None:
 # batches make the eval loss comparable across runs.
 MICRO_OVERRIDES = ("d_model=64", "n_layers=4", "n_heads=4", "d_ff=192", "seq_len=64",
                    "batch_size=16", "steps=200", "lr=3e-3", "warmup_steps=20", "eval_every=100",
-                   "eval_batches=16", "log_every=5", "wandb=disabled", "checkpoint=false")
+                   "eval_batches=16", "log_every=5", "wandb=disabled", "checkpoint=false",
+                   "dtype=float32")  # fp32 on any device (dtype=auto would be bf16 on GPU/TPU)
 RUNS = os.path.join(REPO, "experiments", "results", "trained")  # run dirs shared by the studies
 
 

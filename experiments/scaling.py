@@ -1,0 +1,268 @@
+"""Scaling of the mHC gain: (a) a model-size ladder, residual vs mHC, loss gap vs training compute;
+(b) token scaling, the loss gap over the course of one longer residual/mHC run pair.
+
+(a) Ladder: one shape family, width/depth fixed at 16 (d_model 48/64/96 with 3/4/6 blocks, head
+dim 16, FFN 3x width), all at the same number of steps and tokens per step (fixed steps, not
+fixed tokens per parameter: the bigger models see the same data). Compute = training FLOPs per
+token (`mhc.train.flops_per_token`, 6 x active params + attention) x tokens. The middle rung is
+the micro config of the ablations, so those runs are reused.
+(b) Tokens: the micro config trained longer; the gap is mHC's training loss minus the residual's
+at every logged step (same seed, so the same batches), smoothed by a moving average, plus the
+eval-loss gap at each evaluation.
+
+    python experiments/scaling.py                        # both parts, CPU
+    python experiments/scaling.py --part tokens --token-steps 2000
+    python experiments/scaling.py --dry-run              # print the runs
+    python experiments/scaling.py --smoke --out /tmp/sc  # seconds: wiring check
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from experiments import common  # noqa: E402
+
+KINDS = ("residual", "mhc")
+# name: (d_model, n_layers, n_heads); width/depth = 16, head dim 16, d_ff = 3 x width
+LADDER = {"xs": (48, 3, 3), "s": (64, 4, 4), "m": (96, 6, 6)}
+SMOKE_LADDER = {"xs": (16, 1, 2), "s": (32, 2, 2)}
+DEFAULT_SEEDS = (0, 1)
+TOKEN_STEPS = 400
+
+
+def ladder_overrides(d_model: int, n_layers: int, n_heads: int) -> list[str]:
+    return [f"d_model={d_model}", f"n_layers={n_layers}", f"n_heads={n_heads}",
+            f"d_ff={3 * d_model}"]
+
+
+def ladder_plan(points: dict[str, tuple[str, list[str]]], seeds, runs_root=common.RUNS):
+    """points: {name: (recipe, overrides)} -> [(name, kind, seed, cfg, run_dir)]."""
+    return [(name, kind, seed, cfg, common.run_dir_for(cfg, runs_root))
+            for name, (recipe, ov) in points.items() for kind in KINDS for seed in seeds
+            for cfg in [common.make_config(recipe, [*ov, f"residual={kind}", f"seed={seed}"])]]
+
+
+def token_plan(recipe: str, overrides, steps: int, seed: int, runs_root=common.RUNS):
+    """[(kind, cfg, run_dir)] of the long run pair (eval about 8 times over the run)."""
+    extra = [f"steps={steps}", f"warmup_steps={max(1, steps // 10)}",
+             f"eval_every={max(2, steps // 8)}", f"seed={seed}"]
+    return [(kind, cfg, common.run_dir_for(cfg, runs_root))
+            for kind in KINDS
+            for cfg in [common.make_config(recipe, [*overrides, *extra, f"residual={kind}"])]]
+
+
+def compute(cfg) -> float:
+    """Training FLOPs of a run: per-token FLOPs x tokens seen."""
+    from mhc.train import flops_per_token
+    t = cfg.train
+    return flops_per_token(cfg) * t.steps * t.batch_size * t.seq_len
+
+
+def summarize_ladder(finals: dict, configs: dict) -> dict:
+    """finals: {name: {kind: {seed: eval loss}}}, configs: {name: residual cfg} -> per rung:
+    params, compute, losses mean ± std, gap (paired by seed) and mHC/residual in %."""
+    from mhc.recipes import count_params
+    out = {}
+    for name, by_kind in finals.items():
+        res, mhc = by_kind["residual"], by_kind["mhc"]
+        seeds = sorted(set(res) & set(mhc))
+        gaps = [mhc[s] - res[s] for s in seeds]
+        ratios = [100 * mhc[s] / res[s] for s in seeds]
+        cfg = configs[name]
+        s = {"params_active": count_params(cfg)[0], "compute_flops": compute(cfg),
+             "seeds": seeds}
+        for key, values in (("residual", res.values()), ("mhc", mhc.values()), ("gap", gaps),
+                            ("relative_pct", ratios)):
+            s[key], s[key + "_std"] = common.mean_spread(values)
+        out[name] = s
+    return out
+
+
+def smooth(values, window: int) -> np.ndarray:
+    """Trailing moving average (the first points average what exists so far)."""
+    v = np.asarray(values, float)
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    idx = np.arange(1, v.size + 1)
+    lo = np.maximum(0, idx - window)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def token_gap(res_rows: list[dict], mhc_rows: list[dict], window: int = 10) -> dict:
+    """Per logged step: raw and smoothed training-loss gap (mHC − residual), and the eval gaps."""
+    res = {r["step"]: r for r in res_rows}
+    steps = [r["step"] for r in mhc_rows if r["step"] in res]
+    mrow = {r["step"]: r for r in mhc_rows}
+    raw = [mrow[s]["loss"] - res[s]["loss"] for s in steps]
+    evals = [(s, mrow[s]["eval_loss"] - res[s]["eval_loss"],
+              100 * mrow[s]["eval_loss"] / res[s]["eval_loss"])
+             for s in steps if "eval_loss" in mrow[s] and "eval_loss" in res[s]]
+    return {"steps": steps, "gap": raw, "gap_smooth": smooth(raw, window).tolist(),
+            "eval_steps": [e[0] for e in evals], "eval_gap": [e[1] for e in evals],
+            "eval_relative_pct": [e[2] for e in evals], "window": window}
+
+
+def run_ladder(points, seeds, *, runs_root=common.RUNS, verbose=True) -> dict:
+    finals: dict = {}
+    configs = {}
+    jobs = ladder_plan(points, seeds, runs_root)
+    for i, (name, kind, seed, cfg, run_dir) in enumerate(jobs, 1):
+        rows = common.train_or_reuse(cfg, run_dir, verbose=verbose,
+                                     label=f"[ladder {i}/{len(jobs)}] {name} {kind} seed {seed}")
+        finals.setdefault(name, {}).setdefault(kind, {})[seed] = \
+            common.final_metrics(rows)["eval_loss"]
+        configs.setdefault(name, cfg)
+    return summarize_ladder(finals, configs)
+
+
+def run_tokens(recipe, overrides, steps, seed, *, runs_root=common.RUNS, verbose=True,
+               window: int = 10) -> dict:
+    rows = {}
+    for kind, cfg, run_dir in token_plan(recipe, overrides, steps, seed, runs_root):
+        rows[kind] = common.train_or_reuse(cfg, run_dir, verbose=verbose,
+                                           label=f"[tokens] {kind} {steps} steps seed {seed}")
+        tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
+    out = token_gap(rows["residual"], rows["mhc"], window)
+    out["tokens"] = [s * tokens_per_step for s in out["steps"]]
+    return out
+
+
+def plot(ladder: dict | None, tokens: dict | None, path: str, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    if ladder:
+        names = list(ladder)
+        x = [ladder[n]["compute_flops"] for n in names]
+        a.errorbar(x, [ladder[n]["gap"] for n in names], yerr=[ladder[n]["gap_std"] for n in names],
+                   marker="o", capsize=4, color="tab:blue", label="mHC − residual (eval loss)")
+        for n, xi in zip(names, x):
+            a.annotate(f"{n} ({ladder[n]['params_active'] / 1e3:.0f}k)",
+                       (xi, ladder[n]["gap"]), textcoords="offset points", xytext=(4, 6),
+                       fontsize=8)
+        a.axhline(0, color="tab:gray", lw=1)
+        a.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="loss gap",
+              title="(a) compute scaling: gap vs compute (mean ± std over seeds)")
+        a.legend(fontsize=8)
+    if tokens:
+        a2 = b
+        a2.plot(tokens["tokens"], tokens["gap"], color="tab:blue", alpha=0.25, lw=0.8,
+                label="train loss gap (raw)")
+        a2.plot(tokens["tokens"], tokens["gap_smooth"], color="tab:blue",
+                label=f"train loss gap (moving average, {tokens['window']} logs)")
+        tps = tokens["tokens"][0] / tokens["steps"][0] if tokens["steps"] else 1
+        a2.plot([s * tps for s in tokens["eval_steps"]], tokens["eval_gap"], "o-",
+                color="tab:red", label="eval loss gap")
+        a2.axhline(0, color="tab:gray", lw=1)
+        a2.set(xlabel="tokens", ylabel="mHC − residual",
+               title="(b) token scaling: gap over one run pair")
+        a2.legend(fontsize=8)
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def ladder_table(ladder: dict) -> list[str]:
+    lines = ["| rung | active params | compute (FLOPs) | residual eval | mHC eval | gap | "
+             "mHC / residual |", "|---|---|---|---|---|---|---|"]
+    for n, s in ladder.items():
+        lines.append(f"| {n} | {s['params_active']:,} | {s['compute_flops']:.3g} | "
+                     f"{s['residual']:.3f} ± {s['residual_std']:.3f} | "
+                     f"{s['mhc']:.3f} ± {s['mhc_std']:.3f} | {s['gap']:+.3f} ± {s['gap_std']:.3f} "
+                     f"| {s['relative_pct']:.2f} % |")
+    return lines
+
+
+def tokens_table(tokens: dict) -> list[str]:
+    lines = ["| step | tokens | eval gap (mHC − residual) | mHC / residual | smoothed train gap |",
+             "|---|---|---|---|---|"]
+    smooth_at = dict(zip(tokens["steps"], tokens["gap_smooth"]))
+    tps = tokens["tokens"][0] / tokens["steps"][0] if tokens["steps"] else 1
+    for s, g, r in zip(tokens["eval_steps"], tokens["eval_gap"], tokens["eval_relative_pct"]):
+        lines.append(f"| {s} | {int(s * tps):,} | {g:+.4f} | {r:.2f} % | "
+                     f"{smooth_at.get(s, math.nan):+.4f} |")
+    return lines
+
+
+def micro_points(ladder=LADDER, base=common.MICRO_OVERRIDES, extra=()) -> dict:
+    return {name: ("tiny", [*base, *ladder_overrides(*shape), *extra])
+            for name, shape in ladder.items()}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("all", "ladder", "tokens"), default="all")
+    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="ladder seeds")
+    p.add_argument("--token-steps", type=int, default=TOKEN_STEPS)
+    p.add_argument("--token-seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "scaling"))
+    p.add_argument("--runs", default=None, help="run directories (default: shared "
+                   "experiments/results/trained; with --smoke: <out>/trained)")
+    p.add_argument("--smoke", action="store_true", help="tiny models, few steps, 1 seed")
+    p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    from experiments.ablations import parse_seeds
+    seeds = parse_seeds(args.seeds)
+    base, ladder_shapes, token_steps = list(common.MICRO_OVERRIDES), LADDER, args.token_steps
+    if args.smoke:
+        base = [*base, *common.SMOKE_OVERRIDES]
+        # 4 steps: the token pair is then the "s" rung's seed-0 runs (reused)
+        ladder_shapes, seeds, token_steps = SMOKE_LADDER, seeds[:1], 4
+    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
+    points = micro_points(ladder_shapes, base, args.overrides)
+    token_base = [*base, *ladder_overrides(*ladder_shapes["s"]), *args.overrides]
+    do_ladder, do_tokens = args.part in ("all", "ladder"), args.part in ("all", "tokens")
+    if args.dry_run:
+        if do_ladder:
+            for name, kind, seed, cfg, run_dir in ladder_plan(points, seeds, runs_root):
+                print(f"ladder {name:3s} {kind:8s} seed {seed} d_model {cfg.model.d_model} "
+                      f"L {cfg.model.n_layers} compute {compute(cfg):.3g} -> "
+                      f"{os.path.relpath(run_dir)}")
+        if do_tokens:
+            for kind, cfg, run_dir in token_plan("tiny", token_base, token_steps,
+                                                 args.token_seed, runs_root):
+                print(f"tokens {kind:8s} {cfg.train.steps} steps -> {os.path.relpath(run_dir)}")
+        return 0
+    common.enable_compile_cache()
+    verbose = not args.smoke
+    ladder = run_ladder(points, seeds, runs_root=runs_root, verbose=verbose) if do_ladder else None
+    tokens = run_tokens("tiny", token_base, token_steps, args.token_seed, runs_root=runs_root,
+                        verbose=verbose, window=3 if args.smoke else 10) if do_tokens else None
+    os.makedirs(args.out, exist_ok=True)
+    plot(ladder, tokens, os.path.join(args.out, "scaling.png"))
+    meta = {**common.provenance(), "ladder_seeds": list(seeds), "token_steps": token_steps,
+            "token_seed": args.token_seed, "overrides": [*base, *args.overrides]}
+    common.write_json(os.path.join(args.out, "summary.json"),
+                      {"meta": meta, "ladder": ladder, "tokens": tokens})
+    lines = ["# Scaling of the mHC gain", "",
+             f"{meta['date']}, commit {meta['commit']}, {meta['device']}. Base overrides: "
+             f"`{' '.join(meta['overrides'])}`.", ""]
+    if ladder:
+        lines += [f"## (a) model ladder (fixed steps, seeds {list(seeds)}; gap = eval loss, "
+                  "paired by seed, ± std)", "", *ladder_table(ladder), ""]
+    if tokens:
+        lines += [f"## (b) token scaling ({token_steps} steps, seed {args.token_seed})", "",
+                  *tokens_table(tokens), ""]
+    text = "\n".join(lines)
+    with open(os.path.join(args.out, "summary.md"), "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""The ablation and scaling studies and the Table 1 / Fig. 6 scripts: the runs they plan (configs
+are built and validated, nothing trained), their summary arithmetic, and --smoke end to end."""
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from experiments import ablations, common, scaling  # noqa: E402
+from paper_repro import fig6_scaling, table1_hc_ablation  # noqa: E402
+
+
+# ------------------------------------------------------------------------------ planned runs
+def test_ablation_plan_covers_every_axis_with_a_shared_default(tmp_path):
+    jobs = ablations.plan(list(ablations.AXES), (0,), common.MICRO_OVERRIDES, runs_root=tmp_path)
+    by_axis = {}
+    for axis, label, _, cfg, run_dir in jobs:
+        by_axis.setdefault(axis, {})[label] = (cfg.model, run_dir)
+    m = {axis: {label: v[0] for label, v in d.items()} for axis, d in by_axis.items()}
+    assert [c.sinkhorn_iters for k, c in m["sinkhorn_iters"].items() if k != "residual"] == \
+        [1, 3, 5, 10, 20, 40]
+    assert [c.n_streams for k, c in m["n_streams"].items() if k != "residual"] == [1, 2, 4, 8]
+    assert m["res_init"]["uniform"].res_init == "uniform"
+    assert m["manifold"]["mhc_lite"].residual == "mhc_lite"
+    assert {m["manifold"][k].manifold for k in ("sinkhorn", "orthostochastic", "unconstrained")} \
+        == {"sinkhorn", "orthostochastic", "unconstrained"}
+    assert m["dynamic"]["static"].dynamic is False
+    assert m["sinkhorn_convention"]["deepseek_v4"].sinkhorn_convention == "deepseek_v4"
+    # every axis has the residual reference first and trains the mHC default point in one place
+    defaults = {by_axis[axis][ablations.AXES[axis][1]][1] for axis in by_axis}
+    residuals = {by_axis[axis]["residual"][1] for axis in by_axis}
+    assert len(defaults) == 1 and len(residuals) == 1
+    assert all(next(iter(d)) == "residual" for d in by_axis.values())
+    assert len({run_dir for *_, run_dir in jobs}) == 2 + sum(
+        len(points) - 1 for _, _, points in ablations.AXES.values())
+
+
+def test_run_dir_is_a_function_of_the_config():
+    a = common.make_config("tiny", [*common.MICRO_OVERRIDES, "residual=mhc", "seed=1"])
+    b = common.make_config("tiny", [*common.MICRO_OVERRIDES, "dynamic=true", "seed=1"])
+    c = common.make_config("tiny", [*common.MICRO_OVERRIDES, "sinkhorn_iters=5", "seed=1"])
+    assert common.run_dir_for(a) == common.run_dir_for(b) != common.run_dir_for(c)
+
+
+def test_bad_axis_and_seeds_are_named():
+    with pytest.raises(SystemExit, match="bogus"):
+        ablations.main(["--axis", "bogus", "--dry-run"])
+    with pytest.raises(SystemExit, match="x,1"):
+        ablations.main(["--seeds", "x,1", "--dry-run"])
+
+
+def test_table1_paper_scale_builds_the_27b_variants(capsys):
+    assert table1_hc_ablation.main(["--scale", "paper", "--mesh", "fsdp=64,expert=8",
+                                    "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and all("d_model 2560 L 30" in x and "fsdp=64,expert=8" in x
+                                   for x in lines)
+    assert " residual learned_maps=-" in lines[0]
+    assert [x.split("learned_maps=")[1].split()[0] for x in lines[1:]] == \
+        ["res", "res,pre", "pre,post,res"]
+
+
+def test_fig6_paper_scale_builds_the_ladder_and_the_1t_pair(capsys):
+    assert fig6_scaling.main(["--scale", "paper", "--mesh", "fsdp=64,expert=8", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for name, width in (("3b", 1280), ("9b", 1920), ("27b", 2560)):
+        for kind in ("residual", "mhc"):
+            assert f"(a) {name:5s} {kind:8s} seed 0 d_model {width}" in out
+    assert "(b) 3b-1t residual steps 100000 batch 2560" in out
+    assert "(b) 3b-1t mhc      steps 100000" in out
+
+
+def test_micro_ladder_keeps_the_shape_family():
+    points = scaling.micro_points()
+    cfgs = [common.make_config(r, ov).model for r, ov in points.values()]
+    assert len(cfgs) >= 3
+    assert {c.d_model / c.n_layers for c in cfgs} == {16.0}
+    assert {c.d_model // c.n_heads for c in cfgs} == {16}
+    computes = [scaling.compute(common.make_config(r, ov)) for r, ov in points.values()]
+    assert computes == sorted(computes) and computes[0] > 0
+
+
+# ---------------------------------------------------------------------------- summary arithmetic
+def test_summarize_pairs_the_gap_by_seed():
+    def m(loss):
+        return {"eval_loss": loss, "tail_loss": loss, "amax_fwd_max": 1.0, "amax_bwd_max": 1.2,
+                "ds_col_err_max": 0.1}
+    per_seed = {"residual": {0: m(2.0), 1: m(3.0)}, "mhc": {0: m(1.9), 1: m(2.95), 2: m(9.0)}}
+    s = ablations.summarize(per_seed)
+    assert s["residual"]["gap"] == 0.0 and s["residual"]["gap_std"] == 0.0
+    assert s["mhc"]["gap"] == pytest.approx(-0.075)           # seed 2 has no partner
+    assert s["mhc"]["gap_std"] == pytest.approx(np.std([-0.1, -0.05], ddof=1))
+    assert s["mhc"]["eval_loss"] == pytest.approx(np.mean([1.9, 2.95, 9.0]))
+
+
+def test_token_gap_and_moving_average():
+    res = [{"step": s, "loss": 3.0 - 0.1 * s} for s in range(1, 7)]
+    mhc = [{"step": s, "loss": 3.0 - 0.1 * s - 0.01 * s} for s in range(1, 7)]
+    res[-1]["eval_loss"], mhc[-1]["eval_loss"] = 2.5, 2.45
+    g = scaling.token_gap(res, mhc, window=2)
+    assert g["gap"] == pytest.approx([-0.01 * s for s in range(1, 7)])
+    assert g["gap_smooth"] == pytest.approx([-0.01, -0.015, -0.025, -0.035, -0.045, -0.055])
+    assert g["eval_steps"] == [6] and g["eval_gap"] == pytest.approx([-0.05])
+    assert g["eval_relative_pct"] == pytest.approx([98.0])
+
+
+def test_table1_verdicts():
+    def s(gap, std, seeds=(0, 1, 2)):
+        return {"gap": gap, "gap_std": std, "seeds": list(seeds)}
+    labels = [v[0] for v in table1_hc_ablation.VARIANTS]
+    clear = dict(zip(labels, [s(0, 0), s(-0.02, 0.002), s(-0.024, 0.002), s(-0.03, 0.002)]))
+    rows = table1_hc_ablation.rows_from(clear)
+    assert [r.agrees for r in rows] == ["yes"] * 5
+    noisy = dict(zip(labels, [s(0, 0), s(0.001, 0.01), s(-0.002, 0.01), s(0.003, 0.01)]))
+    assert {r.agrees for r in table1_hc_ablation.rows_from(noisy)} == {"within noise"}
+    worse = dict(zip(labels, [s(0, 0), s(0.05, 0.002), s(0.04, 0.002), s(0.03, 0.002)]))
+    assert [r.agrees for r in table1_hc_ablation.rows_from(worse)][:3] == ["no"] * 3
+    one = dict(zip(labels, [s(0, 0, [0]), s(-0.02, 0, [0]), s(0.01, 0, [0]), s(-0.03, 0, [0])]))
+    verdicts = [r.agrees for r in table1_hc_ablation.rows_from(one)]
+    assert verdicts[:3] == ["yes (1 seed: spread unknown)", "no (1 seed: spread unknown)",
+                            "yes (1 seed: spread unknown)"]
+
+
+# ----------------------------------------------------------------------------------- end to end
+def test_ablations_and_table1_smoke(tmp_path):
+    runs = str(tmp_path / "runs")
+    assert ablations.main(["--smoke", "--axis", "manifold", "--out", str(tmp_path / "abl"),
+                           "--runs", runs]) == 0
+    summary = json.loads((tmp_path / "abl" / "summary.json").read_text())["summary"]["manifold"]
+    assert list(summary) == ["residual", "sinkhorn", "mhc_lite"]
+    assert summary["residual"]["gap"] == 0.0
+    assert summary["mhc_lite"]["ds_col_err_max"] < 1e-4  # exactly doubly stochastic
+    assert abs(summary["sinkhorn"]["amax_fwd_max"] - 1.0) < 1e-3
+    assert (tmp_path / "abl" / "ablations.png").stat().st_size > 0
+    assert "| residual | 1 |" in (tmp_path / "abl" / "summary.md").read_text()
+
+    t1 = tmp_path / "t1"
+    assert table1_hc_ablation.main(["--smoke", "--out", str(t1), "--runs", runs]) == 0
+    md = (t1 / "table1_hc_ablation.md").read_text()
+    assert "| loss gap, H_res learned | -0.022 |" in md and "| paper says |" in md
+    assert (t1 / "table1_hc_ablation.png").stat().st_size > 0
+    assert (t1 / "table1_hc_ablation.csv").read_text().startswith("quantity,paper,ours,agrees")
+    # the residual baseline was trained once for both studies
+    assert len([d for d in os.listdir(runs) if d.startswith("residual-")]) == 1
+
+
+def test_scaling_and_fig6_smoke(tmp_path):
+    runs = str(tmp_path / "runs")
+    assert scaling.main(["--smoke", "--out", str(tmp_path / "sc"), "--runs", runs]) == 0
+    data = json.loads((tmp_path / "sc" / "summary.json").read_text())
+    assert list(data["ladder"]) == list(scaling.SMOKE_LADDER)
+    assert data["ladder"]["xs"]["compute_flops"] < data["ladder"]["s"]["compute_flops"]
+    assert len(data["tokens"]["gap"]) == len(data["tokens"]["gap_smooth"]) > 0
+    assert (tmp_path / "sc" / "scaling.png").stat().st_size > 0
+    trained = sorted(os.listdir(runs))
+    assert len(trained) == 4  # 2 rungs x (residual, mHC); the token pair reuses rung "s"
+    f6 = tmp_path / "f6"
+    assert fig6_scaling.main(["--smoke", "--out", str(f6), "--runs", runs]) == 0
+    assert sorted(os.listdir(runs)) == trained  # every run reused from the study
+    md = (f6 / "fig6_scaling.md").read_text()
+    assert "(a) gap at xs" in md and "-0.015 ... -0.025" in md and "(b) gap at the end" in md
+    assert (f6 / "fig6_scaling.png").stat().st_size > 0
