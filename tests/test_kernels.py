@@ -141,6 +141,18 @@ def test_selection_and_fallback():
     np.testing.assert_array_equal(a, b)
 
 
+def test_auto_uses_kernels_on_accelerators_but_not_under_a_mesh(monkeypatch):
+    spec = cx.ConnectionSpec(width=16, n_streams=2)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert kernels.use_fused(spec)
+    mesh = jax.make_mesh((len(jax.devices()),), ("data",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    assert mesh.size > 1  # conftest: 8 fake CPU devices
+    with jax.set_mesh(mesh):
+        assert not kernels.use_fused(spec)
+        assert kernels.use_fused(dataclasses.replace(spec, kernels="pallas"))
+
+
 def test_bad_kernel_options_are_named():
     with pytest.raises(ValueError, match="kernels='cuda'; allowed: auto, xla, pallas"):
         cx.ConnectionSpec(width=8, kernels="cuda")

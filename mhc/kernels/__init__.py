@@ -9,6 +9,7 @@ Selection (`ConnectionSpec.kernels` / `ModelConfig.kernels`):
   "auto"    Pallas on GPU/TPU (`jax.default_backend()` in ("gpu", "tpu")), pure JAX (XLA) on CPU
   "pallas"  always Pallas; on CPU that is interpret mode (slow, for tests)
   "xla"     always the pure-JAX path
+Under a multi-device mesh "auto" keeps the pure-JAX path (see `use_fused`).
 Only dynamic mHC with the Sinkhorn manifold, all three maps learned, and the "recompute" or
 "autodiff" Sinkhorn gradient (both give the exact gradient of the truncated iteration, which the
 kernels compute) is fused; every other kind / option silently uses the pure-JAX path.
@@ -49,8 +50,18 @@ def fusable(spec) -> bool:
             and len(spec.learned_maps) == 3 and spec.sinkhorn_grad in ("recompute", "autodiff"))
 
 
+def _sharded() -> bool:
+    mesh = jax.sharding.get_abstract_mesh()
+    return not mesh.empty and mesh.size > 1
+
+
 def use_fused(spec) -> bool:
-    return fusable(spec) and pallas_selected(getattr(spec, "kernels", "xla"))
+    """Whether `mhc.connections.apply_site` routes this site to the fused kernels (at trace
+    time). "auto" also stays on XLA under a multi-device mesh (`jax.set_mesh`): the kernels are
+    not wrapped in shard_map yet, and XLA would gather their operands around the custom call."""
+    if not fusable(spec) or spec.kernels == "xla":
+        return False
+    return spec.kernels == "pallas" or (pallas_selected("auto") and not _sharded())
 
 
 def _block_m(m: int, block_m: int | None) -> int:

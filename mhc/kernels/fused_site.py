@@ -26,7 +26,8 @@ What has run where: all kernels run in interpret mode on CPU in the tests (value
 against `mhc.connections`); their Triton (GPU) and Mosaic (TPU) lowerings are produced on CPU in
 `tests/test_kernels.py` (lowering only: neither was compiled or timed on hardware here). Known TPU
 inefficiency: the `[TM, 1]` coefficient columns use one lane of each vreg (the standalone
-`mhc.kernels.sinkhorn` uses the lane-dense `[N*N, M]` layout instead).
+`mhc.kernels.sinkhorn` uses the lane-dense `[N*N, M]` layout instead). Block sizes (TM = 64,
+TC <= 128, Triton num_warps = 4) are untuned guesses until measured on hardware.
 """
 from __future__ import annotations
 
@@ -68,7 +69,9 @@ class Static:
 
     @property
     def pp(self):
-        return max(16, pl.next_power_of_2(2 * self.n + self.n * self.n))
+        """Logit columns: a power of two >= 16 (Triton's dot); 128-lane multiples on TPU."""
+        p = max(16, pl.next_power_of_2(2 * self.n + self.n * self.n))
+        return -(-p // 128) * 128 if self.target == "mosaic" else p
 
 
 def chunk_width(c: int) -> int:
@@ -81,19 +84,24 @@ def chunk_width(c: int) -> int:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _col(a, k):
-    """Column k of a `[TM, W]` value as `[TM, 1]` (masked lane reduction: no value slicing)."""
+# lax.select / lax.logistic rather than jnp.where / jax.nn.sigmoid: no nested jit calls, which
+# keeps the interpret-mode programs (and their compile time in the tests) small.
+def _cols(a, count):
+    """Columns 0..count-1 of a `[TM, W]` value as `[TM, 1]` each (masked lane reductions:
+    Triton cannot slice register tensors)."""
     lane = jax.lax.broadcasted_iota(jnp.int32, a.shape, 1)
-    return jnp.sum(jnp.where(lane == k, a, 0.0), axis=1, keepdims=True)
+    zero = jnp.zeros_like(a)
+    return [jnp.sum(jax.lax.select(lane == k, a, zero), axis=1, keepdims=True)
+            for k in range(count)]
 
 
 def _assemble(cols, width):
     """`[TM, width]` from a list of `[TM, 1]` columns (the rest zero)."""
-    tm = cols[0].shape[0]
-    lane = jax.lax.broadcasted_iota(jnp.int32, (tm, width), 1)
-    out = jnp.zeros((tm, width), F32)
+    shape = (cols[0].shape[0], width)
+    lane = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    out = jnp.zeros(shape, F32)
     for k, col in enumerate(cols):
-        out = jnp.where(lane == k, col, out)
+        out = jax.lax.select(lane == k, jnp.broadcast_to(col, shape), out)
     return out
 
 
@@ -108,9 +116,9 @@ def _nested(flat, n):
 
 def _maps_from_logits(logits, s: Static):
     n = s.n
-    cols = [_col(logits, k) for k in range(2 * n + n * n)]
-    pre_s = [jax.nn.sigmoid(v) for v in cols[:n]]
-    post_s = [jax.nn.sigmoid(v) for v in cols[n:2 * n]]
+    cols = _cols(logits, 2 * n + n * n)
+    pre_s = [jax.lax.logistic(v) for v in cols[:n]]
+    post_s = [jax.lax.logistic(v) for v in cols[n:2 * n]]
     return cols, pre_s, post_s
 
 
@@ -160,10 +168,10 @@ def _input_bwd_kernel(x_ref, phi_ref, gate_ref, bias_ref, u_ref, r_ref, gb_ref, 
                 for i, a in enumerate(acc)]
     dpre = jax.lax.fori_loop(0, nc, dots, [jnp.zeros_like(r) for _ in range(n)])
     gpre, gpost, gres = gpre_ref[...], gpost_ref[...], gres_ref[...]
-    dl_pre = [(dpre[i] + _col(gpre, i)) * v * (1.0 - v) for i, v in enumerate(pre_s)]
-    dl_post = [2.0 * _col(gpost, i) * v * (1.0 - v) for i, v in enumerate(post_s)]
-    dl_res = sinkhorn_entries_vjp(_nested(cols[2 * n:], n),
-                                  _nested([_col(gres, k) for k in range(n * n)], n),
+    gpre, gpost = _cols(gpre, n), _cols(gpost, n)
+    dl_pre = [(dpre[i] + gpre[i]) * v * (1.0 - v) for i, v in enumerate(pre_s)]
+    dl_post = [2.0 * gpost[i] * v * (1.0 - v) for i, v in enumerate(post_s)]
+    dl_res = sinkhorn_entries_vjp(_nested(cols[2 * n:], n), _nested(_cols(gres, n * n), n),
                                   s.iters, s.convention, s.eps)
     glog = _assemble(dl_pre + dl_post + [v for row in dl_res for v in row], s.pp)
     glog_ref[...] = glog
@@ -244,9 +252,8 @@ fused_input.defvjp(_fused_input_fwd, _fused_input_bwd)
 # ----------------------------------------------------------------------- output path
 def _output_kernel(x_ref, f_ref, post_ref, res_ref, o_ref, *, s: Static):
     n, nc = s.n, s.cp // s.tc
-    post, res = post_ref[...], res_ref[...]
-    post = [_col(post, i) for i in range(n)]
-    res = _nested([_col(res, k) for k in range(n * n)], n)
+    post = _cols(post_ref[...], n)
+    res = _nested(_cols(res_ref[...], n * n), n)
 
     def body(j, _):
         f = f_ref[:, pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)].astype(F32)
@@ -262,9 +269,8 @@ def _output_kernel(x_ref, f_ref, post_ref, res_ref, o_ref, *, s: Static):
 def _output_bwd_kernel(x_ref, f_ref, post_ref, res_ref, g_ref, gx_ref, gf_ref, gpost_ref,
                        gres_ref, *, s: Static):
     n, nc = s.n, s.cp // s.tc
-    post, res = post_ref[...], res_ref[...]
-    post = [_col(post, i) for i in range(n)]
-    res = _nested([_col(res, k) for k in range(n * n)], n)
+    post = _cols(post_ref[...], n)
+    res = _nested(_cols(res_ref[...], n * n), n)
 
     def body(j, acc):
         gpost, gres = acc

@@ -16,6 +16,10 @@ Backward: nothing is stored between forward and backward but the logits. The bac
 walks the iterations in reverse and recomputes iterate k-1 from the logits for every k (t²/2
 steps of N² vector ops per token for t iterations; for N = 4, t = 20 about 200 cheap steps, far
 below the cost of reading the streams), so no iterate is kept in HBM or in registers.
+
+Targets: "interpret" (CPU; what the tests run, against `mhc.manifolds.sinkhorn`), "triton" (GPU;
+jax 0.10 would otherwise pick Mosaic GPU) and "mosaic" (TPU). The Triton and Mosaic lowerings are
+produced on CPU by the tests; neither has been compiled or run on a GPU/TPU here.
 """
 from __future__ import annotations
 
@@ -67,12 +71,17 @@ def _col_lognorm(y):
 
 
 def _row_lognorm(y):
-    return [[v - _lse(row) for v in row] for row in y]
+    out = []
+    for row in y:
+        lse = _lse(row)  # once per row (the comprehension would re-emit it per entry)
+        out.append([v - lse for v in row])
+    return out
 
 
 def _row_lognorm_vjp(w, dw):
     """w = rownorm(z) in the log domain: dz = dw - exp(w) * rowsum(dw)."""
-    return [[dw[i][j] - jnp.exp(w[i][j]) * sum(dw[i]) for j in range(len(w))]
+    sums = [sum(row) for row in dw]
+    return [[dw[i][j] - jnp.exp(w[i][j]) * sums[i] for j in range(len(w))]
             for i in range(len(w))]
 
 
@@ -81,7 +90,11 @@ def _col_lognorm_vjp(z, dz):
 
 
 def _row_divnorm(c, eps):
-    return [[v / (sum(row) + eps) for v in row] for row in c]
+    out = []
+    for row in c:
+        denom = sum(row) + eps
+        out.append([v / denom for v in row])
+    return out
 
 
 def _row_divnorm_vjp(c, dy, eps):
@@ -103,18 +116,28 @@ def _col_divnorm_vjp(c, dy, eps):
     return _transpose(_row_divnorm_vjp(_transpose(c), _transpose(dy), eps))
 
 
+def _softmax_rows(x):
+    out = []
+    for row in x:
+        m = functools.reduce(jnp.maximum, row)
+        e = [jnp.exp(v - m) for v in row]
+        total = sum(e)
+        out.append([v / total for v in e])
+    return out
+
+
 def _v4_init(x, eps):
-    p = [[jnp.exp(v - functools.reduce(jnp.maximum, row)) for v in row] for row in x]
-    p = [[v / sum(row) + eps for v in row] for row in p]
-    return _col_divnorm(p, eps)
+    return _col_divnorm(_tmap(lambda v: v + eps, _softmax_rows(x)), eps)
 
 
 def _v4_init_vjp(x, d, eps):
-    p = [[jnp.exp(v - functools.reduce(jnp.maximum, row)) for v in row] for row in x]
-    p = [[v / sum(row) for v in row] for row in p]
+    p = _softmax_rows(x)
     dp = _col_divnorm_vjp(_tmap(lambda v: v + eps, p), d, eps)
-    return [[pv * (dv - sum(a * b for a, b in zip(drow, prow))) for pv, dv in zip(prow, drow)]
-            for prow, drow in zip(p, dp)]
+    out = []
+    for prow, drow in zip(p, dp):
+        dot = sum(a * b for a, b in zip(drow, prow))
+        out.append([pv * (dv - dot) for pv, dv in zip(prow, drow)])
+    return out
 
 
 def _convention(convention, iters, eps):
