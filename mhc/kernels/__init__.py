@@ -1,6 +1,7 @@
 """Pallas kernels for mHC and when they are used.
 
-  sinkhorn(logits, iters, convention=...)    Sinkhorn forward + recomputing backward (sinkhorn_kernel.py)
+  sinkhorn(logits, iters, convention=...)    Sinkhorn forward + recomputing backward
+                                             (sinkhorn_kernel.py)
   apply_site(params, streams, branch, spec)  one mHC site through the fused input/output kernels
                                              (fused_site.py); same results as
                                              `mhc.connections.apply_site`
@@ -109,5 +110,5 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     return new, maps
 
 
-__all__ = ["KERNELS", "TARGETS", "apply_site", "check_kernels", "fusable", "pallas_selected", "sinkhorn",
-           "use_fused"]
+__all__ = ["KERNELS", "TARGETS", "apply_site", "call_options", "check_kernels", "default_target",
+           "fusable", "pallas_selected", "sinkhorn", "use_fused"]

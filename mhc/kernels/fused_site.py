@@ -1,8 +1,9 @@
 """Fused mHC site as two Pallas kernels (input path, output path), each with a Pallas backward.
 
 Dimension letters: M tokens (B*T flattened), N streams, C width, D = N*C, P = 2N + N*N logits.
-  input path   streams [M, N, C] -> RMS norm over vec(x) [D] + projection by phi [D, P] + alpha/bias
-               -> H_pre = sigmoid + pre_eps, H_post = 2·sigmoid, H_res = Sinkhorn -> H_pre·x [M, C]
+  input path   streams [M, N, C] -> RMS norm over vec(x) [D] + projection by phi [D, P]
+               + alpha/bias -> H_pre = sigmoid + pre_eps, H_post = 2·sigmoid, H_res = Sinkhorn
+               -> branch input H_pre·x [M, C]
   output path  H_res·x + H_postᵀ·F_out -> new streams [M, N, C]
 Same parameter layout and semantics as `mhc.connections` (phi [D, P], bias [P], alpha [3],
 segments [pre, post, res]; fp32 coefficient path; branch input and new streams in the streams'
