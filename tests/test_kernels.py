@@ -44,6 +44,19 @@ def test_sinkhorn_kernel_values_and_grad(convention, n, m):
     np.testing.assert_allclose(h.sum(-1), 1.0, atol=1e-5)  # exact row sums in both conventions
 
 
+def test_sinkhorn_kernel_backward_holds_only_the_logits():
+    """What the forward leaves for the backward does not grow with the iteration count: the
+    padded logits `[Kp, Mp]` (plus a scalar), for 2 and for 40 iterations."""
+    x = jnp.ones((8, 3, 3))
+
+    def held(iters):
+        _, f_vjp = jax.vjp(lambda x: kernels.sinkhorn(x, iters, block_m=8), x)
+        return sorted((a.shape, str(a.dtype)) for a in jax.tree.leaves(f_vjp))
+
+    assert held(2) == held(40)
+    assert max(held(40))[0] == (16, 8)  # N*N = 9 -> 16 rows, 8 tokens
+
+
 CASES = [  # n, width, batch, convention, dtype
     (4, 24, (37,), "paper", jnp.float32),         # C pads 24 -> 32, M pads 37 -> 40
     (2, 32, (2, 5), "deepseek_v4", jnp.float32),  # two batch dims, M = 10 -> 16
