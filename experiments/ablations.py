@@ -119,11 +119,16 @@ def summarize(per_seed: dict[str, dict[int, dict]], baseline: str = "residual") 
 
 
 def run_axes(axes, seeds, overrides, *, recipe="tiny", smoke=False, runs_root=common.RUNS,
-             verbose=True) -> dict:
-    """Train (or reuse) every run of `axes`; returns {axis: {label: {seed: run metrics}}}."""
+             verbose=True, only_finished=False, missing=None) -> dict:
+    """Train (or reuse) every run of `axes`; returns {axis: {label: {seed: run metrics}}}.
+    `only_finished`: train nothing, use the finished runs (the others go to `missing`)."""
     results: dict = {}
     jobs = plan(axes, seeds, overrides, recipe, smoke, runs_root)
     for i, (axis, label, seed, cfg, run_dir) in enumerate(jobs, 1):
+        if only_finished and not common.finished(cfg, run_dir):
+            if missing is not None:
+                missing.append(f"{axis}={label} seed {seed}")
+            continue
         rows = common.train_or_reuse(cfg, run_dir, verbose=verbose,
                                      label=f"[{i}/{len(jobs)}] {axis}={label} seed {seed}")
         results.setdefault(axis, {}).setdefault(label, {})[seed] = run_metrics(rows)
@@ -194,6 +199,8 @@ def main(argv=None) -> int:
                    "experiments/results/trained; with --smoke: <out>/trained)")
     p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps, 1 seed, 2 values")
     p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
+    p.add_argument("--only-finished", action="store_true",
+                   help="train nothing: tabulate the finished runs and list the missing ones")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     axes = axis_names(args.axis)
@@ -210,13 +217,18 @@ def main(argv=None) -> int:
                   f"n={cfg.model.n_streams} {cfg.model.manifold} -> {os.path.relpath(run_dir)}")
         return 0
     common.enable_compile_cache()
+    missing: list[str] = []
     results = run_axes(axes, seeds, overrides, recipe=args.recipe, smoke=args.smoke,
-                       runs_root=runs_root, verbose=not args.smoke)
+                       runs_root=runs_root, verbose=not args.smoke,
+                       only_finished=args.only_finished, missing=missing)
+    axes = [a for a in axes if len(results.get(a, {})) > 1]  # something beside the baseline
+    if not axes:
+        raise SystemExit("no finished runs to tabulate; run without --only-finished first")
     summaries = {axis: summarize(results[axis]) for axis in axes}
     os.makedirs(args.out, exist_ok=True)
     plot(summaries, os.path.join(args.out, "ablations.png"))
     meta = {**common.provenance(), "recipe": args.recipe, "seeds": list(seeds),
-            "overrides": overrides, "axes": axes}
+            "overrides": overrides, "axes": axes, "missing": missing}
     common.write_json(os.path.join(args.out, "summary.json"),
                       {"meta": meta, "summary": summaries, "per_seed": results})
     lines = [f"# mHC ablations ({args.recipe} + micro overrides, seeds {list(seeds)})", "",
@@ -225,6 +237,8 @@ def main(argv=None) -> int:
              "(negative = mHC variant better); ± is the sample std over seeds.", ""]
     for axis in axes:
         lines += table(axis, summaries[axis]) + [""]
+    if missing:
+        lines += ["Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
     text = "\n".join(lines)
     with open(os.path.join(args.out, "summary.md"), "w") as f:
         f.write(text)

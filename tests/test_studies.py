@@ -138,6 +138,12 @@ def test_ablations_and_table1_smoke(tmp_path):
     assert abs(summary["sinkhorn"]["amax_fwd_max"] - 1.0) < 1e-3
     assert (tmp_path / "abl" / "ablations.png").stat().st_size > 0
     assert "| residual | 1 |" in (tmp_path / "abl" / "summary.md").read_text()
+    # --only-finished tabulates what exists (the shared default point) and names what is missing
+    assert ablations.main(["--smoke", "--axis", "manifold,dynamic", "--only-finished", "--out",
+                           str(tmp_path / "abl2"), "--runs", runs]) == 0
+    assert len(os.listdir(runs)) == 3
+    md = (tmp_path / "abl2" / "summary.md").read_text()
+    assert "**dynamic** (default)" in md and "Not run yet" in md and "dynamic=static seed 0" in md
 
     t1 = tmp_path / "t1"
     assert table1_hc_ablation.main(["--smoke", "--out", str(t1), "--runs", runs]) == 0
