@@ -434,7 +434,7 @@ class Scorer:
             raise TaskError(f"--max-new-tokens {max_new_tokens}; must be in 1..{self.max_len - 1}"
                             f" (the model's context is {self.max_len} tokens)")
         room = self.max_len - max_new_tokens
-        prompts = [p[-room:] if len(p) else np.zeros(1, np.int32) for p in prompts]
+        prompts = [p[-room:] if len(p) else data.encode("\n") for p in prompts]  # as above
         texts = [""] * len(prompts)
         for rows in self._batches([len(p) for p in prompts]):
             t = bucket(max(len(prompts[r]) for r in rows) + max_new_tokens, self.max_len)
@@ -540,6 +540,7 @@ def evaluate_task(scorer: Scorer, task: Task, *, limit: int | None = None, seed:
             "acc_norm": float(np.mean([p["pred_norm"] == p["answer"] for p in preds]))}
     else:
         stops = STOPS[task.rule]
+        # the model continues after the separator a solved example has before its answer
         outs = scorer.greedy([data.encode(p + join_target(p, "x")) for p in prompts],
                              max_new_tokens, stops)
         preds = []
