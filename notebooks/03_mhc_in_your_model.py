@@ -220,15 +220,16 @@ def predict(model, x):
 def fit(model, steps=STEPS, seed=0):
     optimizer = nnx.Optimizer(model, optax.adamw(3e-3, weight_decay=1e-4), wrt=nnx.Param)
     data_rng = np.random.default_rng(seed)  # same batches for every model
-    # A HyperConnection creates its `last_maps` state on its first call. Making that call before
-    # the first jitted step keeps the model's structure the same at every step (NNX would
-    # otherwise compile the step twice: once without and once with the stored maps).
-    predict(model, test_x)
+    # A HyperConnection creates its `last_maps` state (shaped like the batch) on its first call.
+    # Making that call before the first jitted step, and predicting in batches of the same size,
+    # keeps the model's state the same shape at every call, so each function compiles once.
+    predict(model, test_x[:BATCH])
     losses, start = [], time.perf_counter()
     for _ in range(steps):
         x, y = make_batch(data_rng, BATCH)
         losses.append(float(train_step(model, optimizer, x, y)))
-    acc = float(np.mean(np.argmax(predict(model, test_x), -1) == test_y))
+    acc = float(np.mean(np.concatenate([np.argmax(predict(model, test_x[i:i + BATCH]), -1)
+                                        for i in range(0, len(test_x), BATCH)]) == test_y))
     print(f"{type(model).__name__:9s} loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}, "
           f"test accuracy {acc:.3f} ({time.perf_counter() - start:.1f} s)")
     return np.array(losses), acc
@@ -250,10 +251,11 @@ plt.show()
 # %% [markdown]
 # ## The learned maps
 # Every `HyperConnection` keeps the maps of its last call in `last_maps` (`Maps(pre, post, res)`,
-# per token). Run the trained model once on the test signals and average over examples and tokens.
+# per token). Run the trained model once on a batch of test signals and average over examples and
+# tokens.
 
 # %%
-predict(with_mhc, test_x)  # the same shapes as in `fit`: no new compilation
+predict(with_mhc, test_x[:BATCH])  # the same shapes as in `fit`: no new compilation
 sites = [(f"block {i} {name}", getattr(b, f"hc_{name}"))
          for i, b in enumerate(with_mhc.blocks) for name in ("token", "channel")]
 fig, axes = plt.subplots(1, len(sites), figsize=(2.3 * len(sites), 2.7))
@@ -297,7 +299,7 @@ class LinenBlock(linen.Module):
 
 
 x_streams = mhc.expand_streams(jnp.ones((2, TOKENS, WIDTH)), N_STREAMS)
-variables = LinenBlock().init(jax.random.key(0), x_streams)
+variables = jax.jit(LinenBlock().init)(jax.random.key(0), x_streams)
 out, state = LinenBlock().apply(variables, x_streams, mutable=["intermediates"])
 print("output streams:", out.shape, "| merged:", mhc.collapse_streams(out).shape)
 print("connection parameters:", {k: v.shape for k, v in
