@@ -2,7 +2,10 @@
 
 Every kind runs the same training step (forward + backward + AdamW) on the same batch. The kinds
 are timed in interleaved rounds, so machine noise hits all of them alike, and the ratios to the
-residual are taken from one run. Writes benchmarks/results/step_time.md and prints it.
+residual are taken from one run. Compiled temporary memory (XLA memory analysis) is listed with
+no recompute and with the remat policies (`ModelConfig.remat`): mHC with its "mhc" policy against
+the residual with the same policy and with its leanest one ("full"). Writes
+benchmarks/results/step_time.md and prints it.
 
     python benchmarks/step_time.py                 # tiny + bench configs, ~10 min on 2 CPU cores
     python benchmarks/step_time.py --smoke         # seconds: wiring check used by the tests
@@ -22,6 +25,8 @@ import numpy as np
 from flax import nnx
 
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
+# (kind, remat policy) compiled for memory only (timed too with --time-remat)
+REMAT_VARIANTS = (("residual", "mhc"), ("residual", "full"), ("mhc", "mhc"), ("mhc", "full"))
 
 
 def configs(smoke: bool):
@@ -36,13 +41,16 @@ def configs(smoke: bool):
     return {"tiny": recipes.get("tiny"), "bench": bench}
 
 
-def build(cfg, kind):
-    """(jitted pure step, state, batch) for one kind."""
+def build(cfg, kind, remat=None):
+    """(jitted pure step, state, batch) for one kind (and remat policy, default the config's)."""
     from mhc import train
     from mhc.config import Config
     from mhc.model import Decoder
 
-    cfg = Config(dataclasses.replace(cfg.model, residual=kind), cfg.train)
+    model_cfg = dataclasses.replace(cfg.model, residual=kind)
+    if remat is not None:
+        model_cfg = dataclasses.replace(model_cfg, remat=remat)
+    cfg = Config(model_cfg, cfg.train)
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
     optimizer = train.make_optimizer(model, cfg)
     graphdef, state = nnx.split((model, optimizer))
@@ -59,29 +67,34 @@ def build(cfg, kind):
     return jax.jit(pure, donate_argnums=0), state, batch
 
 
-def measure(cfg, rounds: int, steps: int) -> dict:
+def measure(cfg, rounds: int, steps: int, time_remat: bool = False) -> dict:
+    """{(kind, remat): {"compile_s", "temp_mb", "step_ms" (None if not timed)}}."""
     runs, results = {}, {}
-    for kind in KINDS:
-        step, state, batch = build(cfg, kind)
+    variants = [(kind, "none") for kind in KINDS] + list(REMAT_VARIANTS)
+    for kind, remat in variants:
+        step, state, batch = build(cfg, kind, remat)
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
-        results[kind] = {"compile_s": time.perf_counter() - start,
-                         "temp_mb": compiled.memory_analysis().temp_size_in_bytes / 2**20,
-                         "times": []}
-        state, loss = step(state, batch)  # warm-up
+        results[kind, remat] = {"compile_s": time.perf_counter() - start,
+                                "temp_mb": compiled.memory_analysis().temp_size_in_bytes / 2**20,
+                                "times": []}
+        if remat != "none" and not time_remat:
+            continue
+        state, loss = compiled(state, batch)  # warm-up
         jax.block_until_ready(loss)
-        runs[kind] = [step, state, batch]
+        runs[kind, remat] = [compiled, state, batch]
     for _ in range(rounds):  # interleaved: every kind sees the same machine conditions
-        for kind, run in runs.items():
+        for key, run in runs.items():
             step, state, batch = run
             start = time.perf_counter()
             for _ in range(steps):
                 state, loss = step(state, batch)
             jax.block_until_ready(loss)
-            results[kind]["times"].append((time.perf_counter() - start) / steps)
+            results[key]["times"].append((time.perf_counter() - start) / steps)
             run[1] = state
     for r in results.values():
-        r["step_ms"] = 1e3 * float(np.median(r.pop("times")))
+        times = r.pop("times")
+        r["step_ms"] = 1e3 * float(np.median(times)) if times else None
     return results
 
 
@@ -99,33 +112,46 @@ def compile_scaling(cfg, kind="mhc") -> tuple[float, float]:
     return out[0], out[1]
 
 
+def _ratio(a, b):
+    return "–" if a is None or b is None else f"{a / b:.2f}x"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--time-remat", action="store_true", help="also time the remat variants")
+    p.add_argument("--configs", default="tiny,bench", help="comma-separated: tiny, bench")
     p.add_argument("--out", default="benchmarks/results/step_time.md")
     args = p.parse_args(argv)
     rounds, steps = (1, 1) if args.smoke else (args.rounds, args.steps)
     device = f"{jax.devices()[0].platform} x{len(jax.devices())} ({os.cpu_count()} host cores)"
     lines = [f"Step time (forward + backward + AdamW), {datetime.date.today()}, device {device}; "
-             f"median of {rounds} interleaved rounds of {steps} steps.", "",
-             "| config | kind | step ms | vs residual | compiled temp MiB | vs residual | "
-             "compile s |", "|---|---|---|---|---|---|---|"]
-    for name, cfg in configs(args.smoke).items():
-        results = measure(cfg, rounds, steps)
-        base = results["residual"]
-        for kind, r in results.items():
-            lines.append(f"| {name} | {kind} | {r['step_ms']:.1f} | "
-                         f"{r['step_ms'] / base['step_ms']:.2f}x | {r['temp_mb']:.1f} | "
-                         f"{r['temp_mb'] / max(base['temp_mb'], 1e-9):.2f}x | "
-                         f"{r['compile_s']:.1f} |")
+             f"median of {rounds} interleaved rounds of {steps} steps. Memory: compiled temp "
+             f"bytes (XLA memory analysis) of the whole step.", "",
+             "| config | kind | remat | step ms | vs residual | compiled temp MiB | "
+             "vs residual (same remat) | vs residual (remat full) | compile s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    chosen = ["smoke"] if args.smoke else args.configs.split(",")
+    all_configs = configs(args.smoke)
+    for name in chosen:
+        results = measure(all_configs[name], rounds, steps, args.time_remat)
+        base = results["residual", "none"]
+        lean = results["residual", "full"]
+        for (kind, remat), r in results.items():
+            same = results.get(("residual", remat), base)
+            step_ms = "–" if r["step_ms"] is None else f"{r['step_ms']:.1f}"
+            lines.append(f"| {name} | {kind} | {remat} | {step_ms} | "
+                         f"{_ratio(r['step_ms'], base['step_ms'])} | {r['temp_mb']:.1f} | "
+                         f"{_ratio(r['temp_mb'], same['temp_mb'])} | "
+                         f"{_ratio(r['temp_mb'], lean['temp_mb'])} | {r['compile_s']:.1f} |")
             print(lines[-1], flush=True)
-    four, thirty_two = compile_scaling(next(iter(configs(args.smoke).values())))
-    lines += ["", f"Compile time of the mHC step: 4 layers {four:.1f} s, 32 layers "
+    four, thirty_two = compile_scaling(all_configs[chosen[0]])
+    lines += ["", f"Compile time of the mHC step ({chosen[0]}): 4 layers {four:.1f} s, 32 layers "
                   f"{thirty_two:.1f} s (ratio {thirty_two / four:.2f}x)."]
     text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
     print(text)

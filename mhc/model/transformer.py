@@ -86,14 +86,17 @@ def remat_policy(name: str):
     """Named rematerialisation policies (None = store everything for the backward).
       full  recompute every block from its input
       dots  keep matmul outputs, recompute element-wise work
-      mhc   keep F's matmul outputs and F's output, recompute the stream path (norms, maps,
-            Sinkhorn, mixing): the paper's selective recompute (Section 4.3, Table 3)
+      mhc   keep F's weight matmuls (dots without batch dimensions) and F's output
+            `branch_out`, recompute everything else: the stream path (norms, coefficient
+            matmul's RMS scaling, maps, Sinkhorn, read/mix/write, whose einsums carry the token
+            axes as batch dimensions and so are not kept) and attention's score/value products:
+            the paper's selective recompute (Section 4.3, Table 3)
     """
     policies = jax.checkpoint_policies
     return {"none": None, "full": policies.nothing_saveable,
             "dots": policies.checkpoint_dots,
             "mhc": policies.save_from_both_policies(
-                policies.checkpoint_dots,
+                policies.checkpoint_dots_with_no_batch_dims,
                 policies.save_only_these_names(connections.BRANCH_OUT))}[name]
 
 

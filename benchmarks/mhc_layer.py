@@ -1,0 +1,104 @@
+"""One connection site alone (coefficients + Sinkhorn + read/mix/write), forward + backward.
+
+Streams [B, T, N, C] = [16, 256, 4, 512] fp32 (the bench config's site), a cheap elementwise
+branch F = tanh so that the connection dominates, loss = sum(out * w) with a random w (a real
+cotangent). Variants, timed in interleaved rounds in one run:
+  residual       x + F(x) on one stream (the baseline)
+  mhc            dynamic mHC, Sinkhorn 20 iterations, the library's default (fused) formulation
+  mhc unfused    the same site traced under `mhc.connections.reference_formulation()` (plain
+                 einsums + autodiff)
+  hc / hc unfused  Hyper-Connections, both formulations
+Prints ms per fwd+bwd, tokens/s and ratios to the residual and to the unfused formulation.
+Writes benchmarks/results/mhc_layer.md.
+
+    python benchmarks/mhc_layer.py            # ~1 min on 2 CPU cores
+    python benchmarks/mhc_layer.py --smoke    # seconds
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def build(kind: str, reference: bool, shape):
+    """(jitted fwd+bwd, args) for one site variant."""
+    from mhc import connections
+
+    b, t, n, c = shape
+    n = 1 if kind == "residual" else n
+    spec = connections.ConnectionSpec(width=c, n_streams=n, kind=kind)
+    params = connections.init_params(spec, 1)
+    keys = jax.random.split(jax.random.key(0), len(params) + 2)
+    # perturbed parameters: maps away from their initial values, as after some training
+    params = {k: v + 0.02 * jax.random.normal(key, v.shape) for (k, v), key in
+              zip(sorted(params.items()), keys)}
+    x = jax.random.normal(keys[-2], (b, t, n, c), jnp.float32)
+    w = jax.random.normal(keys[-1], (b, t, n, c), jnp.float32)
+
+    def loss(params, x, w):
+        out, _ = connections.apply_site(params, x, jnp.tanh, spec)
+        return jnp.sum(out * w)
+
+    ctx = connections.reference_formulation() if reference else contextlib.nullcontext()
+    with ctx:
+        fn = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x, w).compile()
+    return fn, (params, x, w)
+
+
+VARIANTS = (("residual", False), ("mhc", False), ("mhc", True), ("hc", False), ("hc", True))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--smoke", action="store_true")
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--out", default="benchmarks/results/mhc_layer.md")
+    args = p.parse_args(argv)
+    shape, rounds, reps = (((2, 8, 4, 32), 1, 1) if args.smoke
+                           else ((16, 256, 4, 512), args.rounds, args.reps))
+    runs = {}
+    for kind, ref in VARIANTS:
+        fn, fargs = build(kind, ref, shape)
+        jax.block_until_ready(fn(*fargs))
+        runs[kind, ref] = (fn, fargs, [])
+    for _ in range(rounds):
+        for fn, fargs, times in runs.values():
+            start = time.perf_counter()
+            for _ in range(reps):
+                out = fn(*fargs)
+            jax.block_until_ready(out)
+            times.append(1e3 * (time.perf_counter() - start) / reps)
+    ms = {key: float(np.median(r[2])) for key, r in runs.items()}
+    tokens = shape[0] * shape[1]
+    device = f"{jax.devices()[0].platform} ({os.cpu_count()} host cores)"
+    lines = [f"One site forward + backward, streams {list(shape)} fp32, F = tanh, "
+             f"{datetime.date.today()}, device {device}; median of {rounds} interleaved rounds "
+             f"of {reps} calls.", "",
+             "| site | ms | tokens/s | vs residual | vs unfused |", "|---|---|---|---|---|"]
+    base = ms["residual", False]
+    for (kind, ref), t in ms.items():
+        name = kind + (" unfused" if ref else "")
+        unfused = ms.get((kind, True))
+        vs_unfused = f"{t / unfused:.2f}x" if unfused and kind != "residual" else "–"
+        lines.append(f"| {name} | {t:.1f} | {tokens / t * 1e3:,.0f} | {t / base:.1f}x | "
+                     f"{vs_unfused} |")
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.exit(main())
