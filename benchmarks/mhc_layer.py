@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.common import write_report  # noqa: E402
+
 
 def build(kind: str, reference: bool, shape):
     """(jitted fwd+bwd, args) for one site variant."""
@@ -91,14 +94,9 @@ def main(argv=None) -> int:
         vs_unfused = f"{t / unfused:.2f}x" if unfused and kind != "residual" else "–"
         lines.append(f"| {name} | {t:.1f} | {tokens / t * 1e3:,.0f} | {t / base:.1f}x | "
                      f"{vs_unfused} |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    write_report(args.out, lines)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

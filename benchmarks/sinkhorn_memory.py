@@ -25,6 +25,9 @@ import numpy as np
 
 ITERS = (5, 10, 20, 40)
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.common import write_report  # noqa: E402
+
 
 def saved_bytes(fn, x) -> int:
     """Bytes of the residuals jax.vjp keeps between forward and backward."""
@@ -81,14 +84,9 @@ def main(argv=None) -> int:
         first = results[mode, ITERS[0]]["saved"]
         lines.append(f"| {mode} | {iters} | {r['saved'] / 1024:.1f} | {r['saved'] / first:.2f}x | "
                      f"{r['fwd']:.2f} | {r['bwd']:.2f} | {r['bwd'] / max(r['fwd'], 1e-9):.2f}x |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    write_report(args.out, lines)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

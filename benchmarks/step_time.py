@@ -24,6 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from experiments.common import write_report  # noqa: E402
+
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
 # (kind, remat policy) compiled for memory only (timed too with --time-remat)
 REMAT_VARIANTS = (("residual", "mhc"), ("residual", "full"), ("mhc", "mhc"), ("mhc", "full"))
@@ -150,14 +154,9 @@ def main(argv=None) -> int:
     four, thirty_two = compile_scaling(all_configs[chosen[0]])
     lines += ["", f"Compile time of the mHC step ({chosen[0]}): 4 layers {four:.1f} s, 32 layers "
                   f"{thirty_two:.1f} s (ratio {thirty_two / four:.2f}x)."]
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
-    print(text)
+    write_report(args.out, lines)
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

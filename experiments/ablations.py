@@ -239,10 +239,7 @@ def main(argv=None) -> int:
         lines += table(axis, summaries[axis]) + [""]
     if missing:
         lines += ["Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
-    text = "\n".join(lines)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(text)
-    print(text)
+    common.write_report(os.path.join(args.out, "summary.md"), lines)
     return 0
 
 

@@ -23,10 +23,18 @@ SMOKE_OVERRIDES = ("n_layers=2", "d_model=32", "n_heads=2", "d_ff=64", "seq_len=
                    "warmup_steps=1", "wandb=disabled", "checkpoint=false")
 
 
-def make_config(recipe: str, overrides) -> "Config":
+def make_config(recipe: str, overrides):
+    """The recipe with key=value overrides applied (a `mhc.config.Config`)."""
     from mhc import recipes
     from mhc.config import apply_overrides
     return apply_overrides(recipes.get(recipe), list(overrides))
+
+
+def _resolved(cfg):
+    """`cfg` with dtype "auto" resolved for this machine (a float32 run equals an auto one on CPU)."""
+    import dataclasses
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model,
+                                                              dtype=cfg.model.compute_dtype))
 
 
 def finished(cfg, run_dir: str) -> bool:
@@ -38,7 +46,7 @@ def finished(cfg, run_dir: str) -> bool:
     if not os.path.isfile(metrics_path):
         return False
     try:
-        same = load_run_config(run_dir) == cfg
+        same = _resolved(load_run_config(run_dir)) == _resolved(cfg)
     except RunDirError:
         return False
     rows = read_jsonl(metrics_path)
@@ -138,3 +146,13 @@ def enable_compile_cache() -> None:
     os.makedirs(os.path.join(REPO, ".jax_cache"), exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.path.join(REPO, ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def write_report(path: str, lines) -> str:
+    """Write a Markdown report (lines joined by newlines) to `path`, print it, return the text."""
+    text = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    print(text)
+    return text

@@ -257,10 +257,7 @@ def main(argv=None) -> int:
     if tokens:
         lines += [f"## (b) token scaling ({token_steps} steps, seed {args.token_seed})", "",
                   *tokens_table(tokens), ""]
-    text = "\n".join(lines)
-    with open(os.path.join(args.out, "summary.md"), "w") as f:
-        f.write(text)
-    print(text)
+    common.write_report(os.path.join(args.out, "summary.md"), lines)
     return 0
 
 

@@ -7,6 +7,7 @@ exact command that produced them.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import dataclasses
 import os
@@ -61,12 +62,10 @@ def command_line(script: str, argv) -> str:
 
 
 # ------------------------------------------------------ figures built on the stability study
-def stability_parser(doc: str) -> "argparse.ArgumentParser":
+def stability_parser(doc: str) -> argparse.ArgumentParser:
     """Arguments shared by the figures that read the residual/HC/mHC stability runs: --scale,
     --kinds, --out, --smoke, key=value overrides, and --runs (where the runs live; a finished
     run of the same config there is reused, so the figures train the study once)."""
-    import argparse
-
     from experiments import stability
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     stability.add_scale_args(p, RESULTS)

@@ -19,7 +19,7 @@ formula's b = nC and c = (n+2)C (per site; per block for B, c = 2(n+2)C).
 
 Which L the paper means: the mHC update runs per sub-layer (attention and FFN each have a site),
 and the paper counts every block as two layers in its per-layer plots (60 for 30 blocks), so we
-read L as sites. `mhc.model.transformer.remat_group_size` uses blocks; both are reported.
+read L as sites, as `mhc.model.transformer.remat_group_size` (remat_group=0) does.
 
     python paper_repro/table3_recompute.py                # A: 24 sites C=128; B: 8 blocks
     python paper_repro/table3_recompute.py --scale paper  # formula for 27B + A at C=2560, 60 sites
@@ -287,16 +287,15 @@ def main(argv=None) -> int:
     m_best = memory_per_token(n27, c27, 2 * blocks27, best_sites)["total"]
     rows.append(Row("27B: library's remat_group=0 choice (blocks)",
                     f"Eq. 20 with L = 60 sites: {best_sites} sites = {best_sites / 2:g} blocks",
-                    f"{lib} blocks = {lib_sites} sites (sqrt over blocks); Eq. 20 memory "
+                    f"{lib} blocks = {lib_sites} sites; Eq. 20 memory "
                     f"{m_lib / m_best:.3f}x the optimum's", verdict(lib_sites == best_sites)))
     b_note = ""
     if b:
         b_note = (
             " B is the whole training step: inside a recompute group the backward keeps the "
             "residuals of every op of the group, F's non-matmul internals (norms, softmax "
-            "probabilities, SwiGLU activations) included, and the `mhc` policy saves every dot "
-            "output, which includes the stream einsums (read/mix/write are dot_generals). None of "
-            "that is in Eq. 20's accounting, so B's memory rises with the group size from the "
+            "probabilities, SwiGLU activations) included, and the `mhc` policy saves F's weight "
+            "matmuls and its output. None of that is in Eq. 20's accounting, so B's memory rises with the group size from the "
             "start and its fit to the formula's shape is poor; A is the check of Eq. 20 itself.")
     notes = (
         f"Elements per token = XLA:CPU compiled temp bytes / 4 / tokens (fp32). Formula: "

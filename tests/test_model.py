@@ -126,6 +126,6 @@ def test_remat_policies_keep_gradients_and_cut_memory():
 def test_remat_group_size_follows_eq20():
     from mhc.model.transformer import remat_group_size
     cfg = dataclasses.replace(TINY, remat="mhc", remat_group=0)
-    assert remat_group_size(cfg, 30) == 5  # sqrt(4*30/6) = 4.47 -> nearest divisor of 30
-    assert remat_group_size(cfg, 12) == 3  # sqrt(8) = 2.8
+    assert remat_group_size(cfg, 30) == 3  # 60 sites: sqrt(4*60/6) = 6.3 sites = 3.2 blocks
+    assert remat_group_size(cfg, 12) == 2  # 24 sites: sqrt(16) = 4 sites = 2 blocks
     assert remat_group_size(dataclasses.replace(cfg, remat_group=4), 6) == 3

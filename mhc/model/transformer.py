@@ -102,11 +102,12 @@ def remat_policy(name: str):
 
 def remat_group_size(cfg: ModelConfig, n_blocks: int) -> int:
     """Blocks per recompute group: `remat_group`, or with 0 the divisor of `n_blocks` nearest the
-    paper's optimum L_r* = sqrt(n·L / (n + 2)) (Eq. 20, L counted in blocks here)."""
+    paper's optimum L_r* = sqrt(n·L / (n + 2)) (Eq. 20). L and L_r count layers as the paper's
+    figures do, two per block (attention and FFN sites), so the optimum in blocks is L_r* / 2."""
     if cfg.remat_group:
         group = min(cfg.remat_group, n_blocks)
     else:
-        group = math.sqrt(cfg.streams * n_blocks / (cfg.streams + 2))
+        group = math.sqrt(cfg.streams * 2 * n_blocks / (cfg.streams + 2)) / 2
     divisors = [d for d in range(1, n_blocks + 1) if n_blocks % d == 0]
     return min(divisors, key=lambda d: (abs(d - group), d))
 
