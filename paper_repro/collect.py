@@ -24,28 +24,31 @@ ENTRIES = (
      "seconds after the stability runs"),
     ("fig5_mhc_stability", "Fig. 5: mHC stability, loss gap vs baseline and grad norm",
      "seconds after the stability runs"),
-    ("fig6_scaling", "Fig. 6: compute scaling and token scaling", "see the script's table"),
+    ("fig6_scaling", "Fig. 6: compute scaling and token scaling",
+     "about 10 min (6 ladder runs + a 400-step pair)"),
     ("fig7_mhc_amax", "Fig. 7: mHC Amax gain per layer", "seconds after the stability runs"),
     ("fig8_heatmaps", "Fig. 8: H_res heatmaps, single layer and composite, HC vs mHC",
      "seconds after the stability runs"),
-    ("table1_hc_ablation", "Table 1: HC component ablation", "see the script's table"),
+    ("table1_hc_ablation", "Table 1: HC component ablation", "about 5 min (4 variants x 2 seeds)"),
     ("table2_io", "Table 2: residual-stream I/O per token, formulas vs XLA cost analysis",
      "about a minute"),
     ("table3_recompute", "Table 3 / Eq. 20: recomputation block size and memory",
      "a few minutes"),
-    ("table4_downstream", "Table 4: downstream evaluation", "a few minutes"),
+    ("table4_downstream", "Table 4: downstream evaluation",
+     "about 10 min after the stability runs"),
     ("table5_configs", "Table 5: configurations and parameter counts", "seconds"),
 )
 
 
 def _parse(path: str) -> tuple[str, list[str], str]:
-    """(provenance line, table lines, notes) of a table written by `common.write`."""
+    """(provenance line, the paper-vs-ours table's lines, everything after it) of a file written
+    by `common.write` (scripts may append more tables after the first)."""
     with open(path) as f:
         lines = f.read().splitlines()
     produced = next((ln for ln in lines if ln.startswith("Produced by")), "")
-    table = [ln for ln in lines if ln.startswith("|")]
-    after = lines[max(i for i, ln in enumerate(lines) if ln.startswith("|")) + 1:]
-    return produced, table, "\n".join(ln for ln in after if ln.strip())
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    return produced, lines[start:end], "\n".join(lines[end:]).strip()
 
 
 def build(results: str, readme: str) -> str:

@@ -61,6 +61,15 @@ def command_line(script: str, argv) -> str:
     return " ".join(["python", f"paper_repro/{script}", *(argv or [])])
 
 
+def table_parser(doc: str, smoke_help: str) -> argparse.ArgumentParser:
+    """Arguments of the compile-only tables (2, 3, 5): --scale default|paper, --smoke, --out."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--scale", choices=("default", "paper"), default="default")
+    p.add_argument("--smoke", action="store_true", help=smoke_help)
+    p.add_argument("--out", default=RESULTS)
+    return p
+
+
 # ------------------------------------------------------ figures built on the stability study
 def stability_parser(doc: str) -> argparse.ArgumentParser:
     """Arguments shared by the figures that read the residual/HC/mHC stability runs: --scale,

@@ -22,7 +22,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from experiments import ablations, common  # noqa: E402
-from paper_repro.common import RESULTS, Row, command_line, write  # noqa: E402
+from paper_repro.common import RESULTS, Row, command_line, savefig, write  # noqa: E402
 
 # (label, overrides, paper's loss gap vs baseline) in the paper's row order
 VARIANTS = (
@@ -90,9 +90,7 @@ def plot(summary: dict, path: str, title: str) -> None:
     ax.set(ylabel="final loss − baseline", title=title)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    savefig(fig, path)
 
 
 def main(argv=None) -> int:

@@ -17,14 +17,14 @@ added to the formula as phi / T, so the check is exact up to XLA's accounting.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paper_repro.common import RESULTS, Row, command_line, verdict, write  # noqa: E402
+from paper_repro import common  # noqa: E402
+from paper_repro.common import Row, command_line, verdict, write  # noqa: E402
 
 TOLERANCE = 0.01  # relative, per kernel (read and write separately)
 SCALES = {"smoke": dict(n=4, c=64, tokens=256), "default": dict(n=4, c=256, tokens=4096),
@@ -151,17 +151,11 @@ def plot(formula, measured, n, c, path):
     ax.set_ylabel("elements per token per site")
     ax.set_title(f"Table 2: stream I/O per kernel (n={n}, C={c}); formula vs XLA cost analysis")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.savefig(fig, path)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=("default", "paper"), default="default")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes (seconds), for tests")
-    p.add_argument("--out", default=RESULTS)
-    args = p.parse_args(argv)
+    args = common.table_parser(__doc__, "tiny shapes (seconds), for tests").parse_args(argv)
     scale = SCALES["smoke" if args.smoke else args.scale]
     n, c, tokens = scale["n"], scale["c"], scale["tokens"]
     start = time.perf_counter()

@@ -27,7 +27,6 @@ read L as sites, as `mhc.model.transformer.remat_group_size` (remat_group=0) doe
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -37,7 +36,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paper_repro.common import RESULTS, Row, command_line, verdict, write  # noqa: E402
+from paper_repro import common  # noqa: E402
+from paper_repro.common import Row, command_line, verdict, write  # noqa: E402
 
 SCALES = {
     # smoke: B compiles one group size of a 1-block model (wiring only: the step's compile is slow)
@@ -169,9 +169,7 @@ def plot(a_curve, b_curve, n, s, path):
         ax.set_title(cur["title"], fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"Table 3 / Eq. 20: recompute block size (n={n}, {s})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.savefig(fig, path)
 
 
 def _curve(title, unit, blocks, measured, n, c, layers, per_unit_sites):
@@ -201,11 +199,7 @@ def _table(cur) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=("default", "paper"), default="default")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes (seconds), for tests")
-    p.add_argument("--out", default=RESULTS)
-    args = p.parse_args(argv)
+    args = common.table_parser(__doc__, "tiny shapes (seconds), for tests").parse_args(argv)
     name = "smoke" if args.smoke else args.scale
     sc = SCALES[name]
     n, c, sites, tokens = sc["n"], sc["c"], sc["sites"], sc["tokens"]

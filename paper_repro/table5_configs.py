@@ -12,7 +12,6 @@ A count agrees when it is within 1 % of Table 5. Also reported: the vocabulary p
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import os
@@ -21,7 +20,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paper_repro.common import RESULTS, Row, command_line, verdict, write  # noqa: E402
+from paper_repro import common  # noqa: E402
+from paper_repro.common import Row, command_line, verdict, write  # noqa: E402
 
 TOLERANCE = 0.01
 PAPER_VOCAB = {"3b": 331e6, "9b": 496e6, "27b": 662e6, "3b-1t": 331e6}  # Table 5 vocab params
@@ -84,18 +84,12 @@ def plot(results, path):
         ax.legend(fontsize=7)
     fig.suptitle("Table 5: parameter counts, paper vs our recipes (label: residual vs paper)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    common.savefig(fig, path)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=("default", "paper"), default="default",
-                   help="both count the full recipes (abstract shapes, seconds)")
-    p.add_argument("--smoke", action="store_true", help="3b only, for tests")
-    p.add_argument("--out", default=RESULTS)
-    args = p.parse_args(argv)
+    # both scales count the full recipes (abstract shapes, seconds)
+    args = common.table_parser(__doc__, "3b only, for tests").parse_args(argv)
     from mhc import recipes
     start = time.perf_counter()
     names = ["3b"] if args.smoke else list(recipes.PAPER_TABLE5)
