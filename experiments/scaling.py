@@ -34,7 +34,7 @@ KINDS = ("residual", "mhc")
 # name: (d_model, n_layers, n_heads); width/depth = 16, head dim 16, d_ff = 3 x width
 LADDER = {"xs": (48, 3, 3), "s": (64, 4, 4), "m": (96, 6, 6)}
 SMOKE_LADDER = {"xs": (16, 1, 2), "s": (32, 2, 2)}
-DEFAULT_SEEDS = (0, 1)
+DEFAULT_SEEDS = (0, 1, 2)
 TOKEN_STEPS = 400
 
 

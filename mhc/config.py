@@ -10,7 +10,7 @@ from mhc import connections, manifolds
 
 DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 COLLAPSE = ("sum", "mean", "head")
-REMAT = ("none", "full", "dots", "mhc")
+REMAT = ("none", "full", "dots", "mhc", "streams")
 ATTENTION = ("mha", "mla")
 FFN = ("dense", "moe")
 MOE_DISPATCH = ("auto", "capacity", "ragged")
@@ -52,7 +52,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     init_std: float = 0.02
     dtype: str = "auto"  # compute dtype; the HC/mHC coefficient path is fp32 regardless
-    remat: str = "none"  # none | full | dots | mhc (see mhc/model/transformer.py)
+    remat: str = "none"  # none | full | dots | mhc | streams (see mhc/model/transformer.py)
     remat_group: int = 1  # blocks recomputed together (L_r of paper Eq. 20); 0 = the optimum
     # the connection (see mhc.connections)
     residual: str = "mhc"

@@ -160,16 +160,19 @@ def _rms_project_fwd(x, w_DxK, eps, n_axes):
     raw = jnp.dot(rows, w_DxK, precision=jax.lax.Precision.HIGHEST)
     inv_rms = jax.lax.rsqrt(jnp.mean(rows * rows, axis=-1, keepdims=True) + eps)
     out = (raw * inv_rms).reshape(*x.shape[:x.ndim - n_axes], w_DxK.shape[-1])
-    return out, (x, w_DxK, raw, inv_rms)
+    # the output (not the raw matmul) is saved: callers keep it for their own backward anyway
+    return out, (x, w_DxK, out, inv_rms)
 
 
 def _rms_project_bwd(eps, n_axes, saved, g_xK):
-    x, w, raw, inv_rms = saved
+    x, w, out, inv_rms = saved
     rows = _rows(x, n_axes)
-    g = g_xK.reshape(raw.shape)
+    out = out.reshape(rows.shape[0], -1)
+    g = g_xK.reshape(out.shape)
     g_raw = g * inv_rms
-    # d/dx of rsqrt(mean(x²) + eps) = -inv_rms³ x / D, weighted by sum_k g_k raw_k
-    coef = -jnp.sum(g * raw, axis=-1, keepdims=True) * inv_rms ** 3 / rows.shape[-1]
+    # d/dx of rsqrt(mean(x²) + eps) = -inv_rms³ x / D, weighted by sum_k g_k raw_k, where
+    # raw = out / inv_rms
+    coef = -jnp.sum(g * out, axis=-1, keepdims=True) * inv_rms ** 2 / rows.shape[-1]
     # dW as [K, D] (a [D, K] output with K ~ 24 is ~3x slower on XLA:CPU); the barrier keeps
     # XLA from folding the transpose back into the dot
     dw = jax.lax.optimization_barrier(
@@ -275,7 +278,12 @@ def compute_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) ->
         fixed = residual_maps(streams_xNxC)
         maps = Maps(*(m if name in spec.learned_maps else f
                       for name, m, f in zip(MAP_NAMES, maps, fixed)))
-    return maps
+    if spec.kind == "hc":  # measured: HC's full step is faster without the barrier below
+        return maps
+    # materialised (2N + N² floats per token): fused into the loops over the streams, XLA:CPU
+    # recomputes the maps for every element of C. Bench step (interleaved, same process): mHC
+    # 1.25x -> 1.12x the residual; HC 1.17x -> 1.27x, so HC keeps the fused form
+    return Maps(*jax.lax.optimization_barrier(tuple(maps)))
 
 
 # ------------------------------------------------------------------------------- applying

@@ -54,6 +54,30 @@ def _sinkhorn_paper(x_NxN: jax.Array, iters: int) -> jax.Array:
                          x_NxN.shape)
 
 
+def _sinkhorn_paper_vjp(x_NxN: jax.Array, g_NxN: jax.Array, iters: int) -> jax.Array:
+    """VJP of `_sinkhorn_paper` by re-running it: the exact gradient of the truncated iteration.
+
+    A log-domain normalisation y = z - logsumexp(z) has the VJP dz = g - exp(y) · sum(g), so a
+    step needs only its output. The re-run keeps one iterate per iteration (the column-normalised
+    one; the row step is recomputed from it), `iters x N x N` floats per token, where autodiff of
+    the loop keeps several per half step.
+    """
+    def forward(log_m, _):  # [i, j, M]
+        cols = log_m - jax.nn.logsumexp(log_m, axis=0, keepdims=True)
+        return cols - jax.nn.logsumexp(cols, axis=1, keepdims=True), cols
+
+    log_h, cols = jax.lax.scan(forward, _tokens_last(x_NxN), None, length=iters, unroll=2)
+    g = _tokens_last(g_NxN) * jnp.exp(log_h)  # through H = exp(log_h)
+
+    def backward(g, cols):
+        row_m = jax.nn.softmax(cols, axis=1)  # exp of the row step's output (stable)
+        g = g - row_m * g.sum(1, keepdims=True)  # row step
+        return g - jnp.exp(cols) * g.sum(0, keepdims=True), None  # column step
+
+    g, _ = jax.lax.scan(backward, g, cols, reverse=True, unroll=2)
+    return _tokens_first(g, x_NxN.shape)
+
+
 def _sinkhorn_deepseek_v4(x_NxN: jax.Array, iters: int, eps: float) -> jax.Array:
     """DeepSeek-V4 production ordering: softmax over the last axis + eps, columns once, then
     (iters - 1) x (rows, columns), eps in every denominator. V4 applies the result transposed
@@ -91,6 +115,8 @@ def _sinkhorn_recompute_bwd(iters, convention, eps, x, g):
     # The barrier ties the re-run to the incoming cotangent, so XLA can neither merge it with the
     # forward (CSE) nor hoist every site's re-run to the start of the backward.
     x, g = jax.lax.optimization_barrier((x, g))
+    if convention == "paper":
+        return (_sinkhorn_paper_vjp(x, g, iters),)
     _, vjp = jax.vjp(lambda x: _sinkhorn_forward(x, iters, convention, eps), x)
     return vjp(g)
 

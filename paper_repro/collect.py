@@ -25,7 +25,7 @@ ENTRIES = (
     ("fig5_mhc_stability", "Fig. 5: mHC stability, loss gap vs baseline and grad norm",
      "seconds after the stability runs"),
     ("fig6_scaling", "Fig. 6: compute scaling and token scaling",
-     "about 10 min (6 ladder runs + a 400-step pair)"),
+     "about 25 min (18 ladder runs over 3 seeds + a 400-step pair)"),
     ("fig7_mhc_amax", "Fig. 7: mHC Amax gain per layer", "seconds after the stability runs"),
     ("fig8_heatmaps", "Fig. 8: H_res heatmaps, single layer and composite, HC vs mHC",
      "seconds after the stability runs"),

@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=("small", "paper"), default="small")
     p.add_argument("--mesh", default="", help="paper scale: e.g. fsdp=64,expert=8")
-    p.add_argument("--seeds", default=None, help="ladder seeds (default 0,1 small, 0 paper)")
+    p.add_argument("--seeds", default=None, help="ladder seeds (default 0,1,2 small, 0 paper)")
     p.add_argument("--token-steps", type=int, default=scaling.TOKEN_STEPS,
                    help="small scale: length of the long run pair")
     p.add_argument("--out", default=RESULTS)

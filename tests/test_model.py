@@ -108,7 +108,7 @@ def test_remat_policies_keep_gradients_and_cut_memory():
     tokens = jnp.zeros((2, 64), jnp.int32)
     grads, memory = {}, {}
     for remat, group in [("none", 1), ("full", 1), ("dots", 1), ("mhc", 1), ("mhc", 2),
-                         ("full", 0)]:
+                         ("full", 0), ("streams", 1)]:
         model = _model(residual="mhc", n_layers=4, remat=remat, remat_group=group)
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -121,6 +121,37 @@ def test_remat_policies_keep_gradients_and_cut_memory():
     for key, g in grads.items():
         np.testing.assert_allclose(g, grads["none", 1], atol=1e-7, err_msg=str(key))
     assert memory["full", 1] < 0.6 * memory["none", 1], memory
+
+
+@pytest.mark.parametrize("kind", ["mhc", "hc"])
+def test_streams_policy_keeps_only_the_block_input_streams(kind):
+    """Paper Section 4.3: the "streams" policy stores F's activations but no stream-shaped value
+    [..., N, C] computed inside the block (the FFN site's input is re-run from the block input),
+    while "none" stores it."""
+    import contextlib
+    import io
+
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from mhc.model.transformer import Block, remat_policy
+    cfg = dataclasses.replace(TINY, residual=kind)
+    graphdef, state = nnx.split(Block(cfg, 0, rngs=nnx.Rngs(0)))
+    streams = jnp.ones((2, 16, 4, cfg.d_model))
+
+    def saved(policy):  # one line per saved residual: "f32[2,16,4,32] output of ... from ..."
+        def loss(state, streams):
+            return jnp.sum(nnx.merge(graphdef, state)(streams)[0])
+        fn = loss if policy is None else jax.checkpoint(loss, policy=policy)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            print_saved_residuals(fn, state, streams)
+        return [ln for ln in out.getvalue().splitlines() if "from the argument" not in ln]
+
+    stream_shape = f",4,{cfg.d_model}]"
+    assert any(stream_shape in ln for ln in saved(None))  # the FFN site's input is stored
+    kept = saved(remat_policy("streams", 4, cfg.d_model))
+    assert not [ln for ln in kept if stream_shape in ln]
+    assert any("branch_out" in ln for ln in kept)  # F's output is kept, F is not re-run
 
 
 def test_remat_group_size_follows_eq20():

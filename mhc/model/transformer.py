@@ -82,7 +82,16 @@ class Block(nnx.Module):
         return streams, (attn_maps, ffn_maps, stats)
 
 
-def remat_policy(name: str):
+def _stream_path_policy(n_streams: int, width: int):
+    """Saveable unless computed from stream-shaped operands `[..., N, C]`: those values (a site's
+    new streams, the read, the mix and write intermediates) are re-run from the block input."""
+    def saveable(prim, *avals, **params):
+        del prim, params
+        return not any(getattr(a, "shape", ())[-2:] == (n_streams, width) for a in avals)
+    return saveable
+
+
+def remat_policy(name: str, n_streams: int = 1, width: int = 0):
     """Named rematerialisation policies (None = store everything for the backward).
       full  recompute every block from its input
       dots  keep matmul outputs, recompute element-wise work
@@ -90,14 +99,19 @@ def remat_policy(name: str):
             `branch_out`, recompute everything else: the stream path (norms, coefficient
             matmul's RMS scaling, maps, Sinkhorn, read/mix/write, whose einsums carry the token
             axes as batch dimensions and so are not kept) and attention's score/value products:
-            the paper's selective recompute (Section 4.3, Table 3)
+            (leaner than the paper's scheme: F's element-wise work is recomputed too)
+      streams  the paper's selective recompute (Section 4.3): keep everything F keeps, recompute
+            the connection's stream path (values computed from `[..., N, C]` streams; needs
+            `n_streams` and `width`). A block stores its input streams, F's output and the
+            small maps; the FFN site's input streams are re-run from them, F is not
     """
     policies = jax.checkpoint_policies
     return {"none": None, "full": policies.nothing_saveable,
             "dots": policies.checkpoint_dots,
             "mhc": policies.save_from_both_policies(
                 policies.checkpoint_dots_with_no_batch_dims,
-                policies.save_only_these_names(connections.BRANCH_OUT))}[name]
+                policies.save_only_these_names(connections.BRANCH_OUT)),
+            "streams": _stream_path_policy(n_streams, width)}[name]
 
 
 def remat_group_size(cfg: ModelConfig, n_blocks: int) -> int:
@@ -166,7 +180,7 @@ class Decoder(nnx.Module):
 
     def _run_stack(self, blocks, n_blocks: int, streams):
         """Scan the `n_blocks` stacked blocks; with remat, recompute in groups of `remat_group`."""
-        policy = remat_policy(self.cfg.remat)
+        policy = remat_policy(self.cfg.remat, self.cfg.streams, self.cfg.d_model)
         group = remat_group_size(self.cfg, n_blocks)
 
         def body(block, streams):
@@ -187,7 +201,9 @@ class Decoder(nnx.Module):
 
         @functools.partial(jax.checkpoint, policy=policy)
         def run_group(streams, group_state):
-            return scan(nnx.merge(graphdef, group_state), streams)
+            # the policy inside the group too: recomputing a group keeps only what the policy
+            # saves per block, not every intermediate of its blocks
+            return scan(nnx.merge(graphdef, group_state), streams, nnx.remat(body, policy=policy))
 
         streams, outs = jax.lax.scan(run_group, streams, grouped)
         return streams, jax.tree.map(lambda a: a.reshape(n_blocks, *a.shape[2:]), outs)
