@@ -92,9 +92,14 @@ def measure(cfg, rounds: int, steps: int, time_remat: bool = False) -> dict:
         state, loss = compiled(state, batch)  # warm-up
         jax.block_until_ready(loss)
         runs[kind, remat] = [compiled, state, batch]
-    for _ in range(rounds):  # interleaved: every kind sees the same machine conditions
-        for key, run in runs.items():
-            step, state, batch = run
+    order = list(runs)
+    for r in range(rounds):  # interleaved: every kind sees the same machine conditions; the
+        # order is shuffled per round: with a fixed order, the variant timed right after the
+        # residual read slowest in three paired runs (an HC variant each time, with and
+        # without a change to it), which confounds an A/B comparison
+        np.random.default_rng(r).shuffle(order)
+        for key in order:
+            step, state, batch = run = runs[key]
             start = time.perf_counter()
             for _ in range(steps):
                 state, loss = step(state, batch)

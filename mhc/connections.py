@@ -278,11 +278,11 @@ def compute_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) ->
         fixed = residual_maps(streams_xNxC)
         maps = Maps(*(m if name in spec.learned_maps else f
                       for name, m, f in zip(MAP_NAMES, maps, fixed)))
-    if spec.kind == "hc":  # measured: HC's full step is faster without the barrier below
+    if spec.kind == "hc":  # not yet shown to help HC's full step (benchmarks/README.md)
         return maps
     # materialised (2N + N² floats per token): fused into the loops over the streams, XLA:CPU
     # recomputes the maps for every element of C. Bench step (interleaved, same process): mHC
-    # 1.25x -> 1.12x the residual; HC 1.17x -> 1.27x, so HC keeps the fused form
+    # 1.25x -> 1.12x the residual
     return Maps(*jax.lax.optimization_barrier(tuple(maps)))
 
 
