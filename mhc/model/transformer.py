@@ -98,7 +98,7 @@ def remat_policy(name: str, n_streams: int = 1, width: int = 0):
       mhc   keep F's weight matmuls (dots without batch dimensions) and F's output
             `branch_out`, recompute everything else: the stream path (norms, coefficient
             matmul's RMS scaling, maps, Sinkhorn, read/mix/write, whose einsums carry the token
-            axes as batch dimensions and so are not kept) and attention's score/value products:
+            axes as batch dimensions and so are not kept) and attention's score/value products
             (leaner than the paper's scheme: F's element-wise work is recomputed too)
       streams  the paper's selective recompute (Section 4.3): keep everything F keeps, recompute
             the connection's stream path (values computed from `[..., N, C]` streams; needs
