@@ -40,15 +40,21 @@ def _tokens_first(y_NxNxM: jax.Array, shape) -> jax.Array:
     return jnp.moveaxis(y_NxNxM, -1, 0).reshape(shape)
 
 
+def _paper_iteration(log_m_NxNxM: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One log-domain Sinkhorn iteration of the paper: (rows-normalised output, the
+    columns-normalised intermediate), both `[i, j, M]`."""
+    cols = log_m_NxNxM - jax.nn.logsumexp(log_m_NxNxM, axis=0, keepdims=True)
+    return cols - jax.nn.logsumexp(cols, axis=1, keepdims=True), cols
+
+
 def _sinkhorn_paper(x_NxN: jax.Array, iters: int) -> jax.Array:
     """Paper Eq. 9 in the log domain: M0 = exp(x), then `iters` x (normalise columns, then rows).
 
     Identical to the exp-domain recursion in exact arithmetic, but safe for any logit range
     (no underflow to all-zero columns). Rows are normalised last, so row sums are exact.
     """
-    def body(_, log_m):  # [i, j, M]
-        log_m = log_m - jax.nn.logsumexp(log_m, axis=0, keepdims=True)  # columns
-        return log_m - jax.nn.logsumexp(log_m, axis=1, keepdims=True)  # rows
+    def body(_, log_m):
+        return _paper_iteration(log_m)[0]
 
     return _tokens_first(jnp.exp(jax.lax.fori_loop(0, iters, body, _tokens_last(x_NxN))),
                          x_NxN.shape)
@@ -62,11 +68,8 @@ def _sinkhorn_paper_vjp(x_NxN: jax.Array, g_NxN: jax.Array, iters: int) -> jax.A
     one; the row step is recomputed from it), `iters x N x N` floats per token, where autodiff of
     the loop keeps several per half step.
     """
-    def forward(log_m, _):  # [i, j, M]
-        cols = log_m - jax.nn.logsumexp(log_m, axis=0, keepdims=True)
-        return cols - jax.nn.logsumexp(cols, axis=1, keepdims=True), cols
-
-    log_h, cols = jax.lax.scan(forward, _tokens_last(x_NxN), None, length=iters, unroll=2)
+    log_h, cols = jax.lax.scan(lambda log_m, _: _paper_iteration(log_m),
+                               _tokens_last(x_NxN), None, length=iters, unroll=2)
     g = _tokens_last(g_NxN) * jnp.exp(log_h)  # through H = exp(log_h)
 
     def backward(g, cols):
