@@ -279,8 +279,8 @@ def compute_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) ->
         maps = Maps(*(m if name in spec.learned_maps else f
                       for name, m, f in zip(MAP_NAMES, maps, fixed)))
     # materialised (2N + N² floats per token): fused into the loops over the streams, XLA:CPU
-    # recomputes the maps for every element of C. One site fwd+bwd: HC 182 -> 104 ms; bench step
-    # (interleaved, same process): mHC 1.25x -> 1.12x the residual
+    # recomputes the maps for every element of C. One HC site fwd+bwd: 182 -> 104 ms (mHC and
+    # the full steps: benchmarks/README.md, rounds 2 and 3)
     return Maps(*jax.lax.optimization_barrier(tuple(maps)))
 
 
