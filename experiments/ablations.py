@@ -8,6 +8,10 @@ dynamic coefficients; it is trained once and shared by every axis):
   manifold             sinkhorn, mhc_lite, orthostochastic, unconstrained
   dynamic              static (biases only) vs dynamic coefficients
   sinkhorn_convention  paper (Eq. 9) vs deepseek_v4
+  h_res_regime         what lets H_res learn within a CPU budget: the hard identity init (-8),
+                       a soft identity (off-diagonal logit -2), uniform with the streams'
+                       symmetry broken at expansion, range-capped Sinkhorn (cap 2), each with the
+                       connection parameters' learning rate x1 and x10
 Each axis's table has the residual baseline as its reference row. Per variant: final eval loss
 (16 fixed held-out batches) mean ± std over seeds, the gap to the residual (paired by seed: the
 same seed gives both the same data order), the max over training of the composite Amax gain
@@ -50,6 +54,14 @@ AXES = {
                 [("static", ("dynamic=false",)), ("dynamic", ("dynamic=true",))]),
     "sinkhorn_convention": ("Sinkhorn convention", "paper",
                             [(c, (f"sinkhorn_convention={c}",)) for c in ("paper", "deepseek_v4")]),
+    "h_res_regime": ("H_res init and connection learning rate", "identity",
+                     [(f"{name}{' x' + str(mult) if mult != 1 else ''}",
+                       (*ov, f"connection_lr_mult={mult}"))
+                      for name, ov in (("identity", ()), ("soft-2", ("res_offdiag_logit=-2",)),
+                                       ("uniform+offset", ("res_init=uniform",
+                                                           "stream_offset_std=0.02")),
+                                       ("cap2", ("sinkhorn_range_cap=2",)))
+                      for mult in (1, 10)]),
 }
 DEFAULT_SEEDS = (0, 1, 2)
 
@@ -95,12 +107,17 @@ def plan(axes, seeds, base_overrides, recipe="tiny", smoke=False, runs_root=comm
 
 
 def run_metrics(rows: list[dict]) -> dict:
-    """The numbers of one run that the tables use."""
+    """The numbers of one run that the tables use (H_res's movement: first and last step)."""
     final = common.final_metrics(rows)
     return {"eval_loss": final["eval_loss"], "tail_loss": common.tail_loss(rows),
             "amax_fwd_max": max(r.get("amax_fwd_max", 1.0) for r in rows),
             "amax_bwd_max": max(r.get("amax_bwd_max", 1.0) for r in rows),
-            "ds_col_err_max": max(r.get("ds_col_err_max", 0.0) for r in rows)}
+            "ds_col_err_max": max(r.get("ds_col_err_max", 0.0) for r in rows),
+            **common.h_res_movement(rows)}
+
+
+METRICS = ("eval_loss", "tail_loss", "amax_fwd_max", "amax_bwd_max", "ds_col_err_max",
+           *common.H_RES_MOVEMENT)
 
 
 def summarize(per_seed: dict[str, dict[int, dict]], baseline: str = "residual") -> dict:
@@ -110,7 +127,7 @@ def summarize(per_seed: dict[str, dict[int, dict]], baseline: str = "residual") 
     out = {}
     for label, by_seed in per_seed.items():
         s = {"seeds": sorted(by_seed)}
-        for key in ("eval_loss", "tail_loss", "amax_fwd_max", "amax_bwd_max", "ds_col_err_max"):
+        for key in METRICS:
             s[key], s[key + "_std"] = common.mean_spread(m[key] for m in by_seed.values())
         paired = [by_seed[k]["eval_loss"] - base[k]["eval_loss"] for k in by_seed if k in base]
         s["gap"], s["gap_std"] = common.mean_spread(paired) if paired else (math.nan, math.nan)
@@ -144,15 +161,18 @@ def table(axis: str, summary: dict) -> list[str]:
     title, default, _ = AXES[axis]
     lines = [f"### {title} (`{axis}`; mHC default: {default})", "",
              "| variant | seeds | final eval loss | gap vs residual | tail train loss "
-             "| max composite Amax fwd / bwd | max DS column error |",
-             "|---|---|---|---|---|---|---|"]
+             "| max composite Amax fwd / bwd | max DS column error | H_res off-diagonal mass "
+             "start → end | distance from init (end) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, s in summary.items():
         name = f"**{label}** (default)" if label == default else label
         n = len(s["seeds"])
         lines.append(
             f"| {name} | {n} | {fmt(s['eval_loss'], s['eval_loss_std'], n=n)} | "
             f"{fmt(s['gap'], s['gap_std'], n=n)} | {fmt(s['tail_loss'], s['tail_loss_std'], n=n)} | "
-            f"{s['amax_fwd_max']:.3g} / {s['amax_bwd_max']:.3g} | {s['ds_col_err_max']:.2g} |")
+            f"{s['amax_fwd_max']:.3g} / {s['amax_bwd_max']:.3g} | {s['ds_col_err_max']:.2g} | "
+            f"{s['offdiag_start']:.3f} → {fmt(s['offdiag_end'], s['offdiag_end_std'], n=n)} | "
+            f"{fmt(s['dist_init_end'], s['dist_init_end_std'], n=n)} |")
     return lines
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import platform
 import shutil
-import subprocess
 
 import numpy as np
 
@@ -88,24 +86,53 @@ def tail_loss(rows: list[dict], fraction: float = 0.1) -> float:
     return float(np.mean(losses[-k:]))
 
 
+H_RES_MOVEMENT = ("offdiag_start", "offdiag_end", "offdiag_end_max", "dist_init_end",
+                  "entropy_end", "token_std_end")
+
+
+def h_res_movement(rows: list[dict]) -> dict:
+    """Did H_res learn? Depth-mean off-diagonal mass (1 - mean diagonal) at the first and last
+    logged step, the worst site's at the end, distance from the initial map, row entropy and
+    token spread at the end (NaN where the run predates these metrics)."""
+    def value(row, key):
+        if key == "h_res_offdiag" and key not in row and "h_res_diag_mean" in row:
+            return 1.0 - row["h_res_diag_mean"]  # the same quantity, logged by older runs
+        return row.get(key, np.nan)
+    first, last = rows[0], rows[-1]
+    return {"offdiag_start": value(first, "h_res_offdiag"),
+            "offdiag_end": value(last, "h_res_offdiag"),
+            "offdiag_end_max": value(last, "h_res_offdiag_max"),
+            "dist_init_end": value(last, "h_res_dist_init"),
+            "entropy_end": value(last, "h_res_entropy"),
+            "token_std_end": value(last, "h_res_token_std")}
+
+
 def mean_spread(values) -> tuple[float, float]:
     """(mean, sample standard deviation; 0 for a single value)."""
     v = np.asarray(list(values), float)
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def provenance() -> dict:
-    """Date, commit and device of the numbers a script writes."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, text=True,
-                                capture_output=True, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
-    import jax
-    dev = jax.devices()[0]
-    return {"date": datetime.date.today().isoformat(), "commit": commit,
-            "device": f"{dev.platform} ({dev.device_kind}, {os.cpu_count()} cores, "
-                      f"{platform.machine()})"}
+def provenance(run_dirs=()) -> dict:
+    """Date, commit (with the dirty flag) and device of the numbers a script writes, and the
+    commits the runs it reads were trained at (`runs_commits`; "unrecorded" for old runs)."""
+    from mhc import rundir
+    version = rundir.source_version()
+    commit = version["commit"] + ("+dirty" if version["dirty"] else "")
+    meta = {"date": datetime.date.today().isoformat(), "commit": commit,
+            "device": rundir.machine()}
+    if run_dirs:
+        meta["runs_commits"] = runs_commits(run_dirs)
+    return meta
+
+
+def runs_commits(run_dirs) -> str:
+    """The distinct training commits of `run_dirs` with how many runs each, e.g. "abc123 (6)"."""
+    from collections import Counter
+
+    from mhc import rundir
+    counts = Counter(rundir.run_commit(d) for d in run_dirs)
+    return ", ".join(f"{c} ({n})" for c, n in sorted(counts.items()))
 
 
 def write_json(path: str, obj) -> None:

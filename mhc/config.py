@@ -63,6 +63,12 @@ class ModelConfig:
     sinkhorn_convention: str = "paper"
     sinkhorn_grad: str = "recompute"
     res_init: str = "identity"
+    res_offdiag_logit: float = -8.0  # off-diagonal logit of the identity init (-2: soft identity)
+    sinkhorn_range_cap: float | None = None  # range-capped Sinkhorn (None = off)
+    # > 0: a learned per-stream offset [N, C], drawn N(0, std), is added to the copied streams at
+    # expansion, so the streams differ from the first site on (copies make every doubly
+    # stochastic H_res act as the identity until the streams diverge)
+    stream_offset_std: float = 0.0
     alpha_init: float = 0.01
     collapse: str = "sum"
     learned_maps: str = "pre,post,res"  # Table 1 ablation: the others are fixed (1/N, 1, I)
@@ -131,6 +137,8 @@ class ModelConfig:
         _choice(self, "collapse", COLLAPSE)
         _check(self.norm_eps > 0, f"norm_eps={self.norm_eps!r}; must be > 0")
         _check(self.init_std > 0, f"init_std={self.init_std!r}; must be > 0")
+        _check(self.stream_offset_std >= 0,
+               f"stream_offset_std={self.stream_offset_std!r}; must be >= 0 (0 = plain copies)")
         if self.residual != "residual":
             try:  # validates res_init against the manifold
                 self.connection_spec()
@@ -159,7 +167,9 @@ class ModelConfig:
             width=self.d_model, n_streams=self.streams, kind=self.residual, dynamic=self.dynamic,
             manifold=self.manifold, sinkhorn_iters=self.sinkhorn_iters,
             sinkhorn_convention=self.sinkhorn_convention, sinkhorn_grad=self.sinkhorn_grad,
-            res_init=self.res_init, alpha_init=self.alpha_init, norm_eps=self.norm_eps,
+            res_init=self.res_init, res_offdiag_logit=self.res_offdiag_logit,
+            sinkhorn_range_cap=self.sinkhorn_range_cap, alpha_init=self.alpha_init,
+            norm_eps=self.norm_eps,
             learned_maps=tuple(m.strip() for m in self.learned_maps.split(",") if m.strip()),
             kernels=self.kernels)
 
@@ -178,6 +188,9 @@ class TrainConfig:
     b2: float = 0.95
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
+    # learning-rate multiplier of the connection parameters (HC/mHC maps, HyperHead): the
+    # short-run stand-in for the paper's 50k steps, so that H_res moves within a CPU budget
+    connection_lr_mult: float = 1.0
     microbatches: int = 1  # gradient accumulation: the batch is split into this many slices
     mesh: str = ""  # e.g. "fsdp=4,expert=2" (axes data, fsdp, expert, tensor); "" = one device
     seed: int = 0
@@ -237,6 +250,8 @@ class TrainConfig:
         _check(0 <= self.b2 < 1, f"b2={self.b2!r}; must be in [0, 1)")
         _check(self.adam_eps >= 0, f"adam_eps={self.adam_eps!r}; must be >= 0")
         _check(self.grad_clip >= 0, f"grad_clip={self.grad_clip!r}; must be >= 0 (0 = off)")
+        _check(self.connection_lr_mult > 0 and math.isfinite(self.connection_lr_mult),
+               f"connection_lr_mult={self.connection_lr_mult!r}; must be > 0")
         _check(0 < self.val_fraction < 1, f"val_fraction={self.val_fraction!r}; must be in (0, 1)")
         _choice(self, "wandb", WANDB_MODES)
         _check(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir must be non-empty")
@@ -267,10 +282,13 @@ def _parse_value(field: dataclasses.Field, raw: str, hints: dict):
             return int(raw)
         if kind is float:
             return float(raw)
+        if kind == (float | None):  # "none" / "off" = None
+            return None if raw.lower() in ("none", "off", "") else float(raw)
         if typing.get_origin(kind) is tuple:  # tuple[int, ...] as "3,4,5" ("" = empty)
             return tuple(int(x) for x in raw.split(",") if x.strip())
     except ValueError:
-        expected = "comma-separated integers" if typing.get_origin(kind) is tuple else kind.__name__
+        expected = ("comma-separated integers" if typing.get_origin(kind) is tuple
+                    else "a number or none" if kind == (float | None) else kind.__name__)
         raise ConfigError(f"{field.name}={raw!r}; expected {expected}") from None
     return raw
 

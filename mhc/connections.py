@@ -55,6 +55,12 @@ class ConnectionSpec:
     sinkhorn_convention: str = "paper"
     sinkhorn_grad: str = "recompute"
     res_init: str = "identity"
+    # logit of the non-identity terms of the "identity" init (-8: H_res ≈ I to 3e-4, mHC-lite's
+    # choice; -2: a soft identity, diagonal ≈ 0.71 at n = 4, that AdamW can move in few steps)
+    res_offdiag_logit: float = manifolds.OFF_DIAGONAL_LOGIT
+    # Sinkhorn only: rescale each token's logits so that max - min <= cap before projecting
+    # (range-capped Sinkhorn, RRCS; None = off)
+    sinkhorn_range_cap: float | None = None
     alpha_init: float = 0.01
     norm_eps: float = 1e-6
     pre_eps: float | None = None  # added to H_pre; None = 1e-6 for deepseek_v4, else 0
@@ -77,10 +83,20 @@ class ConnectionSpec:
         if self.kind == "mhc_lite":
             object.__setattr__(self, "manifold", "mhc_lite")
         manifold = manifolds.get(self.manifold)  # raises on an unknown name
-        if self.kind in ("mhc", "mhc_lite"):
-            manifold.init_logits(self.n_streams, self.res_init)  # raises on an unknown res_init
-        if self.kind == "hc" and self.res_init != "identity":
-            raise ValueError(f"res_init={self.res_init!r} for kind 'hc'; HC starts at identity")
+        if self.kind in ("mhc", "mhc_lite"):  # raises on an unknown res_init / offdiag logit
+            manifold.init_logits(self.n_streams, self.res_init, self.res_offdiag_logit)
+        if self.sinkhorn_range_cap is not None:
+            cap = self.sinkhorn_range_cap
+            if not isinstance(cap, (int, float)) or isinstance(cap, bool) or not cap > 0:
+                raise ValueError(f"sinkhorn_range_cap={cap!r}; must be > 0 (or None = off)")
+            if self.kind != "mhc" or self.manifold != "sinkhorn":
+                raise ValueError(f"sinkhorn_range_cap={cap!r} applies to kind='mhc' with "
+                                 f"manifold='sinkhorn' (got kind={self.kind!r}, "
+                                 f"manifold={self.manifold!r})")
+        if self.kind == "hc" and (self.res_init != "identity"
+                                  or self.res_offdiag_logit != manifolds.OFF_DIAGONAL_LOGIT):
+            raise ValueError(f"res_init={self.res_init!r}, res_offdiag_logit="
+                             f"{self.res_offdiag_logit!r} for kind 'hc'; HC starts at b_res = I")
         if self.sinkhorn_convention not in manifolds.CONVENTIONS:
             raise ValueError(f"sinkhorn_convention={self.sinkhorn_convention!r}; allowed: "
                              f"{', '.join(manifolds.CONVENTIONS)}")
@@ -128,7 +144,8 @@ def init_params(spec: ConnectionSpec, layer_index=0) -> dict[str, jax.Array]:
                        "theta_res": jnp.zeros((n, c), jnp.float32), "alpha": alpha}
         return params
     k = spec.num_res_logits
-    res_bias = jnp.asarray(manifolds.get(spec.manifold).init_logits(n, spec.res_init))
+    res_bias = jnp.asarray(manifolds.get(spec.manifold).init_logits(n, spec.res_init,
+                                                                     spec.res_offdiag_logit))
     pre_post = 2.0 * one_hot - 1.0
     params = {"bias": jnp.concatenate([pre_post, pre_post, res_bias])}
     if spec.dynamic:
@@ -265,7 +282,7 @@ def mhc_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) -> Map
     post = 2.0 * jax.nn.sigmoid(logits[..., n:2 * n])
     res = manifolds.get(spec.manifold).project(
         logits[..., 2 * n:], n, iters=spec.sinkhorn_iters, convention=spec.sinkhorn_convention,
-        grad=spec.sinkhorn_grad)
+        grad=spec.sinkhorn_grad, range_cap_to=spec.sinkhorn_range_cap)
     return Maps(pre, post, res)
 
 
@@ -282,6 +299,19 @@ def compute_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) ->
     # recomputes the maps for every element of C. One HC site fwd+bwd: 182 -> 104 ms (mHC and
     # the full steps: benchmarks/README.md, rounds 2 and 3)
     return Maps(*jax.lax.optimization_barrier(tuple(maps)))
+
+
+@functools.lru_cache(maxsize=64)
+def initial_res(spec: ConnectionSpec) -> np.ndarray:
+    """H_res of a freshly initialised site `[N, N]` (the same at every site: the dynamic terms
+    start at 0, so the map is the projection of the initial bias). The start that diagnostics
+    measure H_res's movement from."""
+    n = spec.n_streams
+    if spec.kind == "residual" or "res" not in spec.learned_maps:
+        return np.eye(n, dtype=np.float32)
+    with jax.ensure_compile_time_eval():  # a constant, also when first asked inside a jit
+        zeros = jnp.zeros((n, spec.width), jnp.float32)
+        return np.asarray(compute_maps(init_params(spec), zeros, spec).res)
 
 
 # ------------------------------------------------------------------------------- applying

@@ -42,12 +42,43 @@ def doubly_stochastic_error(h_xNxN: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.abs(h.sum(-1) - 1).max(-1), jnp.abs(h.sum(-2) - 1).max(-1)
 
 
-def map_stats(pre_LxBxTxN, post_LxBxTxN, res_LxBxTxNxN) -> dict[str, jax.Array]:
+def res_learning(res_xNxN: jax.Array, res0_NxN: jax.Array | None = None,
+                 token_axes: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+    """How far H_res has learned away from its start, over the tokens in `token_axes`.
+
+    res: `[..., N, N]`; res0: the site's initial map `[N, N]` (default I). Returns, reduced over
+    `token_axes` (the remaining leading axes are kept):
+      offdiag     1 - mean diagonal entry: the mass moved off the identity (0 at H = I,
+                  1 - 1/N at J/N; for a doubly stochastic map the mean off-diagonal row mass)
+      dist_init   mean over tokens of the Frobenius distance ||H - H0||_F
+      entropy     mean entropy (nats) of the rows of |H| normalised to sum 1: 0 for a
+                  permutation, log N for J/N
+      token_std   standard deviation over tokens of each entry, averaged over the N² entries
+                  (0 for a static map: how much the dynamic term makes H depend on the token)
+    """
+    res = jnp.asarray(res_xNxN, jnp.float32)
+    n = res.shape[-1]
+    res0 = jnp.eye(n, dtype=jnp.float32) if res0_NxN is None else jnp.asarray(res0_NxN,
+                                                                               jnp.float32)
+    diag = jnp.diagonal(res, axis1=-2, axis2=-1).mean(-1)  # [...]
+    dist = jnp.sqrt(jnp.sum((res - res0) ** 2, axis=(-2, -1)))
+    rows = jnp.abs(res)
+    p = rows / jnp.maximum(rows.sum(-1, keepdims=True), 1e-30)
+    entropy = -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), -1).mean(-1)
+    axes = tuple(token_axes)
+    return {"offdiag": 1.0 - diag.mean(axes), "dist_init": dist.mean(axes),
+            "entropy": entropy.mean(axes),
+            "token_std": res.std(axis=axes).mean((-2, -1)) if axes else jnp.zeros(res.shape[:-2])}
+
+
+def map_stats(pre_LxBxTxN, post_LxBxTxN, res_LxBxTxNxN, res0_NxN=None) -> dict[str, jax.Array]:
     """Per-layer statistics of stacked maps `[L, B, T, ...]` (tokens averaged, or max where noted).
 
     Returns arrays of shape `[L]`: Amax gain of each layer's H_res (mean over tokens) and of the
     composite up to that layer (fwd/bwd), doubly-stochastic error (max over tokens), mean of H_pre,
-    H_post and of H_res's diagonal, and the min entry of H_res (negative means unconstrained).
+    H_post and of H_res's diagonal, the min entry of H_res (negative means unconstrained), and how
+    far H_res has learned from `res0` (its initial map, default I; see `res_learning`):
+    `res_offdiag`, `res_dist_init`, `res_entropy`, `res_token_std`.
     """
     fwd, bwd = amax_gain(res_LxBxTxNxN)
     comp = composite(res_LxBxTxNxN, cumulative=True)
@@ -56,6 +87,7 @@ def map_stats(pre_LxBxTxN, post_LxBxTxN, res_LxBxTxNxN) -> dict[str, jax.Array]:
     layer_axes = tuple(range(1, fwd.ndim))
     diag = jnp.diagonal(res_LxBxTxNxN, axis1=-2, axis2=-1)
     res_axes = tuple(range(1, res_LxBxTxNxN.ndim))
+    learning = res_learning(res_LxBxTxNxN, res0_NxN, token_axes=layer_axes)
     return {
         "amax_fwd": fwd.mean(layer_axes), "amax_bwd": bwd.mean(layer_axes),
         "composite_fwd": cfwd.mean(layer_axes), "composite_bwd": cbwd.mean(layer_axes),
@@ -64,14 +96,27 @@ def map_stats(pre_LxBxTxN, post_LxBxTxN, res_LxBxTxNxN) -> dict[str, jax.Array]:
         "post_mean": post_LxBxTxN.mean(tuple(range(1, post_LxBxTxN.ndim))),
         "res_diag_mean": diag.mean(tuple(range(1, diag.ndim))),
         "res_min": res_LxBxTxNxN.min(res_axes),
+        **{f"res_{k}": v for k, v in learning.items()},
     }
 
 
+# per-step scalars of H_res's movement: (name, per-layer stat, reduction over depth)
+RES_LEARNING_SUMMARY = (
+    ("h_res_offdiag", "res_offdiag", "mean"), ("h_res_offdiag_max", "res_offdiag", "max"),
+    ("h_res_dist_init", "res_dist_init", "mean"), ("h_res_dist_init_max", "res_dist_init", "max"),
+    ("h_res_entropy", "res_entropy", "mean"), ("h_res_token_std", "res_token_std", "mean"),
+)
+
+
 def summarize(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
-    """Scalar run metrics from per-layer `map_stats`: worst layer, and the full-depth composite."""
+    """Scalar run metrics from per-layer `map_stats`: worst layer, the full-depth composite, and
+    depth summaries of H_res's movement (mean and worst site)."""
+    reduce = {"mean": jnp.mean, "max": jnp.max}
     return {
         "amax_fwd": stats["composite_fwd"][-1], "amax_bwd": stats["composite_bwd"][-1],
         "amax_fwd_max": stats["composite_fwd"].max(), "amax_bwd_max": stats["composite_bwd"].max(),
         "layer_amax_fwd_max": stats["amax_fwd"].max(), "layer_amax_bwd_max": stats["amax_bwd"].max(),
         "ds_col_err_max": stats["ds_col_err"].max(), "ds_row_err_max": stats["ds_row_err"].max(),
+        **{name: reduce[how](stats[key]) for name, key, how in RES_LEARNING_SUMMARY
+           if key in stats},
     }

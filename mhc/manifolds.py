@@ -226,40 +226,53 @@ def orthostochastic(logits_NxN: jax.Array) -> jax.Array:
 class Manifold:
     """A projection from `num_logits(n)` logits to an `[n, n]` mixing matrix.
 
-    project(logits[..., K], n, **options) -> H[..., n, n];  init_logits(n, how) -> np.ndarray[K]
-    with how in {"identity", "uniform"} giving H ≈ I or H ≈ J/n at initialisation.
+    project(logits[..., K], n, **options) -> H[..., n, n];
+    init_logits(n, how, offdiag_logit=OFF_DIAGONAL_LOGIT) -> np.ndarray[K] with how in
+    {"identity", "uniform"} giving H ≈ I or H ≈ J/n at initialisation; `offdiag_logit` is the
+    logit of the non-identity terms of the identity init (-8: a hard identity, -2: a soft one
+    with diagonal ≈ 0.71 for n = 4), where the manifold has such terms.
     """
     name: str
     project: Callable[..., jax.Array]
     num_logits: Callable[[int], int]
-    init_logits: Callable[[int, str], np.ndarray]
+    init_logits: Callable[..., np.ndarray]
     exact_doubly_stochastic: bool  # every output is doubly stochastic up to rounding
 
 
-def _square_init(n: int, how: str) -> np.ndarray:
+def _square_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
     if how == "identity":
-        return np.where(np.eye(n, dtype=bool), 0.0, OFF_DIAGONAL_LOGIT).astype(np.float32).ravel()
+        return np.where(np.eye(n, dtype=bool), 0.0, offdiag_logit).astype(np.float32).ravel()
     if how == "uniform":
         return np.zeros(n * n, np.float32)
     raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
 
 
-def _lite_init(n: int, how: str) -> np.ndarray:
+def _lite_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
     k = math.factorial(n)
     if how == "identity":
-        return np.array([0.0] + [OFF_DIAGONAL_LOGIT] * (k - 1), np.float32)
+        return np.array([0.0] + [offdiag_logit] * (k - 1), np.float32)
     if how == "uniform":
         return np.zeros(k, np.float32)
     raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
 
 
-def _ortho_init(n: int, how: str) -> np.ndarray:
+def _no_offdiag_logit(name: str, offdiag_logit: float) -> None:
+    """Manifolds whose identity init has no tunable off-diagonal logits refuse a custom one."""
+    if offdiag_logit != OFF_DIAGONAL_LOGIT:
+        raise ValueError(f"res_offdiag_logit={offdiag_logit!r} has no meaning for manifold "
+                         f"{name!r}; it applies to sinkhorn and mhc_lite")
+
+
+def _ortho_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
+    _no_offdiag_logit("orthostochastic", offdiag_logit)
     if how == "identity":
         return np.zeros(n * n, np.float32)
     raise ValueError(f"res_init={how!r} is not available for orthostochastic; allowed: identity")
 
 
-def _unconstrained_init(n: int, how: str) -> np.ndarray:
+def _unconstrained_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT
+                        ) -> np.ndarray:
+    _no_offdiag_logit("unconstrained", offdiag_logit)
     if how == "identity":
         return np.eye(n, dtype=np.float32).ravel()
     if how == "uniform":
@@ -267,11 +280,30 @@ def _unconstrained_init(n: int, how: str) -> np.ndarray:
     raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
 
 
+def _identity_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
+    _no_offdiag_logit("identity", offdiag_logit)
+    return np.zeros(0, np.float32)
+
+
+def range_cap(logits_xK: jax.Array, cap: float) -> jax.Array:
+    """Range-capped logits (RRCS, range-capped Sinkhorn): per matrix (last axis, all K logits),
+    `r = max - min`, `s = min(cap / (r + 1e-8), 1)`, returns `s · logits` — rescaled, not
+    clamped, and `s` is differentiable. Bounding the logit range bounds how far the start of
+    Sinkhorn is from uniform, so 20 iterations converge and the -8 identity init's saturated
+    exponentials (zero gradient) come back into range."""
+    z = jnp.asarray(logits_xK, jnp.float32)
+    r = z.max(-1, keepdims=True) - z.min(-1, keepdims=True)
+    return z * jnp.minimum(cap / (r + 1e-8), 1.0)
+
+
 def _as_square(logits, n):
     return jnp.asarray(logits, jnp.float32).reshape(*logits.shape[:-1], n, n)
 
 
-def _project_sinkhorn(logits, n, *, iters=20, convention="paper", grad="recompute", **_):
+def _project_sinkhorn(logits, n, *, iters=20, convention="paper", grad="recompute",
+                      range_cap_to=None, **_):
+    if range_cap_to is not None:
+        logits = range_cap(logits, range_cap_to)
     return sinkhorn(_as_square(logits, n), iters, convention=convention, grad=grad)
 
 
@@ -284,11 +316,12 @@ _REGISTRY: dict[str, Manifold] = {}
 
 def register(name: str, project: Callable[..., jax.Array], *,
              num_logits: Callable[[int], int] = lambda n: n * n,
-             init_logits: Callable[[int, str], np.ndarray] = _square_init,
+             init_logits: Callable[..., np.ndarray] = _square_init,
              exact_doubly_stochastic: bool = False) -> Manifold:
     """Add a projection `project(logits[..., K], n, **options) -> [..., n, n]` under `name`.
 
-    Options passed by the connection layer: iters, convention, grad (ignore what you do not use).
+    Options passed by the connection layer: iters, convention, grad, range_cap_to (ignore what
+    you do not use). `init_logits(n, how, offdiag_logit)` as in `Manifold`.
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"manifold name {name!r} must be a non-empty string")
@@ -314,7 +347,7 @@ register("mhc_lite", lambda logits, n, **_: mhc_lite(logits, n),
          num_logits=math.factorial, init_logits=_lite_init, exact_doubly_stochastic=True)
 register("orthostochastic", lambda logits, n, **_: orthostochastic(_as_square(logits, n)),
          init_logits=_ortho_init, exact_doubly_stochastic=True)
-register("identity", _project_identity, num_logits=lambda n: 0, init_logits=lambda n, how:
-         np.zeros(0, np.float32), exact_doubly_stochastic=True)
+register("identity", _project_identity, num_logits=lambda n: 0, init_logits=_identity_init,
+         exact_doubly_stochastic=True)
 register("unconstrained", lambda logits, n, **_: _as_square(logits, n),
          init_logits=_unconstrained_init)

@@ -183,7 +183,8 @@ class ConsoleProgress(Sink):
     """Print one progress line every ``every`` steps and at ``step == total_steps``.
 
     ``step`` counts completed steps (1-based). Shown keys, when present: ``loss``,
-    ``eval_loss``, ``tokens_per_s``, ``mfu``, ``amax_fwd``/``amax_bwd``, ``grad_norm``; the ETA
+    ``eval_loss``, ``tokens_per_s``, ``mfu``, ``amax_fwd``/``amax_bwd``, ``grad_norm``,
+    ``h_res_offdiag``; the ETA
     uses the mean wall time per step since the first ``write`` (so a resumed run's ETA counts
     only the steps it has left).
     """
@@ -213,6 +214,8 @@ class ConsoleProgress(Sink):
             parts.append("gain " + " ".join(gain))
         if "grad_norm" in m:
             parts.append(f"gnorm {m['grad_norm']:.3g}")
+        if "h_res_offdiag" in m:  # has H_res learned anything? (0 = still the identity)
+            parts.append(f"H_res offdiag {m['h_res_offdiag']:.3f}")
         if eta_s is not None:
             parts.append(f"ETA {_fmt_duration(eta_s)}")
         return " | ".join(parts)

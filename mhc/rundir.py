@@ -2,6 +2,9 @@
 killed at any time.
 
     RUN_DIR/config.json         the resolved config (written atomically)
+    RUN_DIR/provenance.json     who made the run: commit, dirty flag, date, command, machine, versions
+                                (one entry per process start: the first is the run's origin,
+                                later ones are resumes)
     RUN_DIR/metrics.jsonl       one line per step; on resume cut back to the restored step
     RUN_DIR/events.jsonl        skipped non-finite steps, loss spikes, checkpoints, stops, resumes
     RUN_DIR/checkpoints/<step>  orbax: model, optimizer, data iterator, RNG, config
@@ -13,10 +16,14 @@ and is removed again when a run fails before its first step.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import math
 import os
+import platform
 import shutil
+import subprocess
+import sys
 
 from mhc import metrics
 from mhc.config import Config, ConfigError, config_from_dict
@@ -29,6 +36,86 @@ RESUME_SAFE = ("log_every", "eval_every", "eval_batches", "checkpoint", "checkpo
                # resharding: a run may continue on another mesh / device count; microbatches
                # change only the order of float sums (to fit the memory of another mesh)
                "mesh", "microbatches")
+
+
+PROVENANCE = "provenance.json"
+_SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout holding mhc/
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=_SOURCE, text=True, capture_output=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def source_version() -> dict:
+    """{"commit": short hash or "unknown", "dirty": bool or None} of the code that is running:
+    the git checkout that holds this `mhc` package (an installed copy has no commit)."""
+    commit = _git("rev-parse", "--short=10", "HEAD")
+    if commit is None:
+        return {"commit": "unknown", "dirty": None}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def machine() -> str:
+    """The device, core count and architecture this process runs on, in words."""
+    import jax
+    dev = jax.devices()[0]
+    return (f"{dev.platform} ({dev.device_kind}, {jax.device_count()} device(s), "
+            f"{os.cpu_count()} cores, {platform.machine()})")
+
+
+def _command_argv() -> list[str]:
+    """The process's command line as typed (interpreter path reduced to its name)."""
+    argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+    return [os.path.basename(argv[0]), *argv[1:]]
+
+
+def provenance_entry(command: str | None = None) -> dict:
+    """What made this process's numbers: code version, UTC date, command line, machine."""
+    import jax
+    return {**source_version(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": command if command is not None else " ".join(_command_argv()),
+            "machine": machine(), "python": platform.python_version(), "jax": jax.__version__}
+
+
+def record_provenance(run_dir: str, resume: bool) -> dict:
+    """Append this process's entry to RUN_DIR/provenance.json (a new run starts the list)."""
+    path = os.path.join(run_dir, PROVENANCE)
+    entries = read_provenance(run_dir) if resume else []
+    entry = provenance_entry()
+    write_json_atomic(path, [*entries, {**entry, "resume": bool(resume and entries)}])
+    return entry
+
+
+def read_provenance(run_dir: str) -> list[dict]:
+    """The run's provenance entries (first = origin); [] for runs made before it was recorded."""
+    path = os.path.join(run_dir, PROVENANCE)
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except (OSError, ValueError):
+        return []
+    return entries if isinstance(entries, list) else []
+
+
+def run_commit(run_dir: str) -> str:
+    """The commit a run was trained at ("+dirty" when the tree had changes; "unrecorded" for runs
+    older than provenance; several commits joined by "," when resumed on other code)."""
+    entries = read_provenance(run_dir)
+    if not entries:
+        return "unrecorded"
+    seen = []
+    for e in entries:
+        label = e.get("commit", "unknown") + ("+dirty" if e.get("dirty") else "")
+        if label not in seen:
+            seen.append(label)
+    return ",".join(seen)
 
 
 class RunDirError(ValueError):

@@ -7,8 +7,9 @@ The run directory holds everything needed to continue, so the process may be kil
 (layout and checks in `mhc.rundir`; checkpoints in `mhc.checkpoint`).
 
 Every step logs loss, grad norm, lr, tokens/s, MFU and the stability diagnostics of the stream maps
-(Amax gain of the full-depth composite H_res, forward and backward, and H statistics); eval loss
-and per-layer statistics every `eval_every` steps. Faults: a step whose loss or gradients are not
+(Amax gain of the full-depth composite H_res, forward and backward, H statistics, and how far
+H_res has moved from its initial map); per-site statistics every `log_every` steps and at every
+eval; eval loss every `eval_every` steps. Faults: a step whose loss or gradients are not
 finite changes nothing (the update is dropped inside the jitted step) and is logged;
 `nan_patience` such steps in a row save a checkpoint and raise `TrainingDiverged`. SIGTERM/SIGINT
 finish the current step, save a checkpoint and raise `TrainingInterrupted`.
@@ -62,10 +63,22 @@ def _decay_mask(params):
     return jax.tree_util.tree_map_with_path(leaf_mask, params)
 
 
+CONNECTION_PARAMS = ("attn_hc", "ffn_hc", "head_collapse")  # modules of the connection maps
+
+
+def _connection_mask(params):
+    """True for the parameters of the HC/mHC sites and the HyperHead."""
+    def leaf_mask(path, _):
+        return any(getattr(k, "key", getattr(k, "name", None)) in CONNECTION_PARAMS for k in path)
+    return jax.tree_util.tree_map_with_path(leaf_mask, params)
+
+
 def make_optimizer(model: nnx.Module, cfg: Config) -> nnx.Optimizer:
     t = cfg.train
     tx = optax.adamw(lr_schedule(cfg), b1=t.b1, b2=t.b2, eps=t.adam_eps,
                      weight_decay=t.weight_decay, mask=_decay_mask)
+    if t.connection_lr_mult != 1:  # AdamW's step (and its decay) scaled for those parameters
+        tx = optax.chain(tx, optax.masked(optax.scale(t.connection_lr_mult), _connection_mask))
     if t.grad_clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(t.grad_clip), tx)
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -75,9 +88,10 @@ def cross_entropy(logits_BxTxV, targets_BxT) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
 
 
-def _map_metrics(maps) -> tuple[dict, dict]:
-    """Scalar diagnostics (composite/single Amax, H statistics) and the per-layer arrays."""
-    stats = diagnostics.map_stats(maps.pre, maps.post, maps.res)
+def _map_metrics(maps, res0_NxN) -> tuple[dict, dict]:
+    """Scalar diagnostics (composite/single Amax, H statistics, H_res's movement from `res0`,
+    the sites' initial map) and the per-layer arrays."""
+    stats = diagnostics.map_stats(maps.pre, maps.post, maps.res, res0_NxN)
     return {**diagnostics.summarize(stats),
             "h_pre_mean": stats["pre_mean"].mean(), "h_post_mean": stats["post_mean"].mean(),
             "h_res_diag_mean": stats["res_diag_mean"].mean(),
@@ -162,7 +176,7 @@ def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
         model.balance_routers(out.router["load"])
     nnx.update((model, optimizer), jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                                 nnx.state((model, optimizer)), before))
-    scalars, per_layer = _map_metrics(out.maps)
+    scalars, per_layer = _map_metrics(out.maps, model.initial_res())
     return {**losses, "grad_norm": grad_norm, "finite": finite, "updates_done": updates_done,
             **scalars, **_router_metrics(out.router)}, per_layer
 
@@ -415,8 +429,8 @@ class _Loop:
                 self.event(step, "loss_spike", f"loss {loss:.4g} > mean {mean:.4g} + "
                            f"{self.t.spike_sigma:g} x std {std:.3g} of the previous "
                            f"{len(self.spikes.losses) - 1}", loss=loss, mean=mean, std=std)
-        if extra:
-            record.update(extra)
+        record.update(extra)
+        if extra or step % self.t.log_every == 0:  # per-site arrays at the logged interval
             record["layers"] = {k: np.asarray(v).tolist()
                                 for k, v in jax.device_get(per_layer).items()}
         self.sink.write(step, record)
@@ -486,6 +500,7 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
                 train_iter.set_state(restored.data)
         if main:
             rundir.write_json_atomic(os.path.join(run_dir, "config.json"), cfg.to_dict())
+            rundir.record_provenance(run_dir, resume)
             metrics_path = os.path.join(run_dir, "metrics.jsonl")
             if resume:
                 metrics.truncate_jsonl(metrics_path, start)

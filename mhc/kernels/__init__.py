@@ -48,7 +48,8 @@ def pallas_selected(kernels: str) -> bool:
 def fusable(spec) -> bool:
     """Whether the fused kernels implement this connection exactly (see the module docstring)."""
     return (spec.kind == "mhc" and spec.manifold == "sinkhorn" and spec.dynamic
-            and len(spec.learned_maps) == 3 and spec.sinkhorn_grad in ("recompute", "autodiff"))
+            and len(spec.learned_maps) == 3 and spec.sinkhorn_grad in ("recompute", "autodiff")
+            and spec.sinkhorn_range_cap is None)
 
 
 def _sharded() -> bool:

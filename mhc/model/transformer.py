@@ -160,6 +160,10 @@ class Decoder(nnx.Module):
             self.dense_blocks = _make_stack(cfg, 0, n_dense, False, rngs) if n_dense else None
             self.moe_blocks = (_make_stack(cfg, n_dense, cfg.n_moe_layers, True, rngs)
                                if cfg.n_moe_layers else None)
+            # symmetry breaking at expansion (stream_offset_std > 0): a learned offset per stream
+            self.stream_offset = (nnx.Param(cfg.stream_offset_std * jax.random.normal(
+                rngs.params(), (cfg.streams, cfg.d_model), jnp.float32))
+                if cfg.stream_offset_std > 0 and cfg.streams > 1 else None)
             self.head_collapse = (HyperHead(cfg.d_model, cfg.streams)
                                   if cfg.collapse == "head" and cfg.streams > 1 else None)
             self.final_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype,
@@ -208,9 +212,21 @@ class Decoder(nnx.Module):
         streams, outs = jax.lax.scan(run_group, streams, grouped)
         return streams, jax.tree.map(lambda a: a.reshape(n_blocks, *a.shape[2:]), outs)
 
+    def _expand(self, x_BxTxC: jax.Array) -> jax.Array:
+        """[B, T, C] -> [B, T, N, C]: copies, plus the learned per-stream offset when enabled."""
+        streams = connections.expand_streams(x_BxTxC, self.cfg.streams)
+        if self.stream_offset is None:
+            return streams
+        return streams + self.stream_offset[...].astype(streams.dtype)
+
+    def initial_res(self) -> jax.Array:
+        """The sites' H_res at initialisation `[N, N]` (what diagnostics measure movement from)."""
+        return jnp.asarray(connections.initial_res(self.cfg.connection_spec())
+                           if self.cfg.residual != "residual" else jnp.eye(1))
+
     def forward(self, tokens_BxT: jax.Array) -> ModelOutput:
         cfg = self.cfg
-        streams = connections.expand_streams(self.embed(tokens_BxT), cfg.streams)
+        streams = self._expand(self.embed(tokens_BxT))
         streams = sharding.constrain(streams, ("batch", None, None, None))
         attn_maps, ffn_maps, router = [], [], {}
         stacks = ((self.dense_blocks, cfg.n_layers - cfg.n_moe_layers),
@@ -241,7 +257,7 @@ class Decoder(nnx.Module):
         next_tokens = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
         h = self.mtp_proj(jnp.concatenate([self.mtp_norm_hidden(hidden_BxTxC),
                                            self.mtp_norm_embed(self.embed(next_tokens))], -1))
-        streams, _ = self.mtp_block(connections.expand_streams(h, cfg.streams))
+        streams, _ = self.mtp_block(self._expand(h))
         x = connections.collapse_streams(streams, "mean" if cfg.collapse == "mean" else "sum")
         return self.lm_head(self.final_norm(x)).astype(jnp.float32)
 
