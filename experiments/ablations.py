@@ -152,6 +152,23 @@ def run_axes(axes, seeds, overrides, *, recipe="tiny", smoke=False, runs_root=co
     return results
 
 
+MOVED = 0.1  # distance of H_res from its initial map (Frobenius, mean over sites and tokens)
+STAYS_DS = 0.1  # max doubly-stochastic column error over training
+
+
+def choose_regime(summary: dict) -> tuple[str | None, str]:
+    """The study regime from the `h_res_regime` axis: among variants whose H_res moved (mean
+    distance from init at the end >= MOVED) and stayed doubly stochastic (max column error <=
+    STAYS_DS, so the manifold's promise holds), the lowest mean eval loss. Returns (label or
+    None, the rule in words)."""
+    rule = (f"H_res learns = mean distance from its initial map at the end >= {MOVED}; stays on "
+            f"the manifold = max DS column error <= {STAYS_DS}; among those, the lowest mean "
+            "final eval loss")
+    ok = {label: s for label, s in summary.items() if label != "residual"
+          and s["dist_init_end"] >= MOVED and s["ds_col_err_max"] <= STAYS_DS}
+    return (min(ok, key=lambda k: ok[k]["eval_loss"]) if ok else None), rule
+
+
 def fmt(mean: float, std: float, digits: int = 3, n: int = 2) -> str:
     """mean ± std; the mean alone for a single seed (no spread to show)."""
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
@@ -257,6 +274,9 @@ def main(argv=None) -> int:
              "(negative = mHC variant better); ± is the sample std over seeds.", ""]
     for axis in axes:
         lines += table(axis, summaries[axis]) + [""]
+        if axis == "h_res_regime":
+            choice, rule = choose_regime(summaries[axis])
+            lines += [f"Study regime by the rule ({rule}): **{choice or 'none qualifies'}**.", ""]
     if missing:
         lines += ["Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
     common.write_report(os.path.join(args.out, "summary.md"), lines)

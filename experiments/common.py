@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import shutil
 
@@ -35,9 +36,9 @@ def _resolved(cfg):
                                                               dtype=cfg.model.compute_dtype))
 
 
-def finished(cfg, run_dir: str) -> bool:
+def finished(cfg, run_dir: str, need_checkpoint: bool = True) -> bool:
     """True when `run_dir` holds a completed run of exactly `cfg` (with its final checkpoint in
-    the current format when the config checkpoints)."""
+    the current format when the config checkpoints and `need_checkpoint`)."""
     from mhc.metrics import read_jsonl
     from mhc.rundir import RunDirError, load_run_config
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -50,7 +51,7 @@ def finished(cfg, run_dir: str) -> bool:
     rows = read_jsonl(metrics_path)
     final_ckpt = os.path.join(run_dir, "checkpoints", str(cfg.train.steps), "model")
     return (same and bool(rows) and rows[-1]["step"] == cfg.train.steps
-            and (not cfg.train.checkpoint or os.path.isdir(final_ckpt)))
+            and (not (cfg.train.checkpoint and need_checkpoint) or os.path.isdir(final_ckpt)))
 
 
 def train_or_reuse(cfg, run_dir: str, *, verbose: bool = True, label: str = "") -> list[dict]:
@@ -70,6 +71,61 @@ def train_or_reuse(cfg, run_dir: str, *, verbose: bool = True, label: str = "") 
                   f"{t.steps} steps, seed {t.seed}", flush=True)
         train.run(cfg, run_dir, verbose=verbose)
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+
+
+def train_or_resume(cfg, run_dir: str, *, verbose: bool = True, label: str = "",
+                    keep_checkpoints: bool = False) -> list[dict]:
+    """Like `train_or_reuse`, for long studies: a run of the same config that was interrupted
+    continues from its last checkpoint (exactly, see mhc.train), and with `keep_checkpoints`
+    False the checkpoints of a finished run are deleted (its metrics are what the study needs)."""
+    from mhc import train
+    from mhc.metrics import read_jsonl
+    from mhc.rundir import RunDirError, load_run_config
+    if finished(cfg, run_dir, need_checkpoint=keep_checkpoints):
+        if verbose:
+            print(f"== {label or run_dir}: reusing the finished run", flush=True)
+        return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    try:
+        ckpts = os.path.join(run_dir, "checkpoints")
+        resumable = (_resolved(load_run_config(run_dir)) == _resolved(cfg) and os.path.isdir(ckpts)
+                     and any(name.isdigit() for name in os.listdir(ckpts)))
+    except RunDirError:
+        resumable = False
+    if verbose:
+        print(f"== {label or run_dir}: {'resuming' if resumable else 'training'}", flush=True)
+    if resumable:
+        train.run(cfg, run_dir, verbose=verbose, resume=True)
+    else:
+        train.run(cfg, run_dir, verbose=verbose, overwrite=True)
+    if not keep_checkpoints:
+        shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+    return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+
+
+def compact_run(run_dir: str, overrides, keep, layer_keys=(), layer_every: int = 0) -> dict:
+    """The committed record of one finished run: its overrides, provenance, event counts and,
+    per metrics row, the `keep` keys (6 significant digits); with `layer_keys`, the per-site
+    arrays of those stats every `layer_every` steps (`layers`)."""
+    from mhc import rundir
+    from mhc.metrics import read_jsonl
+    rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    events_path = os.path.join(run_dir, "events.jsonl")
+    events = read_jsonl(events_path) if os.path.isfile(events_path) else []
+    counts = {k: sum(e.get("event") == k for e in events) for k in ("loss_spike", "nonfinite")}
+
+    def rnd(v):
+        if isinstance(v, list):
+            return [rnd(x) for x in v]
+        return float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v
+
+    out_rows = []
+    for r in rows:
+        row = {k: rnd(r[k]) for k in keep if k in r}
+        if layer_keys and layer_every and r["step"] % layer_every == 0 and "layers" in r:
+            row["layers"] = {k: rnd(r["layers"][k]) for k in layer_keys if k in r["layers"]}
+        out_rows.append(row)
+    return {"overrides": list(overrides), "provenance": rundir.read_provenance(run_dir),
+            "events": counts, "rows": out_rows}
 
 
 def final_metrics(rows: list[dict]) -> dict:
@@ -148,7 +204,41 @@ MICRO_OVERRIDES = ("d_model=64", "n_layers=4", "n_heads=4", "d_ff=192", "seq_len
                    "batch_size=16", "steps=200", "lr=3e-3", "warmup_steps=20", "eval_every=100",
                    "eval_batches=16", "log_every=5", "wandb=disabled", "checkpoint=false",
                    "dtype=float32")  # fp32 on any device (dtype=auto would be bf16 on GPU/TPU)
-RUNS = os.path.join(REPO, "experiments", "results", "trained")  # run dirs shared by the studies
+RUNS = os.path.join(REPO, "experiments", "results", "trained")
+
+# The H_res regime of the CPU studies that need H_res to learn (LR sensitivity, the long run):
+# chosen by measurement with `python experiments/ablations.py --axis h_res_regime` and the rule
+# in `ablations.choose_regime` (results and the reason in experiments/README.md).
+STUDY_REGIME = ("res_offdiag_logit=-2",)
+# where the finite Sinkhorn's column error is large (the ablations of t_max, convention and
+# manifold are re-run there): the soft identity with the connections' LR x10
+STRESS_REGIME = ("res_offdiag_logit=-2", "connection_lr_mult=10")
+
+
+def regime_overrides(kind_overrides, regime=STUDY_REGIME) -> tuple[str, ...]:
+    """The options of `regime` that apply to the kind given by `kind_overrides` (e.g.
+    ("residual=hc",)): one the config refuses for that kind (an off-diagonal logit for HC or
+    the unconstrained map, a Sinkhorn range cap for mHC-lite) is left out, a plain residual
+    (no connection parameters) gets none, and mHC-lite's off-diagonal logit is translated so
+    that it starts from the same H_res as Sinkhorn's (`manifolds.lite_logit_matching_sinkhorn`).
+    """
+    from mhc import manifolds
+    from mhc.config import ConfigError
+    kind = make_config("tiny", kind_overrides)
+    if kind.model.residual == "residual":
+        return ()
+    kept = []
+    for option in regime:
+        key, _, value = option.partition("=")
+        if key == "res_offdiag_logit" and kind.model.connection_spec().manifold == "mhc_lite":
+            value = manifolds.lite_logit_matching_sinkhorn(kind.model.n_streams, float(value))
+            option = f"{key}={value:.6g}"
+        try:
+            make_config("tiny", [*kind_overrides, *kept, option])
+        except ConfigError:
+            continue
+        kept.append(option)
+    return tuple(kept)
 
 
 def run_dir_for(cfg, root: str = RUNS) -> str:

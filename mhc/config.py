@@ -16,6 +16,7 @@ FFN = ("dense", "moe")
 MOE_DISPATCH = ("auto", "capacity", "ragged")
 WANDB_MODES = ("offline", "online", "disabled")
 TOKEN_DTYPES = ("auto", "uint16", "uint32")
+LR_SCHEDULES = ("paper", "constant")  # after the linear warmup (see mhc.train.lr_schedule)
 
 
 class ConfigError(ValueError):
@@ -177,11 +178,12 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, data and logging. Schedule: linear warmup, then the paper's step decay
-    (x0.316 at 80 % and x0.1 at 90 % of `steps`)."""
+    (x0.316 at 80 % and x0.1 at 90 % of `steps`) or, with lr_schedule=constant, `lr` throughout."""
     steps: int = 200
     batch_size: int = 16
     seq_len: int = 128
     lr: float = 3e-3
+    lr_schedule: str = "paper"  # paper: x0.316 at 80 %, x0.1 at 90 % of steps; constant: none
     warmup_steps: int = 20
     weight_decay: float = 0.1
     b1: float = 0.9
@@ -237,6 +239,7 @@ class TrainConfig:
         _check(self.spike_sigma >= 0, f"spike_sigma={self.spike_sigma!r}; must be >= 0 (0 = off)")
         _check(self.peak_flops >= 0, f"peak_flops={self.peak_flops!r}; must be >= 0 (0 = auto)")
         _choice(self, "token_dtype", TOKEN_DTYPES)
+        _choice(self, "lr_schedule", LR_SCHEDULES)
         _check(isinstance(self.debug_nan_steps, tuple)
                and all(isinstance(s, int) and s >= 1 for s in self.debug_nan_steps),
                f"debug_nan_steps={self.debug_nan_steps!r}; must be step numbers >= 1")

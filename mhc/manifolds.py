@@ -256,6 +256,24 @@ def _lite_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> n
     raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
 
 
+def lite_logit_matching_sinkhorn(n: int, offdiag_logit: float) -> float:
+    """The mHC-lite off-diagonal logit whose initial H_res equals Sinkhorn's soft identity with
+    logits 0 / `offdiag_logit` (so that the two manifolds start from the same map).
+
+    Sinkhorn's symmetric start is `a·I + b·(J - I)`, a = 1 / (1 + (n-1)·e^L). mHC-lite's is
+    `w·I + (1-w)·P̄`, P̄ the mean of the n! - 1 other permutations, which has diagonal
+    c = ((n-1)! - 1) / (n! - 1) and equal off-diagonal entries; matching the diagonal gives
+    w = (a - c) / (1 - c) and the logit log((1 - w) / (w·(n! - 1)))."""
+    a = 1.0 / (1.0 + (n - 1) * math.exp(offdiag_logit))
+    k = math.factorial(n)
+    c = (math.factorial(n - 1) - 1) / (k - 1)
+    w = (a - c) / (1 - c)
+    if not 0 < w < 1:
+        raise ValueError(f"offdiag_logit={offdiag_logit!r}: Sinkhorn's start (diagonal {a:.3g})"
+                         f" is not reachable by mHC-lite's identity-weighted init at n={n}")
+    return math.log((1 - w) / (w * (k - 1)))
+
+
 def _no_offdiag_logit(name: str, offdiag_logit: float) -> None:
     """Manifolds whose identity init has no tunable off-diagonal logits refuse a custom one."""
     if offdiag_logit != OFF_DIAGONAL_LOGIT:

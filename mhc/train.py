@@ -44,12 +44,14 @@ PEAK_FLOPS = {"h100": 989e12, "h200": 989e12, "b200": 2250e12, "a100": 312e12,
 
 
 def lr_schedule(cfg: Config) -> optax.Schedule:
-    """Linear warmup to `lr`, then x0.316 at 80 % and x0.1 at 90 % of training (paper Table 5)."""
+    """Linear warmup to `lr`, then x0.316 at 80 % and x0.1 at 90 % of training (paper Table 5),
+    or `lr` to the end with `lr_schedule="constant"` (edge-of-stability runs)."""
     t = cfg.train
     warmup = optax.linear_schedule(0.0, t.lr, max(t.warmup_steps, 1)) if t.warmup_steps else None
     first, second = (max(int(f * t.steps) - t.warmup_steps, 1) for f in (0.8, 0.9))
     decay = optax.piecewise_constant_schedule(
-        t.lr, {first: 0.316, max(second, first + 1): 0.1 / 0.316})
+        t.lr, {} if t.lr_schedule == "constant" else {first: 0.316,
+                                                       max(second, first + 1): 0.1 / 0.316})
     if warmup is None:
         return decay
     return optax.join_schedules([warmup, decay], [t.warmup_steps])

@@ -1,0 +1,156 @@
+"""One long deep run of HC against mHC near HC's edge of stability: does HC's gain compound?
+
+30 blocks (the paper's 60 sites), a constant learning rate after warmup, clipping off, the same
+data order and seed for both kinds, 2000 steps; the composite Amax gain is logged every step
+and the per-site maps every 10. The paper (arXiv 2512.24880, Figs. 2-3) reports HC's composite
+gain near 3000 and a loss surge with a grad-norm spike at 27B; this asks whether the mechanism
+appears at CPU scale when the learning rate is pushed to where the LR-sensitivity study
+(`experiments/lr_sensitivity.py`) finds HC's largest stable LR.
+
+Reported per kind: max composite and single-site Amax gain forward / backward over all steps
+(and the step of the peak), whether it compounded (max composite gain ≥ 100, against single
+sites near 1-3), loss-spike events, max grad norm, final eval loss; and the HC − mHC loss gap
+over training.
+
+    python experiments/long_run.py --lr 0.01                 # ~1 h per kind on 2 cores
+    python experiments/long_run.py --lr 0.01 steps=500       # shorter
+    python experiments/long_run.py --smoke --out /tmp/long
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from experiments import common  # noqa: E402
+
+KINDS = ("hc", "mhc")
+BASE = ("n_layers=30", "d_model=64", "n_heads=4", "d_ff=192", "seq_len=64", "batch_size=8",
+        "steps=2000", "warmup_steps=100", "lr_schedule=constant", "grad_clip=0",
+        "nan_patience=2001", "eval_every=200", "eval_batches=8", "log_every=10",
+        "checkpoint=true", "checkpoint_every=200", "keep_last=1", "wandb=disabled",
+        "dtype=float32")
+KEEP = ("step", "loss", "eval_loss", "grad_norm", "lr", "skipped", "amax_fwd", "amax_bwd",
+        "amax_fwd_max", "amax_bwd_max", "layer_amax_fwd_max", "layer_amax_bwd_max",
+        "ds_col_err_max", "h_res_offdiag", "h_res_dist_init")
+LAYER_KEYS = ("amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd", "res_offdiag")
+COMPOUNDED = 100.0  # the issue's line: a composite gain of 100 or more has compounded
+
+
+def summarize(record: dict) -> dict:
+    rows = record["rows"]
+    finite = lambda k: [(r["step"], r[k]) for r in rows if k in r and math.isfinite(r[k])]  # noqa: E731
+    out = {}
+    for key in ("amax_fwd_max", "amax_bwd_max", "layer_amax_fwd_max", "layer_amax_bwd_max",
+                "grad_norm"):
+        pts = finite(key)
+        step, value = max(pts, key=lambda p: p[1]) if pts else (None, math.nan)
+        out[key] = value
+        out[key + "_step"] = step
+    evals = finite("eval_loss")
+    out["final_eval_loss"] = evals[-1][1] if evals else math.nan
+    out["spikes"], out["nonfinite"] = record["events"]["loss_spike"], record["events"]["nonfinite"]
+    out["compounded"] = bool(max(out["amax_fwd_max"], out["amax_bwd_max"]) >= COMPOUNDED)
+    return out
+
+
+def plot(records: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for kind, rec in records.items():
+        rows = rec["rows"]
+        steps = [r["step"] for r in rows]
+        axes[0, 0].plot(steps, [r["loss"] for r in rows], lw=0.8, label=kind)
+        axes[0, 1].plot(steps, [r["grad_norm"] for r in rows], lw=0.8, label=kind)
+        axes[1, 0].plot(steps, [r["amax_fwd_max"] for r in rows], lw=0.8, label=f"{kind} fwd")
+        axes[1, 0].plot(steps, [r["amax_bwd_max"] for r in rows], "--", lw=0.8,
+                        label=f"{kind} bwd")
+        layered = [r for r in rows if "layers" in r]
+        if layered:
+            peak = max(layered, key=lambda r: max(r["layers"]["composite_fwd"]))
+            sites = np.arange(1, len(peak["layers"]["composite_fwd"]) + 1)
+            axes[1, 1].plot(sites, peak["layers"]["composite_fwd"], "o-", ms=2,
+                            label=f"{kind} composite fwd, step {peak['step']}")
+    if set(KINDS) <= set(records):
+        hc, mh = ({r["step"]: r["loss"] for r in records[k]["rows"]} for k in KINDS)
+        common_steps = sorted(set(hc) & set(mh))
+        raw = np.array([hc[s] - mh[s] for s in common_steps])
+        gap = np.convolve(raw, np.ones(20) / 20, mode="full")[:raw.size]  # trailing mean
+        twin = axes[0, 0].twinx()
+        twin.plot(common_steps, gap, color="tab:red", lw=0.8)
+        twin.set_ylabel("HC − mHC loss (20-step mean)", color="tab:red")
+    axes[0, 0].set(title="training loss", xlabel="step")
+    axes[0, 1].set(title="grad norm (no clipping)", xlabel="step", yscale="log")
+    axes[1, 0].set(title="max composite Amax gain over depth", xlabel="step", yscale="log")
+    axes[1, 1].set(title="composite gain per site at its peak", xlabel="site", yscale="log")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lr", type=float, required=True,
+                   help="constant LR (near HC's largest stable LR at 30 blocks)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "long_run"))
+    p.add_argument("--runs", default=None, help="where runs train (default runs/long_run)")
+    p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: wiring check")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    if not args.lr > 0:
+        raise SystemExit(f"--lr {args.lr}: must be > 0")
+    base = [*BASE, *(common.SMOKE_OVERRIDES if args.smoke else ()), f"lr={args.lr}",
+            f"seed={args.seed}", *args.overrides]
+    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke
+                              else os.path.join(REPO, "runs", "long_run"))
+    common.enable_compile_cache()
+    records = {}
+    for kind in KINDS:
+        kind_ov = (f"residual={kind}",)
+        overrides = [*base, *kind_ov, *common.regime_overrides(kind_ov)]
+        cfg = common.make_config("tiny", overrides)
+        name = f"{kind}-L{cfg.model.n_layers}-lr{args.lr:.3g}-s{args.seed}"
+        run_dir = os.path.join(runs_root, name)
+        common.train_or_resume(cfg, run_dir, verbose=not args.smoke, label=name)
+        records[kind] = common.compact_run(run_dir, overrides, KEEP, LAYER_KEYS,
+                                           layer_every=cfg.train.log_every)
+        common.write_json(os.path.join(args.out, "runs", f"{name}.json"), records[kind])
+    summary = {kind: summarize(rec) for kind, rec in records.items()}
+    plot(records, os.path.join(args.out, "long_run.png"))
+    meta = {**common.provenance(), "lr": args.lr, "seed": args.seed, "overrides": base,
+            "runs_commits": ", ".join(sorted({r["provenance"][0]["commit"] for r in
+                                              records.values() if r["provenance"]}))}
+    common.write_json(os.path.join(args.out, "summary.json"), {"meta": meta, "summary": summary})
+    lines = [f"# Long deep run: HC vs mHC at constant LR {args.lr:g}", "",
+             f"{meta['date']}, commit {meta['commit']}, {meta['device']}; runs trained at "
+             f"{meta['runs_commits']}. Overrides: `{' '.join(base)}`.", "",
+             "| kind | max composite fwd / bwd (step) | max single-site fwd / bwd | compounded "
+             f"(≥ {COMPOUNDED:g}) | loss spikes | non-finite steps | max grad norm (step) "
+             "| final eval loss |", "|---|---|---|---|---|---|---|---|"]
+    for kind, s in summary.items():
+        lines.append(
+            f"| {kind} | {s['amax_fwd_max']:.4g} / {s['amax_bwd_max']:.4g} "
+            f"({s['amax_fwd_max_step']}) | {s['layer_amax_fwd_max']:.3g} / "
+            f"{s['layer_amax_bwd_max']:.3g} | {'yes' if s['compounded'] else 'no'} | "
+            f"{s['spikes']} | {s['nonfinite']} | {s['grad_norm']:.3g} ({s['grad_norm_step']}) | "
+            f"{s['final_eval_loss']:.4f} |")
+    common.write_report(os.path.join(args.out, "summary.md"), lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
