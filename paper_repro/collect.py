@@ -1,15 +1,20 @@
-"""Build paper_repro/README.md from the tables the scripts wrote (nothing typed in by hand).
+"""Build paper_repro/README.md from the tables the scripts wrote (nothing typed in by hand), and
+the "what reproduced" table of the top-level README.md from the same tables.
 
     python paper_repro/collect.py              # after running the scripts
-    python paper_repro/collect.py --results DIR --readme PATH
+    python paper_repro/collect.py --results DIR --readme PATH [--top-readme PATH]
 
 Each entry names the script, its exact command, the expected runtime on 2 CPU cores, and shows the
 figure and the paper-vs-ours rows with the date, commit and device they came from. A script whose
-results are missing is listed as "not run yet" with its command.
+results are missing is listed as "not run yet" with its command. The top-level table takes one row
+per paper claim (`CLAIMS`) from the results tables and is written between the markers
+`REGION_START` / `REGION_END` of README.md; the rest of that file is left alone.
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import csv
 import os
 import sys
 
@@ -38,17 +43,61 @@ ENTRIES = (
      "about 10 min after the stability runs"),
     ("table5_configs", "Table 5: configurations and parameter counts", "seconds"),
 )
+# The top-level README's table: (paper claim, result name, start of the quantity of the row that
+# measures it). The numbers and verdicts come from that row; only the claim's wording is typed here.
+CLAIMS = (
+    ("HC's composite Amax gain explodes", "fig3_hc_amax", "largest composite Amax gain"),
+    ("HC's composite map entries reach hundreds", "fig8_heatmaps", "largest absolute entry"),
+    ("mHC's composite gain stays bounded", "fig7_mhc_amax", "composite backward gain"),
+    ("mHC ends below the baseline (eval loss)", "fig5_mhc_stability", "mHC eval loss gap"),
+    ("HC's loss surges with a grad-norm spike", "fig2_hc_instability", "HC loss surge"),
+    ("H_res gives most of HC's gain", "table1_hc_ablation", "H_res alone gives most"),
+    ("the mHC gain holds across model sizes", "fig6_scaling", "(a) the gain holds"),
+    ("the mHC gain persists over training tokens", "fig6_scaling", "(b) the gap persists"),
+    ("stream I/O per token formulas", "table2_io", "total unfused"),
+    ("Eq. 20's optimum recompute block", "table3_recompute", "optimum L_r*"),
+    ("Eq. 20's memory coefficients, connection stack", "table3_recompute", "A: fit"),
+    ("Eq. 20's memory coefficients, full training step", "table3_recompute", "B: fit"),
+    ("parameter counts", "table5_configs", "all parameter counts"),
+    ("downstream benchmarks (MMLU shown; all alike)", "table4_downstream", "MMLU"),
+)
+REGION_START, REGION_END = "<!-- reproduced:start -->", "<!-- reproduced:end -->"
 
 
 def _parse(path: str) -> tuple[str, list[str], str]:
-    """(provenance line, the paper-vs-ours table's lines, everything after it) of a file written
-    by `common.write` (scripts may append more tables after the first)."""
+    """(provenance line, the paper-vs-ours table's lines, everything after it but the rule) of a
+    file written by `common.write` (scripts may append more tables after the first)."""
     with open(path) as f:
         lines = f.read().splitlines()
     produced = next((ln for ln in lines if ln.startswith("Produced by")), "")
     start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    return produced, lines[start:end], "\n".join(lines[end:]).strip()
+    notes = "\n".join(ln for ln in lines[end:] if ln != common.RULE)  # printed once, on top
+    return produced, lines[start:end], notes.strip()
+
+
+def read_table(results: str, name: str) -> tuple[list[dict], bool] | None:
+    """(the rows of `<results>/<name>.csv`, whether `<name>.md` was judged under the current
+    `common.RULE`); None if the script has not run. A table written before the rule (or under
+    other wording of it) must be rerun before its verdicts are quoted."""
+    path = os.path.join(results, name)
+    if not (os.path.isfile(f"{path}.csv") and os.path.isfile(f"{path}.md")):
+        return None
+    with open(f"{path}.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with open(f"{path}.md") as f:
+        return rows, common.RULE in f.read().splitlines()
+
+
+def tally(rows: list[dict]) -> str:
+    """"2 yes, 1 no, 4 inconclusive" over the rows with a verdict (n/a left out)."""
+    counts = collections.Counter(common.verdict_word(r["agrees"]) for r in rows)
+    shown = [f"{counts[w]} {w}" for w in ("yes", "no", "inconclusive") if counts[w]]
+    return ", ".join(shown) or "none judged (all n/a)"
+
+
+def stale(name: str) -> str:
+    return f"judged before the verdict rule: rerun `python paper_repro/{name}.py`"
 
 
 def build(results: str, readme: str) -> str:
@@ -60,10 +109,11 @@ def build(results: str, readme: str) -> str:
            "script that way). Each writes a PNG and a Markdown/CSV table with the columns "
            "*paper says / we measure / agrees?* under `paper_repro/results/`.", "",
            "This page is generated by `python paper_repro/collect.py` from those tables; the "
-           "numbers below are what the scripts measured, with the date and commit they ran at. "
-           "Figs. 2, 3, 5, 7 and 8 share the residual/HC/mHC runs of "
-           "`experiments/stability.py` (trained once, then reused).", ""]
-    index = ["| item | command | runtime (2 CPU cores) | rows that agree |", "|---|---|---|---|"]
+           "numbers below are what the scripts measured, with the date and commit they ran at "
+           "and the commits their training runs were made at. Figs. 2, 3, 5, 7 and 8 share the "
+           "residual/HC/mHC runs of `experiments/stability.py` (trained once, then reused).", "",
+           common.RULE, ""]
+    index = ["| item | command | runtime (2 CPU cores) | verdicts |", "|---|---|---|---|"]
     sections = []
     for name, title, runtime in ENTRIES:
         command = f"`python paper_repro/{name}.py`"
@@ -73,12 +123,9 @@ def build(results: str, readme: str) -> str:
             sections += [f"## {title}", "", f"Not run yet: {command}.", ""]
             continue
         produced, table, notes = _parse(md)
-        verdicts = [row.rstrip(" |").rsplit("|", 1)[-1].strip() for row in table[2:]]
-        scored = [v for v in verdicts if v != "n/a"]
-        agree = sum(v.startswith("yes") for v in scored)
-        partly = sum(v.startswith("partly") for v in scored)
+        rows, ruled = read_table(results, name) or ([], False)
         index.append(f"| [{title}](#{_anchor(title)}) | {command} | {runtime} | "
-                     f"{agree}{f' (+{partly} partly)' if partly else ''} of {len(scored)} |")
+                     f"{tally(rows) if ruled else stale(name)} |")
         sections += [f"## {title}", "", produced, ""]
         if os.path.isfile(os.path.join(results, f"{name}.png")):
             sections += [f"![{title}]({rel}/{name}.png)", ""]
@@ -91,6 +138,54 @@ def build(results: str, readme: str) -> str:
     return text
 
 
+def reproduced_table(results: str, link: str = "paper_repro/README.md") -> list[str]:
+    """The top-level README's "what reproduced" table: one row per entry of CLAIMS, its cells
+    taken from the results row that measures the claim, and the rule beneath."""
+    titles = {name: title for name, title, _ in ENTRIES}
+    cell = common.md_cell
+    lines = ["| paper claim | paper says | we measure | verdict |", "|---|---|---|---|"]
+    for claim, name, prefix in CLAIMS:
+        source = f"[{titles[name].split(':')[0]}]({link}#{_anchor(titles[name])})"
+        table = read_table(results, name)
+        if table is None:
+            lines.append(f"| {source}: {claim} | | not run yet: `python paper_repro/{name}.py` "
+                         "| |")
+            continue
+        rows, ruled = table
+        match = [r for r in rows if r["quantity"].startswith(prefix)]
+        if len(match) != 1:  # a renamed quantity must fail loudly, not drop the claim
+            raise ValueError(f"{name}: {len(match)} rows start with {prefix!r}")
+        r = match[0]
+        verdict = r["agrees"] if ruled else f"{r['agrees']} ({stale(name)})"
+        lines.append(f"| {source}: {claim} | {cell(r['paper'])} | {cell(r['ours'])} | "
+                     f"{cell(verdict)} |")
+    return [*lines, "", common.RULE]
+
+
+def region(text: str) -> str:
+    """What lies between the markers of the generated region (ValueError if they are missing)."""
+    if text.count(REGION_START) != 1 or text.count(REGION_END) != 1:
+        raise ValueError(f"expected one {REGION_START} and one {REGION_END}")
+    return text.split(REGION_START, 1)[1].split(REGION_END, 1)[0]
+
+
+def region_text(results: str) -> str:
+    """The generated region's content (between the markers)."""
+    return "\n" + "\n".join([
+        "<!-- generated by `python paper_repro/collect.py` from paper_repro/results; "
+        "edits here are overwritten -->", *reproduced_table(results)]) + "\n"
+
+
+def write_region(path: str, results: str) -> None:
+    """Replace the generated region of `path` (the top-level README.md) and nothing else."""
+    with open(path) as f:
+        text = f.read()
+    old = region(text)
+    with open(path, "w") as f:
+        f.write(text.replace(REGION_START + old + REGION_END,
+                             REGION_START + region_text(results) + REGION_END))
+
+
 def _anchor(title: str) -> str:
     keep = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_")
     return keep.replace(" ", "-")
@@ -100,9 +195,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", default=common.RESULTS)
     p.add_argument("--readme", default=os.path.join(common.REPO, "paper_repro", "README.md"))
+    p.add_argument("--top-readme", default=None,
+                   help="file whose reproduced:start/end region gets the claims table (default: "
+                        "the top-level README.md, only when --results is the committed results)")
     args = p.parse_args(argv)
     text = build(args.results, args.readme)
     print(f"wrote {args.readme} ({len(text.splitlines())} lines)")
+    top = args.top_readme or (os.path.join(common.REPO, "README.md")
+                              if os.path.abspath(args.results) == common.RESULTS else None)
+    if top:
+        write_region(top, args.results)
+        print(f"wrote the reproduced table of {top}")
     return 0
 
 

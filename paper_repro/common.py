@@ -1,15 +1,24 @@
-"""Paper-vs-ours tables shared by every `paper_repro/` script.
+"""Paper-vs-ours tables shared by every `paper_repro/` script, and the one verdict rule they use.
 
-A row is `Row(quantity, paper, ours, agrees)`: what the paper says (with its figure/table), what
-this run measured, and a verdict ("yes", "no", "partly", or "n/a" where the paper gives no number).
-`write` saves the rows as Markdown and CSV next to the figure, with the date, commit, device and
-exact command that produced them.
+A row is `Row(quantity, paper, ours, agrees)`: what the paper (arXiv 2512.24880) says, with its
+figure/table, what this repository measured, and a verdict with its evidence. A verdict comes from
+one of two helpers, so the two kinds cannot be confused:
+
+- `seeded_verdict(values, sign)`: a measured claim, one value per seed (`RULE`);
+- `exact_verdict(ok, tolerance)`: a check that does not depend on a seed (a formula against
+  XLA's cost analysis, a parameter count, a compile-time memory fit, an identity that holds by
+  construction), yes/no against a stated tolerance.
+
+"n/a" is for rows where the paper gives no number. `write` saves the rows as Markdown and CSV next
+to the figure, with the date, commit, device, the runs read and the commits they were trained at,
+the exact command, and `RULE` beside the verdicts.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import math
 import os
 import sys
 
@@ -21,6 +30,18 @@ from experiments.common import provenance  # noqa: E402
 
 RESULTS = os.path.join(REPO, "paper_repro", "results")
 
+MIN_SEEDS = 3      # fewer seeds cannot show that a sign is more than seed noise
+SE_MULTIPLE = 2.0  # |mean| must exceed this many standard errors
+RULE = ("Verdict rule: a measured claim is \"yes\" only when at least 3 seeds all show the sign "
+        "the paper claims and |mean| > 2 standard errors (SE = sample sd / sqrt(n)); \"no\" when "
+        "the same evidence holds with the opposite sign; anything else (1 or 2 seeds, mixed "
+        "signs, |mean| <= 2 SE, a single endpoint of a single run) is \"inconclusive\". Checks "
+        "that do not depend on a seed (formulas vs XLA cost analysis, parameter counts, "
+        "compile-time memory fits, identities that hold by construction) are \"yes\" or \"no\" "
+        "(deterministic) against the tolerance the cell states. \"n/a\": the paper gives no "
+        "number to compare with.")
+VERDICTS = ("yes", "no", "inconclusive", "n/a")
+
 
 @dataclasses.dataclass
 class Row:
@@ -30,21 +51,88 @@ class Row:
     agrees: str
 
 
-def verdict(ok: bool | None) -> str:
-    return "n/a" if ok is None else ("yes" if ok else "no")
+def seeded_verdict(values, sign: int) -> str:
+    """`RULE` applied to one measured claim: `values` holds one number per seed, signed so that
+    `sign` (+1 or -1) is what the paper claims (e.g. loss gaps with sign -1 for "mHC is below
+    the baseline", `bound - peak` with +1 for "the peak stays under the bound"). NaN or zero
+    counts as neither sign. Returns the verdict with its evidence, e.g. "yes (3/3 seeds,
+    mean/SE 4.8)" or "inconclusive (2 seeds, signs mixed)"."""
+    if sign not in (1, -1):
+        raise ValueError(f"sign={sign!r}; must be +1 or -1")
+    v = [float(x) for x in values]
+    n = len(v)
+    if n < 2:
+        return f"inconclusive ({seeds_note(n)})"
+    claimed = sum(x * sign > 0 for x in v)
+    opposite = sum(x * sign < 0 for x in v)
+    mixed = max(claimed, opposite) < n
+    if n < MIN_SEEDS:
+        return f"inconclusive ({n} seeds{', signs mixed' if mixed else ''})"
+    if mixed:
+        return f"inconclusive ({n} seeds, signs mixed: {claimed}/{n} as claimed)"
+    mean = sum(v) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    ratio = abs(mean) / (sd / math.sqrt(n)) if sd > 0 else math.inf
+    side = f"{n}/{n} seeds" + ("" if claimed == n else " opposite")
+    if ratio <= SE_MULTIPLE:
+        return f"inconclusive ({side}, mean/SE {ratio:.1f} <= {SE_MULTIPLE:g})"
+    return f"{'yes' if claimed == n else 'no'} ({side}, mean/SE {ratio:.1f})"
+
+
+def exact_verdict(ok: bool, tolerance: str) -> str:
+    """A deterministic check (no seed involved): yes/no against `tolerance`, which the cell
+    states (e.g. "tolerance 1 %")."""
+    return f"{'yes' if ok else 'no'} (deterministic; {tolerance})"
+
+
+def all_of(parts: dict) -> str:
+    """The verdict of a claim made of several parts ({label: verdict}): "no" if any part is "no"
+    (the first such part is shown), "yes" if every part is "yes", else the first inconclusive
+    part. Parts with the same evidence (e.g. all "inconclusive (1 seed)") collapse to it."""
+    if len(set(parts.values())) == 1:
+        return next(iter(parts.values()))
+    words = {label: verdict_word(v) for label, v in parts.items()}
+    for wanted in ("no", "inconclusive"):
+        for label, v in parts.items():
+            if words[label] == wanted:
+                return f"{wanted} ({label}: {v[len(wanted):].strip(' ()')})"
+    return "yes (" + "; ".join(f"{label}: {v[3:].strip(' ()')}" for label, v in parts.items()) + ")"
+
+
+def verdict_word(cell: str) -> str:
+    """The verdict of a cell without its evidence ("yes", "no", "inconclusive" or "n/a")."""
+    word = cell.split(" ", 1)[0]
+    if word not in VERDICTS:
+        raise ValueError(f"verdict {cell!r}: must start with one of {', '.join(VERDICTS)}")
+    return word
+
+
+def seeds_note(n: int) -> str:
+    """What an "ours" cell adds about its evidence: the number of seeds behind it."""
+    return f"{n} seed{'s' * (n != 1)}"
+
+
+def md_cell(value) -> str:
+    """A Markdown table cell (a pipe would split it)."""
+    return str(value).replace("|", "\\|")
 
 
 def write(name: str, title: str, rows: list[Row], out_dir: str, command: str,
-          notes: str = "") -> str:
-    """Write `<out_dir>/<name>.md` and `.csv`; returns the Markdown text."""
+          notes: str = "", run_dirs=()) -> str:
+    """Write `<out_dir>/<name>.md` and `.csv`; returns the Markdown text. `run_dirs`: the
+    training runs the table read (their count and training commits go in the header)."""
+    for r in rows:
+        verdict_word(r.agrees)  # every verdict comes from the rule's helpers (or is n/a)
     os.makedirs(out_dir, exist_ok=True)
-    meta = provenance()
+    meta = provenance(run_dirs)
+    runs = (f"Runs read: {len(run_dirs)}, trained at commits: {meta['runs_commits']}."
+            if run_dirs else "Runs read: none.")
     lines = [f"# {title}", "",
              f"Produced by `{command}` on {meta['date']}, commit {meta['commit']}, "
-             f"{meta['device']}.", "",
+             f"{meta['device']}. {runs}", "",
              "| quantity | paper says | we measure | agrees? |", "|---|---|---|---|"]
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731 (a pipe would split the cell)
-    lines += ["| " + " | ".join(cell(v) for v in dataclasses.astuple(r)) + " |" for r in rows]
+    lines += ["| " + " | ".join(md_cell(v) for v in dataclasses.astuple(r)) + " |" for r in rows]
+    lines += ["", RULE]
     if notes:
         lines += ["", notes]
     text = "\n".join(lines) + "\n"
@@ -58,7 +146,9 @@ def write(name: str, title: str, rows: list[Row], out_dir: str, command: str,
 
 
 def command_line(script: str, argv) -> str:
-    return " ".join(["python", f"paper_repro/{script}", *(argv or [])])
+    """The command that reproduces a table; `argv` None is the script's own command line."""
+    args = sys.argv[1:] if argv is None else argv
+    return " ".join(["python", f"paper_repro/{script}", *args])
 
 
 def table_parser(doc: str, smoke_help: str) -> argparse.ArgumentParser:
@@ -73,13 +163,17 @@ def table_parser(doc: str, smoke_help: str) -> argparse.ArgumentParser:
 # ------------------------------------------------------ figures built on the stability study
 def stability_parser(doc: str) -> argparse.ArgumentParser:
     """Arguments shared by the figures that read the residual/HC/mHC stability runs: --scale,
-    --kinds, --out, --smoke, key=value overrides, and --runs (where the runs live; a finished
-    run of the same config there is reused, so the figures train the study once)."""
+    --kinds, --out, --smoke, key=value overrides, --runs (where the runs live; a finished
+    run of the same config there is reused, so the figures train the study once) and
+    --no-train (read the finished runs' metrics, never train)."""
     from experiments import stability
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     stability.add_scale_args(p, RESULTS)
     p.add_argument("--runs", default=None, help="run directories (default: "
                    "experiments/results/stability, or OUT/runs with --smoke)")
+    p.add_argument("--no-train", action="store_true",
+                   help="read the metrics of the finished runs in --runs even without their "
+                        "checkpoints (not committed); exit instead of training")
     return p
 
 
@@ -93,7 +187,27 @@ def stability_results(args, kinds=None) -> tuple[dict, str]:
     runs = args.runs or (os.path.join(args.out, "runs") if args.smoke else
                          os.path.join(REPO, "experiments", "results", default))
     kinds = kinds or [k for k in args.kinds.split(",") if k]
+    if args.no_train:
+        from experiments.common import make_config  # the config stability.run_all trains
+        return {kind: logged_rows(make_config(recipe, [f"residual={kind}", *overrides]),
+                                  os.path.join(runs, kind)) for kind in kinds}, runs
     return stability.run_all(recipe, kinds, None, overrides, runs, verbose=not args.smoke), runs
+
+
+def logged_rows(cfg, run_dir: str) -> list[dict]:
+    """The metrics rows of a finished run of `cfg` in `run_dir`, read without training (exits
+    naming the run otherwise). The final checkpoint is not asked for: checkpoints are not
+    committed, and Figs. 2, 3, 5 and 7 read only metrics."""
+    from experiments.common import finished
+    from mhc.metrics import read_jsonl
+    if not finished(cfg, run_dir, need_checkpoint=False):
+        raise SystemExit(f"--no-train: {run_dir} holds no finished run of this config "
+                         f"({cfg.train.steps} steps); run without --no-train to train it")
+    return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+
+
+def stability_run_dirs(runs: str, kinds) -> list[str]:
+    return [os.path.join(runs, kind) for kind in kinds]
 
 
 def smooth(values, window: int = 10):
@@ -153,8 +267,16 @@ def amax_figure(rows, kind: str, title: str, path: str) -> dict:
     return {"peak": peak, "end": end}
 
 
-def amax_extremes(rows) -> dict:
-    """Largest single-site and composite Amax gains (fwd/bwd) over every logged step and site."""
-    records = layer_records(rows)
-    return {key: max(max(r[key]) for r in records)
-            for key in ("amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd")}
+STEP_PEAKS = ("amax_fwd_max", "amax_bwd_max", "layer_amax_fwd_max", "layer_amax_bwd_max")
+
+
+def step_peaks(rows) -> dict:
+    """Largest Amax gains over training from the per-step scalars every metrics row has:
+    `amax_{fwd,bwd}_max` (composite, max over depth) and `layer_amax_{fwd,bwd}_max` (worst single
+    site), with the step of each peak. The per-site `layers` arrays exist only on some steps
+    and can miss the peak (HC's small run: 20.6 there against 23.0 per step)."""
+    out = {}
+    for key in STEP_PEAKS:
+        top = max(rows, key=lambda r: r[key])
+        out[key], out[f"{key}_step"] = top[key], top["step"]
+    return out

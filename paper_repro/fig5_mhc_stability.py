@@ -62,25 +62,30 @@ def main(argv=None) -> int:
     eval_gap = final["mhc"]["eval_loss"] - final["residual"]["eval_loss"]
     ratio = {k: float(np.median(grads[k][half:]) / np.median(grads["residual"][half:]))
              for k in ("hc", "mhc")}
+    one = common.seeds_note(1)  # the stability study trains one seed per kind
     rows = [
         common.Row("mHC training loss gap vs residual at the end (mean of last 10 % of steps; "
-                   "agrees: within 2x)", f"{PAPER_GAP}", f"{mhc_gap:+.4f}",
-                   common.verdict(PAPER_GAP * 2 <= mhc_gap <= PAPER_GAP / 2)),
-        common.Row("mHC eval loss gap vs residual (agrees: negative)",
-                   "(final gap -0.021, training loss)", f"{eval_gap:+.4f}",
-                   common.verdict(eval_gap < 0)),
+                   "claim: negative)", f"{PAPER_GAP}", f"{mhc_gap:+.4f}; {one}",
+                   common.seeded_verdict([mhc_gap], -1)),
+        common.Row("mHC eval loss gap vs residual (claim: negative)",
+                   "(final gap -0.021, training loss)", f"{eval_gap:+.4f}; {one}",
+                   common.seeded_verdict([eval_gap], -1)),
         common.Row("HC training loss gap vs residual at the end", "negative until its surge",
-                   f"{gaps['hc'][-tail:].mean():+.4f}", "n/a"),
-        common.Row("mHC grad norm / residual (median over the second half; agrees: within 2x)",
-                   "comparable to the baseline", f"{ratio['mhc']:.2f}",
-                   common.verdict(0.5 <= ratio["mhc"] <= 2.0)),
+                   f"{gaps['hc'][-tail:].mean():+.4f}; {one}", "n/a"),
+        common.Row("mHC grad norm / residual (median over the second half; claim: within 2x)",
+                   "comparable to the baseline", f"{ratio['mhc']:.2f}; {one}",
+                   common.all_of({"above 0.5": common.seeded_verdict([ratio["mhc"] - 0.5], +1),
+                                  "below 2": common.seeded_verdict([2 - ratio["mhc"]], +1)})),
         common.Row("HC grad norm / residual (median over the second half)",
-                   "departs from the baseline around its surge", f"{ratio['hc']:.2f}", "n/a"),
+                   "departs from the baseline around its surge", f"{ratio['hc']:.2f}; {one}",
+                   "n/a"),
     ]
     notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}`, one seed; seed-to-seed spread at "
-             "this scale is in experiments/results/ablations.")
+             "this scale is in experiments/results/ablations. The paper's -0.021 is a 27B "
+             "number; the claim judged here is its sign.")
     text = common.write("fig5_mhc_stability", "Fig. 5: mHC stability (loss gap and grad norm)",
-                        rows, args.out, common.command_line("fig5_mhc_stability.py", argv), notes)
+                        rows, args.out, common.command_line("fig5_mhc_stability.py", argv), notes,
+                        common.stability_run_dirs(runs, results))
     print(text)
     return 0
 

@@ -25,27 +25,41 @@ def main(argv=None) -> int:
     results, runs = common.stability_results(args, ["mhc"])
     rows = results["mhc"]
     common.amax_figure(rows, "mhc", "mHC H_res", os.path.join(args.out, "fig7_mhc_amax.png"))
-    ext = common.amax_extremes(rows)
+    peaks = common.step_peaks(rows)  # per-step scalars: the per-site records can miss the peak
     col_err = max(r["ds_col_err_max"] for r in rows)
+    one = common.seeds_note(1)  # the stability study trains one seed per kind
+    # rows are normalised last, so every forward gain is 1 whatever the seed: a deterministic
+    # check of the construction; the backward gains carry the truncation error (seeded)
+    exact = common.exact_verdict
     table = [
         common.Row("single-site forward gain (max over steps and sites)", "about 1",
-                   f"{ext['amax_fwd']:.6f}", common.verdict(abs(ext["amax_fwd"] - 1) < 1e-3)),
-        common.Row("single-site backward gain (max)", "slightly off 1 (truncated Sinkhorn)",
-                   f"{ext['amax_bwd']:.4f}", common.verdict(1 <= ext["amax_bwd"] < 1.2)),
-        common.Row("composite forward gain (max)", "about 1",
-                   f"{ext['composite_fwd']:.6f}",
-                   common.verdict(abs(ext["composite_fwd"] - 1) < 1e-3)),
-        common.Row("composite backward gain (max; agrees: at most the paper's)",
-                   f"at most about {PAPER_COMPOSITE_MAX}", f"{ext['composite_bwd']:.4f}",
-                   common.verdict(ext["composite_bwd"] <= PAPER_COMPOSITE_MAX)),
+                   f"{peaks['layer_amax_fwd_max']:.6f}",
+                   exact(abs(peaks["layer_amax_fwd_max"] - 1) < 1e-3,
+                         "|gain - 1| < 1e-3; rows normalised last")),
+        common.Row("single-site backward gain (max; claim: above 1, below 1.2)",
+                   "slightly off 1 (truncated Sinkhorn)",
+                   f"{peaks['layer_amax_bwd_max']:.4f}; {one}",
+                   common.all_of({
+                       "above 1": common.seeded_verdict([peaks["layer_amax_bwd_max"] - 1], +1),
+                       "below 1.2": common.seeded_verdict([1.2 - peaks["layer_amax_bwd_max"]],
+                                                          +1)})),
+        common.Row("composite forward gain (max)", "about 1", f"{peaks['amax_fwd_max']:.6f}",
+                   exact(abs(peaks["amax_fwd_max"] - 1) < 1e-3,
+                         "|gain - 1| < 1e-3; rows normalised last")),
+        common.Row("composite backward gain (max; claim: at most the paper's)",
+                   f"at most about {PAPER_COMPOSITE_MAX}",
+                   f"{peaks['amax_bwd_max']:.4f} at step {peaks['amax_bwd_max_step']}; {one}",
+                   common.seeded_verdict([PAPER_COMPOSITE_MAX - peaks["amax_bwd_max"]], +1)),
         common.Row("largest column-sum error of one H_res (20 iterations)",
                    "grows with logit size (mHC-lite reports up to 100 %)", f"{col_err:.3g}",
                    "n/a"),
     ]
-    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}`. Rows are normalised last, so the "
-             "forward gain is exact; the column sums carry the truncation error.")
+    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}`, one seed. Peaks are the per-step "
+             "scalars of metrics.jsonl (every step). Rows are normalised last, so the forward "
+             "gain is exact; the column sums carry the truncation error.")
     text = common.write("fig7_mhc_amax", "Fig. 7: mHC Amax gain per layer", table, args.out,
-                        common.command_line("fig7_mhc_amax.py", argv), notes)
+                        common.command_line("fig7_mhc_amax.py", argv), notes,
+                        common.stability_run_dirs(runs, results))
     print(text)
     return 0
 

@@ -1,4 +1,4 @@
-"""Paper Table 1: which of HC's three maps gives the gain (arXiv 2512.24880, PAPER.md §6).
+"""Paper Table 1: which of HC's three maps gives the gain (arXiv 2512.24880, Table 1).
 
 Disabled maps are fixed at the residual's values (H_pre -> 1/n, H_post -> ones, H_res -> I), i.e.
 `residual=hc learned_maps=...`; "none" is the plain residual baseline. Gap = final eval loss of the
@@ -22,7 +22,8 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from experiments import ablations, common  # noqa: E402
-from paper_repro.common import RESULTS, Row, command_line, savefig, write  # noqa: E402
+from paper_repro.common import (RESULTS, Row, all_of, command_line, savefig,  # noqa: E402
+                                seeded_verdict, seeds_note, write)
 
 # (label, overrides, paper's loss gap vs baseline) in the paper's row order
 VARIANTS = (
@@ -40,35 +41,37 @@ def plan(seeds, base_overrides, recipe, runs_root):
             for cfg in [common.make_config(recipe, [*base_overrides, *ov, f"seed={seed}"])]]
 
 
-def rows_from(summary: dict) -> list[Row]:
-    """Paper-vs-ours rows: each variant's gap, then the claims (sign, ordering, H_res share)."""
+def rows_from(per_seed: dict) -> list[Row]:
+    """Paper-vs-ours rows: each variant's gap, then the claims (sign, ordering, H_res share).
+    `per_seed`: {label: {seed: run metrics}}; every verdict is judged on the per-seed gaps."""
     labels = [v[0] for v in VARIANTS]
     paper = {label: gap for label, _, gap in VARIANTS}
-    ours = {label: (summary[label]["gap"], summary[label]["gap_std"]) for label in labels}
+    base = per_seed[labels[0]]
+    gaps = {label: np.array([per_seed[label][k]["eval_loss"] - base[k]["eval_loss"]
+                             for k in sorted(per_seed[label]) if k in base])
+            for label in labels[1:]}
+    res, pre, full = (gaps[label] for label in labels[1:])
     rows = []
-    single = min(len(summary[label].get("seeds", (0, 1))) for label in labels) < 2
-    tag = " (1 seed: spread unknown)" if single else ""
     for label in labels[1:]:
-        g, s = ours[label]
-        sign_ok = g < 0
-        within_noise = abs(g) <= s and not single
         rows.append(Row(f"loss gap, {label} learned", f"{paper[label]:+.3f}",
-                        f"{g:+.3f}" + ("" if single else f" ± {s:.3f}"),
-                        "within noise" if within_noise else ("yes" if sign_ok else "no") + tag))
-    gaps = [ours[label][0] for label in labels[1:]]
-    noise = max(ours[label][1] for label in labels[1:])
-    ordered = gaps[0] >= gaps[1] >= gaps[2]
-    spread = max(gaps) - min(gaps)
+                        f"{ablations.fmt(*common.mean_spread(gaps[label]), n=len(gaps[label]))}"
+                        f"; seeds {', '.join(f'{x:+.3f}' for x in gaps[label])}",
+                        seeded_verdict(gaps[label], -1)))
+    means = [float(gaps[label].mean()) for label in labels[1:]]
+    # paired by seed: each step down the paper's order must lower the gap on every seed
     rows.append(Row("ordering: more learned maps, larger gain", "-0.022 > -0.025 > -0.027",
-                     " > ".join(f"{g:+.3f}" for g in gaps),
-                     ("yes" if ordered else "no") + tag if single else
-                     "yes" if ordered and spread > noise else
-                     ("within noise" if spread <= noise else "no")))
-    share = gaps[0] / gaps[2] if gaps[2] != 0 else np.nan
+                    " > ".join(f"{g:+.3f}" for g in means) + f"; {seeds_note(len(res))}",
+                    all_of({"gap(H_res) > gap(+H_pre)": seeded_verdict(res - pre, +1),
+                            "gap(+H_pre) > gap(+H_post)": seeded_verdict(pre - full, +1)})))
+    # "most of the gain": the full gap is negative and H_res's is below half of it, per seed
+    # (a difference, not the share, whose denominator can cross zero)
+    share = means[0] / means[2] if means[2] != 0 else np.nan
     rows.append(Row("H_res alone gives most of the gain (share of the full gap)",
-                    "0.022 / 0.027 = 81 %", f"{100 * share:.0f} %",
-                    "within noise" if abs(gaps[2]) <= ours[labels[3]][1] and not single else
-                    ("yes" if share > 0.5 and gaps[2] < 0 else "no") + tag))
+                    "0.022 / 0.027 = 81 %",
+                    f"{100 * share:.0f} % of the mean gaps; per seed H_res gap − half the full "
+                    "gap: " + ", ".join(f"{x:+.3f}" for x in res - full / 2),
+                    all_of({"full gap < 0": seeded_verdict(full, -1),
+                            "H_res gap < half of it": seeded_verdict(res - full / 2, -1)})))
     return rows
 
 
@@ -148,12 +151,13 @@ def main(argv=None) -> int:
                      f"{ablations.fmt(s['eval_loss'], s['eval_loss_std'], n=n)} | "
                      f"{ablations.fmt(s['gap'], s['gap_std'], n=n)} | {gap:+.3f} |")
     notes = (f"Ours: {scale}; `{' '.join(base)}`. Gap = final eval loss (16 fixed held-out "
-             "batches) minus the residual's, paired by seed; ± = sample std over seeds. "
-             "'within noise' = |gap| (or the spread between variants) is not larger than the std "
-             "over seeds. Paper: 27B MoE, 262B tokens.\n\n" + "\n".join(lines))
-    text = write("table1_hc_ablation", "Table 1: HC component ablation", rows_from(summary),
-                 args.out, command_line("table1_hc_ablation.py", argv if argv is not None
-                                        else sys.argv[1:]), notes)
+             "batches) minus the residual's, paired by seed; ± = sample sd over seeds. The "
+             "ordering and share rows compare variants seed by seed. Paper: 27B MoE, 262B "
+             "tokens.\n\n" + "\n".join(lines))
+    text = write("table1_hc_ablation", "Table 1: HC component ablation",
+                 rows_from(per_seed), args.out,
+                 command_line("table1_hc_ablation.py", argv),
+                 notes, [run_dir for *_, run_dir in jobs])
     print(text)
     return 0
 

@@ -405,7 +405,8 @@ def test_table4_rows_fill_benchmarks_from_user_tasks():
                               "mhc": result({"mmlu_a": (0.6, 10), "mmlu_b": (0.3, 30),
                                              "mine": (0.2, 4)})}, fixtures=False)
     mmlu = next(r for r in rows if r.quantity.startswith("MMLU"))
-    assert mmlu.ours == "27.5 / - / 37.5 (n=40)" and mmlu.agrees == "yes"  # weighted by n
+    assert mmlu.ours == "27.5 / - / 37.5 (n=40; 1 seed)"  # weighted by n
+    assert mmlu.agrees == "inconclusive (1 seed)"  # one checkpoint per kind: one seed
     assert next(r for r in rows if r.quantity.startswith("PIQA")).agrees == "n/a"
     assert rows[-1].quantity == "task mine (acc, 5-shot, n=4)"
     assert rows[-1].ours == "10.0 / - / 20.0"

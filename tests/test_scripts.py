@@ -4,6 +4,8 @@ import importlib.util
 import json
 import os
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -44,27 +46,37 @@ def test_step_time_smoke(tmp_path):
 
 
 def test_paper_repro_stability_figures_smoke(tmp_path):
-    """Figs. 2, 3, 5, 7 and 8 share one set of smoke runs (trained by the first, reused after)
-    and each writes its PNG and a paper-vs-ours table."""
-    for name in ("fig2_hc_instability", "fig5_mhc_stability", "fig3_hc_amax", "fig7_mhc_amax",
-                 "fig8_heatmaps"):
-        assert _load(f"paper_repro/{name}.py").main(["--smoke", "--out", str(tmp_path)]) == 0
+    """Figs. 2, 3, 5, 7 and 8 share one set of smoke runs (trained by the first, reused after;
+    --no-train reads them and would exit rather than train) and each writes its PNG and a
+    paper-vs-ours table."""
+    with pytest.raises(SystemExit, match="--no-train: .* holds no finished run"):
+        _load("paper_repro/fig3_hc_amax.py").main(["--smoke", "--no-train", "--out",
+                                                   str(tmp_path / "none")])
+    for name, extra in (("fig2_hc_instability", []), ("fig5_mhc_stability", []),
+                        ("fig3_hc_amax", ["--no-train"]), ("fig7_mhc_amax", ["--no-train"]),
+                        ("fig8_heatmaps", ["--no-train"])):
+        assert _load(f"paper_repro/{name}.py").main(["--smoke", "--out", str(tmp_path),
+                                                     *extra]) == 0
         assert (tmp_path / f"{name}.png").stat().st_size > 0, name
         table = (tmp_path / f"{name}.md").read_text()
         assert "| quantity | paper says | we measure | agrees? |" in table, name
         csv_head = (tmp_path / f"{name}.csv").read_text().splitlines()[0]
         assert csv_head == "quantity,paper,ours,agrees", name
-    # mHC's forward gain is exact at every depth, whatever the scale
-    assert "| composite forward gain (max) | about 1 | 1.000000 | yes |" in (
-        tmp_path / "fig7_mhc_amax.md").read_text()
+    # mHC's forward gain is exact at every depth, whatever the scale or seed (deterministic);
+    # a bound seen in one run is inconclusive
+    fig7 = (tmp_path / "fig7_mhc_amax.md").read_text()
+    assert "| composite forward gain (max) | about 1 | 1.000000 | yes (deterministic; " in fig7
+    assert "| inconclusive (1 seed) |" in fig7 and "Runs read: 1, trained at commits: " in fig7
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert runs == ["hc", "mhc", "residual"]
     # the README is generated from these tables: one index row per item, missing ones marked
     readme = tmp_path / "README.md"
-    assert _load("paper_repro/collect.py").main(
-        ["--results", str(tmp_path), "--readme", str(readme)]) == 0
+    collect = _load("paper_repro/collect.py")
+    assert collect.main(["--results", str(tmp_path), "--readme", str(readme)]) == 0
     text = readme.read_text()
-    assert "![Fig. 8: H_res heatmaps" in text and "| 4 of 4 |" in text  # Fig. 7 rows all agree
+    assert "![Fig. 8: H_res heatmaps" in text
+    assert "| 2 yes, 2 inconclusive |" in text  # Fig. 7: 2 by construction, 2 from one seed
+    assert text.count(collect.common.RULE) == 1  # the rule once, not once per table
     assert "| Table 5: configurations and parameter counts |" in text
 
 

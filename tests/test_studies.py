@@ -109,23 +109,6 @@ def test_token_gap_and_moving_average():
     assert g["eval_relative_pct"] == pytest.approx([98.0])
 
 
-def test_table1_verdicts():
-    def s(gap, std, seeds=(0, 1, 2)):
-        return {"gap": gap, "gap_std": std, "seeds": list(seeds)}
-    labels = [v[0] for v in table1_hc_ablation.VARIANTS]
-    clear = dict(zip(labels, [s(0, 0), s(-0.02, 0.002), s(-0.024, 0.002), s(-0.03, 0.002)]))
-    rows = table1_hc_ablation.rows_from(clear)
-    assert [r.agrees for r in rows] == ["yes"] * 5
-    noisy = dict(zip(labels, [s(0, 0), s(0.001, 0.01), s(-0.002, 0.01), s(0.003, 0.01)]))
-    assert {r.agrees for r in table1_hc_ablation.rows_from(noisy)} == {"within noise"}
-    worse = dict(zip(labels, [s(0, 0), s(0.05, 0.002), s(0.04, 0.002), s(0.03, 0.002)]))
-    assert [r.agrees for r in table1_hc_ablation.rows_from(worse)][:3] == ["no"] * 3
-    one = dict(zip(labels, [s(0, 0, [0]), s(-0.02, 0, [0]), s(0.01, 0, [0]), s(-0.03, 0, [0])]))
-    verdicts = [r.agrees for r in table1_hc_ablation.rows_from(one)]
-    assert verdicts[:3] == ["yes (1 seed: spread unknown)", "no (1 seed: spread unknown)",
-                            "yes (1 seed: spread unknown)"]
-
-
 # ----------------------------------------------------------------------------------- end to end
 def test_ablations_and_table1_smoke(tmp_path):
     runs = str(tmp_path / "runs")
