@@ -95,12 +95,19 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
-def plan(axes, seeds, base_overrides, recipe="tiny", smoke=False, runs_root=common.RUNS):
-    """[(axis, label, seed, cfg, run_dir)]; configs are validated here, nothing is trained."""
+REGIMES = {"frozen": (), "study": common.STUDY_REGIME, "stress": common.STRESS_REGIME}
+
+
+def plan(axes, seeds, base_overrides, recipe="tiny", smoke=False, runs_root=common.RUNS,
+         regime: str = "frozen"):
+    """[(axis, label, seed, cfg, run_dir)]; configs are validated here, nothing is trained.
+    `regime` adds the H_res regime's options to every connection variant (those that apply to
+    it: `common.regime_overrides`); "frozen" is the plain default (H_res ≈ I stays put)."""
     out = []
     for axis in axes:
         for label, ov in variants(axis, smoke):
             for seed in seeds:
+                ov = (*ov, *common.regime_overrides((*base_overrides, *ov), REGIMES[regime]))
                 cfg = common.make_config(recipe, [*base_overrides, *ov, f"seed={seed}"])
                 out.append((axis, label, seed, cfg, common.run_dir_for(cfg, runs_root)))
     return out
@@ -136,11 +143,11 @@ def summarize(per_seed: dict[str, dict[int, dict]], baseline: str = "residual") 
 
 
 def run_axes(axes, seeds, overrides, *, recipe="tiny", smoke=False, runs_root=common.RUNS,
-             verbose=True, only_finished=False, missing=None) -> dict:
+             verbose=True, only_finished=False, missing=None, regime="frozen") -> dict:
     """Train (or reuse) every run of `axes`; returns {axis: {label: {seed: run metrics}}}.
     `only_finished`: train nothing, use the finished runs (the others go to `missing`)."""
     results: dict = {}
-    jobs = plan(axes, seeds, overrides, recipe, smoke, runs_root)
+    jobs = plan(axes, seeds, overrides, recipe, smoke, runs_root, regime)
     for i, (axis, label, seed, cfg, run_dir) in enumerate(jobs, 1):
         if only_finished and not common.finished(cfg, run_dir):
             if missing is not None:
@@ -234,6 +241,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "ablations"))
     p.add_argument("--runs", default=None, help="run directories (default: shared "
                    "experiments/results/trained; with --smoke: <out>/trained)")
+    p.add_argument("--regime", choices=tuple(REGIMES), default="frozen",
+                   help="H_res regime added to every mHC variant: frozen (defaults), study "
+                   f"({' '.join(common.STUDY_REGIME)}), stress ({' '.join(common.STRESS_REGIME)})")
     p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps, 1 seed, 2 values")
     p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
     p.add_argument("--only-finished", action="store_true",
@@ -249,7 +259,7 @@ def main(argv=None) -> int:
     runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
     if args.dry_run:
         for axis, label, seed, cfg, run_dir in plan(axes, seeds, overrides, args.recipe,
-                                                    args.smoke, runs_root):
+                                                    args.smoke, runs_root, args.regime):
             print(f"{axis:20s} {label:16s} seed {seed}  {cfg.model.residual} "
                   f"n={cfg.model.n_streams} {cfg.model.manifold} -> {os.path.relpath(run_dir)}")
         return 0
@@ -257,7 +267,7 @@ def main(argv=None) -> int:
     missing: list[str] = []
     results = run_axes(axes, seeds, overrides, recipe=args.recipe, smoke=args.smoke,
                        runs_root=runs_root, verbose=not args.smoke,
-                       only_finished=args.only_finished, missing=missing)
+                       only_finished=args.only_finished, missing=missing, regime=args.regime)
     axes = [a for a in axes if len(results.get(a, {})) > 1]  # something beside the baseline
     if not axes:
         raise SystemExit("no finished runs to tabulate; run without --only-finished first")
@@ -265,10 +275,12 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     plot(summaries, os.path.join(args.out, "ablations.png"))
     meta = {**common.provenance(), "recipe": args.recipe, "seeds": list(seeds),
+            "regime": args.regime,
             "overrides": overrides, "axes": axes, "missing": missing}
     common.write_json(os.path.join(args.out, "summary.json"),
                       {"meta": meta, "summary": summaries, "per_seed": results})
-    lines = [f"# mHC ablations ({args.recipe} + micro overrides, seeds {list(seeds)})", "",
+    lines = [f"# mHC ablations ({args.recipe} + micro overrides, seeds {list(seeds)}, H_res "
+             f"regime {args.regime}: `{' '.join(REGIMES[args.regime]) or 'defaults'}`)", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}. Overrides: "
              f"`{' '.join(overrides)}`. Gap = eval loss − residual's, paired by seed "
              "(negative = mHC variant better); ± is the sample std over seeds.", ""]

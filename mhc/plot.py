@@ -2,7 +2,9 @@
 
 Panels, each drawn only when the run logged its metrics: loss and eval loss (skipped steps and
 loss spikes marked), learning rate, gradient norm, throughput and MFU, the composite and
-single-layer Amax gains (forward / backward), and the per-layer composite gain at the last eval.
+single-layer Amax gains (forward / backward), whether H_res learns (off-diagonal mass and
+distance from its initial map, depth mean and worst site), and the per-site composite gain and
+off-diagonal mass at the last logged step.
 """
 from __future__ import annotations
 
@@ -53,7 +55,7 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+    fig, axes = plt.subplots(2, 4, figsize=(21, 8))
     ax = axes[0, 0]
     _lines(ax, rows, [("loss", "train", "-"), ("eval_loss", "eval", "o-")],
            title="loss", ylabel="cross-entropy (nats/token)")
@@ -77,6 +79,11 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
                              ("layer_amax_fwd_max", "max single fwd", "-"),
                              ("layer_amax_bwd_max", "max single bwd", "--")],
            log=True, title="Amax gain")
+    _lines(axes[0, 3], rows, [("h_res_offdiag", "off-diagonal mass (depth mean)", "-"),
+                             ("h_res_offdiag_max", "off-diagonal mass (worst site)", "--"),
+                             ("h_res_dist_init", "distance from init (depth mean)", "-"),
+                             ("h_res_dist_init_max", "distance from init (worst site)", "--")],
+           title="does H_res learn?", ylabel="1 - mean diagonal / ||H - H0||_F")
     ax = axes[1, 2]
     last = [r for r in rows if isinstance(r.get("layers"), dict)]
     if last:
@@ -84,10 +91,21 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
         for key, style in (("composite_fwd", "o-"), ("composite_bwd", "s--")):
             if key in layers:
                 ax.plot(range(1, len(layers[key]) + 1), layers[key], style, ms=3, label=key)
-        ax.set(title=f"composite gain per site (step {step})", xlabel="site")
+        ax.set(title=f"composite gain per site (step {step})", xlabel="site")  # last logged
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if max(layers.get("composite_fwd", [1]) + layers.get("composite_bwd", [1])) > 20:
             ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if last and "res_offdiag" in last[-1]["layers"]:
+        ax = axes[1, 3]
+        layers = last[-1]["layers"]
+        sites = range(1, len(layers["res_offdiag"]) + 1)
+        ax.plot(sites, layers["res_offdiag"], "o-", ms=3, label="off-diagonal mass")
+        if "res_dist_init" in layers:
+            ax.plot(sites, layers["res_dist_init"], "s--", ms=3, label="distance from init")
+        ax.set(title=f"H_res per site (step {last[-1]['step']})", xlabel="site")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for a in axes.flat:
