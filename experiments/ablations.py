@@ -238,9 +238,10 @@ def main(argv=None) -> int:
     p.add_argument("--axis", default="all", help=f"all or a comma list of: {', '.join(AXES)}")
     p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
     p.add_argument("--recipe", default="tiny", help="base recipe; the micro overrides apply on top")
-    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "ablations"))
+    p.add_argument("--out", default=None, help="default experiments/results/ablations, or "
+                   "ablations_<regime> with --regime study|stress")
     p.add_argument("--runs", default=None, help="run directories (default: shared "
-                   "experiments/results/trained; with --smoke: <out>/trained)")
+                   "experiments/results/trained; with --smoke or a --regime: <out>/trained)")
     p.add_argument("--regime", choices=tuple(REGIMES), default="frozen",
                    help="H_res regime added to every mHC variant: frozen (defaults), study "
                    f"({' '.join(common.STUDY_REGIME)}), stress ({' '.join(common.STRESS_REGIME)})")
@@ -256,7 +257,10 @@ def main(argv=None) -> int:
     if args.smoke:
         seeds = seeds[:1]
         overrides = [*common.MICRO_OVERRIDES, *common.SMOKE_OVERRIDES, *args.overrides]
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
+    args.out = args.out or os.path.join(REPO, "experiments", "results", "ablations" + (
+        "" if args.regime == "frozen" else f"_{args.regime}"))
+    runs_root = args.runs or (os.path.join(args.out, "trained")
+                              if args.smoke or args.regime != "frozen" else common.RUNS)
     if args.dry_run:
         for axis, label, seed, cfg, run_dir in plan(axes, seeds, overrides, args.recipe,
                                                     args.smoke, runs_root, args.regime):

@@ -25,7 +25,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from experiments.common import SMOKE_OVERRIDES, make_config, train_or_reuse  # noqa: E402
+from experiments.common import (SMOKE_OVERRIDES, h_res_movement, make_config,  # noqa: E402
+                                train_or_reuse)
 
 KINDS = ("residual", "hc", "mhc")
 PAPER = {  # PAPER.md §4 (27B model, arXiv 2512.24880 Figs. 3 and 7)
@@ -63,6 +64,7 @@ def summarize(results: dict) -> dict:
             "max_layer_fwd": max(r["layer_amax_fwd_max"] for r in rows),
             "max_layer_bwd": max(r["layer_amax_bwd_max"] for r in rows),
             "max_ds_col_err": max(r["ds_col_err_max"] for r in rows),
+            **h_res_movement(rows),
         }
     return summary
 
@@ -105,14 +107,16 @@ def write_summary(summary: dict, meta: dict, path_md: str, path_json: str):
     lines = [f"# Stability: {', '.join(summary)} ({meta['recipe']}, {meta['steps']} steps, "
              f"overrides: {' '.join(meta['overrides']) or 'none'})", "",
              "| kind | final loss | final eval | max grad norm | composite gain fwd / bwd (end) "
-             "| max composite fwd / bwd | max single-layer fwd / bwd | paper (27B) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| max composite fwd / bwd | max single-layer fwd / bwd | H_res off-diagonal mass "
+             "start → end | H_res distance from init (end) | paper (27B) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for kind, s in summary.items():
         lines.append(
             f"| {kind} | {s['final_loss']:.3f} | {s['final_eval_loss']:.3f} | "
             f"{s['max_grad_norm']:.2f} | {s['final_composite_fwd']:.3g} / "
             f"{s['final_composite_bwd']:.3g} | {s['max_composite_fwd']:.3g} / "
             f"{s['max_composite_bwd']:.3g} | {s['max_layer_fwd']:.3g} / {s['max_layer_bwd']:.3g} "
+            f"| {s['offdiag_start']:.3f} → {s['offdiag_end']:.3f} | {s['dist_init_end']:.3f} "
             f"| {PAPER.get(kind, '')} |")
     with open(path_md, "w") as f:
         f.write("\n".join(lines) + "\n")

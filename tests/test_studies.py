@@ -154,3 +154,67 @@ def test_scaling_and_fig6_smoke(tmp_path):
     md = (f6 / "fig6_scaling.md").read_text()
     assert "(a) gap at xs" in md and "-0.015 ... -0.025" in md and "(b) gap at the end" in md
     assert (f6 / "fig6_scaling.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------- LR sensitivity, long run
+def _record(losses, evals=None, nonfinite=0):
+    rows = [{"step": i + 1, "loss": v, "grad_norm": 1.0, "amax_fwd_max": 1.0} for i, v in
+            enumerate(losses)]
+    rows[-1]["eval_loss"] = losses[-1] if evals is None else evals
+    return {"rows": rows, "events": {"loss_spike": 0, "nonfinite": nonfinite}}
+
+
+def test_lr_sensitivity_arithmetic():
+    from experiments import lr_sensitivity as lrs
+    ok = lrs.run_metrics(_record([5.5, 3.0, 2.0]))
+    assert not ok["diverged"] and ok["initial_loss"] == 5.5 and ok["eval_loss"] == 2.0
+    assert lrs.run_metrics(_record([5.5, 6.0, 7.0]))["diverged"]  # ends above the start
+    assert lrs.run_metrics(_record([5.5, 3.0, 2.0], nonfinite=1))["diverged"]
+    assert lrs.run_metrics(_record([5.5, 3.0, float("nan")]))["diverged"]
+    # Wortsman et al.: mean over the grid of min(loss, initial) - best; a diverged run = initial
+    curve = {1e-3: ok, 1e-2: lrs.run_metrics(_record([5.5, 2.5, 1.5])),
+             1e-1: lrs.run_metrics(_record([5.5, 9.0, 9.0]))}
+    assert lrs.sensitivity(curve) == pytest.approx((2.0 + 1.5 + 5.5) / 3 - 1.5)
+    assert lrs.largest_stable({k: [v] for k, v in curve.items()}) == 1e-2
+    assert np.isnan(lrs.largest_stable({1e-3: [curve[1e-1]], 1e-2: [ok]}))
+    grid = lrs.LRS
+    assert len(grid) >= 6 and grid[-1] / grid[0] >= 30
+    assert all(b / a == pytest.approx(grid[1] / grid[0], rel=0.01) for a, b in zip(grid, grid[1:]))
+    assert 30 in lrs.DEPTHS and "grad_clip=0" in lrs.BASE
+
+
+def test_regime_overrides_apply_only_where_they_mean_something():
+    assert common.regime_overrides(("residual=residual",)) == ()
+    assert common.regime_overrides(("residual=hc",), common.STRESS_REGIME) == (
+        "connection_lr_mult=10",)
+    assert common.regime_overrides(("residual=mhc",)) == common.STUDY_REGIME
+    lite = common.regime_overrides(("residual=mhc_lite",))
+    assert lite[0].startswith("res_offdiag_logit=") and lite != common.STUDY_REGIME
+
+
+def test_lr_sensitivity_and_long_run_smoke(tmp_path):
+    from experiments import long_run, lr_sensitivity
+    out = tmp_path / "lrs"
+    assert lr_sensitivity.main(["--smoke", "--kinds", "residual,mhc", "--out", str(out)]) == 0
+    data = json.loads((out / "summary.json").read_text())
+    assert set(data["summary"]) == {"residual-L1", "mhc-L1"}
+    assert len(os.listdir(out / "runs")) == 4  # 2 kinds x 2 learning rates, compact records
+    record = json.loads(next((out / "runs").iterdir()).read_text())
+    assert record["provenance"][0]["commit"] and record["rows"][0]["step"] == 1
+    assert not any(os.path.isdir(os.path.join(out, "trained", d, "checkpoints"))
+                   for d in os.listdir(out / "trained"))  # deleted once finished
+    assert "LR sensitivity" in (out / "summary.md").read_text()
+    # a second call reuses every run (nothing trains: the records are rewritten as they were)
+    before = {p.name: p.read_text() for p in (out / "runs").iterdir()}
+    assert lr_sensitivity.main(["--smoke", "--kinds", "residual,mhc", "--out", str(out)]) == 0
+    assert {p.name: p.read_text() for p in (out / "runs").iterdir()} == before
+    from paper_repro import lr_proxy  # the paper_repro row reads the same records
+    assert lr_proxy.main(["--study", str(out), "--out", str(tmp_path / "proxy")]) == 0
+    proxy = (tmp_path / "proxy" / "lr_proxy.md").read_text()
+    assert "1 blocks: best eval loss over the grid, mHC minus residual" in proxy
+    assert "| inconclusive (1 seed) |" in proxy
+    lo = tmp_path / "long"
+    assert long_run.main(["--smoke", "--lr", "0.01", "--out", str(lo)]) == 0
+    summary = json.loads((lo / "summary.json").read_text())["summary"]
+    assert set(summary) == {"hc", "mhc"} and summary["mhc"]["amax_fwd_max"] == pytest.approx(1.0)
+    assert (lo / "long_run.png").stat().st_size > 0
