@@ -121,11 +121,12 @@ def largest_stable(by_lr: dict[float, list[dict]]) -> float:
 def summarize(metrics: dict) -> dict:
     """{(kind, depth): summary} from {(kind, depth, lr, seed): run metrics}."""
     out = {}
+    grid = sorted({lr for _, _, lr, _ in metrics})  # a seed counts once its whole curve exists
     for kind, depth in sorted({(k, d) for k, d, _, _ in metrics}, key=lambda x: (x[1], x[0])):
         runs = {(lr, s): m for (k, d, lr, s), m in metrics.items() if (k, d) == (kind, depth)}
-        lrs = sorted({lr for lr, _ in runs})
+        lrs = [lr for lr in grid if any(key[0] == lr for key in runs)]
         seeds = sorted({s for _, s in runs})
-        full = [s for s in seeds if all((lr, s) in runs for lr in lrs)]
+        full = [s for s in seeds if all((lr, s) in runs for lr in grid)]
         sens = [sensitivity({lr: runs[(lr, s)] for lr in lrs}) for s in full]
         by_lr = {lr: [runs[(lr, s)] for s in seeds if (lr, s) in runs] for lr in lrs}
         curve = {lr: common.mean_spread(m["eval_loss"] for m in ms if not m["diverged"])

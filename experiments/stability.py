@@ -26,7 +26,7 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from experiments.common import (SMOKE_OVERRIDES, h_res_movement, make_config,  # noqa: E402
-                                train_or_reuse)
+                                provenance, train_or_reuse)
 
 KINDS = ("residual", "hc", "mhc")
 PAPER = {  # PAPER.md §4 (27B model, arXiv 2512.24880 Figs. 3 and 7)
@@ -106,6 +106,8 @@ def write_summary(summary: dict, meta: dict, path_md: str, path_json: str):
         json.dump({"meta": meta, "summary": summary}, f, indent=2)
     lines = [f"# Stability: {', '.join(summary)} ({meta['recipe']}, {meta['steps']} steps, "
              f"overrides: {' '.join(meta['overrides']) or 'none'})", "",
+             f"`{meta['command']}` on {meta['date']}, commit {meta['commit']}, {meta['device']}; "
+             f"runs trained at commits {meta['runs_commits']}.", "",
              "| kind | final loss | final eval | max grad norm | composite gain fwd / bwd (end) "
              "| max composite fwd / bwd | max single-layer fwd / bwd | H_res off-diagonal mass "
              "start → end | H_res distance from init (end) | paper (27B) |",
@@ -157,7 +159,9 @@ def main(argv=None) -> int:
     results = run_all(recipe, kinds, None, overrides, args.out, verbose=not args.smoke)
     summary = summarize(results)
     plot(results, os.path.join(args.out, "stability.png"))
-    meta = {"recipe": recipe, "steps": results[kinds[0]][-1]["step"], "overrides": overrides}
+    meta = {**provenance([os.path.join(args.out, k) for k in kinds]), "recipe": recipe,
+            "steps": results[kinds[0]][-1]["step"], "overrides": overrides,
+            "command": " ".join(["python", "experiments/stability.py", *(argv or sys.argv[1:])])}
     table = write_summary(summary, meta, os.path.join(args.out, "summary.md"),
                           os.path.join(args.out, "summary.json"))
     print(table)

@@ -49,7 +49,8 @@ def res_learning(res_xNxN: jax.Array, res0_NxN: jax.Array | None = None,
     res: `[..., N, N]`; res0: the site's initial map `[N, N]` (default I). Returns, reduced over
     `token_axes` (the remaining leading axes are kept):
       offdiag     1 - mean diagonal entry: the mass moved off the identity (0 at H = I,
-                  1 - 1/N at J/N; for a doubly stochastic map the mean off-diagonal row mass)
+                  1 - 1/N at J/N; for a doubly stochastic map the mean off-diagonal row mass;
+                  negative when an unconstrained map's diagonal grows above 1, as HC's can)
       dist_init   mean over tokens of the Frobenius distance ||H - H0||_F
       entropy     mean entropy (nats) of the rows of |H| normalised to sum 1: 0 for a
                   permutation, log N for J/N
