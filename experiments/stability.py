@@ -29,7 +29,7 @@ from experiments.common import (SMOKE_OVERRIDES, h_res_movement, make_config,  #
                                 provenance, train_or_reuse)
 
 KINDS = ("residual", "hc", "mhc")
-PAPER = {  # PAPER.md §4 (27B model, arXiv 2512.24880 Figs. 3 and 7)
+PAPER = {  # 27B model, arXiv 2512.24880 Figs. 3 and 7
     "hc": "composite Amax gain peaks near 3000",
     "mhc": "composite Amax gain at most about 1.6",
     "residual": "identity maps: gain 1",

@@ -21,7 +21,7 @@ seeded RNG per scored example (same result whatever --limit) from `<stem>.dev.js
 `<stem>.jsonl` when it exists, else from the same file without the scored example.
 
 Task names: a file's stem or NAME in `NAME=PATH`. The first alphanumeric word of the name picks
-the Table 4 defaults (PAPER.md §6) - shots, headline metric and answer rule:
+the Table 4 defaults (arXiv 2512.24880, Table 4) - shots, headline metric and answer rule:
   bbh 3 em exact · drop 3 f1 text · gsm8k 8 em number · hellaswag 10 acc · math 4 em math ·
   mmlu 5 acc · piqa 0 acc · triviaqa 5 em text;  anything else: 0 shots, acc / em with text.
 Answer rules (applied to the generation and to every alias):
@@ -63,7 +63,7 @@ from flax import nnx
 
 from mhc import data
 
-# name -> (shots, headline metric, answer rule): PAPER.md §6, Table 4 (27B, Baseline/HC/mHC)
+# name -> (shots, headline metric, answer rule): the paper's Table 4 (27B, Baseline/HC/mHC)
 TABLE4 = {"bbh": (3, "em", "exact"), "drop": (3, "f1", "text"), "gsm8k": (8, "em", "number"),
           "hellaswag": (10, "acc", None), "math": (4, "em", "math"), "mmlu": (5, "acc", None),
           "piqa": (0, "acc", None), "triviaqa": (5, "em", "text")}

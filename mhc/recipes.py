@@ -52,7 +52,7 @@ def count_params(cfg: Config | ModelConfig) -> tuple[int, int]:
     """(active, total) parameter counts from abstract shapes (nothing is allocated).
 
     total counts every Param. active counts what one token uses: all but the input-embedding
-    lookup (a gather, not a matmul; PAPER.md's reading of Table 5) and, in MoE layers, only
+    lookup (a gather, not a matmul: the reading of Table 5 under which its counts add up) and, in MoE layers, only
     `n_active_experts / n_routed_experts` of the routed experts. Router biases are not Params."""
     from mhc.model import Decoder  # local: keeps `import mhc.recipes` light
 

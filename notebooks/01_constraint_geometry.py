@@ -118,7 +118,7 @@ for conv in err:
 # * With logits of order 1, 20 iterations are exact to float32 rounding (about 1e-7; V4's `eps`
 #   leaves about 1e-6).
 # * With larger logits convergence slows sharply: at scale 10 the column error after 20 iterations
-#   is still of order 0.1, and at scale 50 it is of order 1. PAPER.md (section 2) notes that
+#   is still of order 0.1, and at scale 50 it is of order 1. the mHC-lite paper (arXiv 2601.05732) notes that
 #   mHC-lite (arXiv 2601.05732) reports such logits during training and column-sum deviations of
 #   up to 100 % per layer. This is why training runs in this project log the doubly-stochastic error.
 # * DeepSeek-V4's `eps` floor (no entry starts below 1e-6) caps the effective logit range, which

@@ -155,7 +155,7 @@ plt.show()
 # | knob | what it changes |
 # |---|---|
 # | `sinkhorn_iters=1` | one Sinkhorn iteration instead of the paper's 20: cheaper, columns not normalised |
-# | `res_init=uniform` | `H_res` starts at `J/n` instead of ≈ `I` (the paper does not state its init; PAPER.md §1) |
+# | `res_init=uniform` | `H_res` starts at `J/n` instead of ≈ `I` (the mHC paper does not state its init) |
 # | `sinkhorn_convention=deepseek_v4` | DeepSeek-V4's production ordering |
 # | `manifold=mhc_lite` / `residual=mhc_lite` | exact convex hull of permutations (mHC-lite) |
 # | `dynamic=false` | static maps only (no input-dependent term) |
@@ -191,7 +191,7 @@ plt.show()
 # exact whatever the iteration count. In our run of the default setting (150 steps) the worst
 # column error at the end was 0.015 with one iteration against 0.010 with twenty, and the final
 # losses agreed to within 0.005: at this scale and length the cheaper projection costs nothing
-# measurable. Longer training lets the logits grow further (PAPER.md §2).
+# measurable. Longer training lets the logits grow further.
 #
 # ## Summary
 # One JSON line with the final numbers of each run (the CI test reads it).

@@ -1,4 +1,4 @@
-"""Invariants of connection sites and behaviour of the NNX / Linen modules (PAPER.md §1, §3)."""
+"""Invariants of connection sites and behaviour of the NNX / Linen modules (arXiv 2512.24880 Eqs. 3 and 7-9; streams in and out as in HC, arXiv 2409.19606)."""
 import re
 
 import jax

@@ -1,4 +1,4 @@
-"""Amax gain and composite-map diagnostics (PAPER.md §4)."""
+"""Amax gain and composite-map diagnostics (arXiv 2512.24880, "Amax Gain Magnitude")."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,5 +1,6 @@
 """Golden tests: the library's sites against independent float64 NumPy implementations written
-from PAPER.md (§1 HC coefficients, §1 mHC Eqs. 7-9, §2 Sinkhorn conventions and mHC-lite).
+from the papers (HC coefficients, arXiv 2409.19606; mHC Eqs. 7-9 of arXiv 2512.24880; the
+Sinkhorn conventions of Eq. 9 and DeepSeek-V4; mHC-lite, arXiv 2601.05732).
 
 The library is only used to build a site, set its parameters and produce its output."""
 import itertools

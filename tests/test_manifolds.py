@@ -1,4 +1,5 @@
-"""Property tests of the manifold projections (PAPER.md §1 "The manifold", §2 Sinkhorn / mHC-lite)."""
+"""Property tests of the manifold projections (the Birkhoff polytope of arXiv 2512.24880;
+Sinkhorn-Knopp Eq. 9 and the DeepSeek-V4 ordering; mHC-lite, arXiv 2601.05732)."""
 import functools
 import itertools
 
@@ -37,7 +38,7 @@ def _errors(h):
 
 # ----------------------------------------------------------- independent float64 references
 def np_sinkhorn_paper(x, iters):
-    """PAPER.md §2 (Eq. 9): M0 = exp(x); iters x (normalise columns, then rows)."""
+    """arXiv 2512.24880 Eq. 9: M0 = exp(x); iters x (normalise columns, then rows)."""
     m = np.exp(np.asarray(x, np.float64))
     for _ in range(iters):
         m = m / m.sum(-2, keepdims=True)
@@ -46,7 +47,7 @@ def np_sinkhorn_paper(x, iters):
 
 
 def np_sinkhorn_v4(x, iters, eps=1e-6):
-    """PAPER.md §2 (DeepSeek-V4): softmax(last axis)+eps, columns once, (iters-1) x (rows, columns);
+    """DeepSeek-V4 (its Hugging Face port): softmax(last axis)+eps, columns once, (iters-1) x (rows, columns);
     returned transposed (the map that is applied as new = comb^T x)."""
     x = np.asarray(x, np.float64)
     e = np.exp(x - x.max(-1, keepdims=True))
@@ -107,7 +108,7 @@ def test_sinkhorn_orientation_rows_exact_columns_truncated(convention):
     logits = 10.0 * jax.random.normal(_key(5), (8, 4, 4))
     row, col = _errors(sinkhorn_jit(logits, 20, convention=convention))
     assert row < 1e-5, row
-    assert col > 1e-3, col  # truncation error is visible at this logit scale (PAPER.md §2)
+    assert col > 1e-3, col  # truncation error is visible at this logit scale (finite Sinkhorn is approximate; mHC-lite, arXiv 2601.05732)
     assert col > 100 * max(row, 1e-7)
 
 

@@ -1,4 +1,4 @@
-"""Paper recipes match Table 5 (PAPER.md §5), counted from abstract shapes."""
+"""Paper recipes match Table 5 (arXiv 2512.24880), counted from abstract shapes."""
 import dataclasses
 
 import pytest
