@@ -143,9 +143,11 @@ def summarize(per_seed: dict[str, dict[int, dict]], baseline: str = "residual") 
 
 
 def run_axes(axes, seeds, overrides, *, recipe="tiny", smoke=False, runs_root=common.RUNS,
-             verbose=True, only_finished=False, missing=None, regime="frozen") -> dict:
+             verbose=True, only_finished=False, missing=None, regime="frozen",
+             read=None) -> dict:
     """Train (or reuse) every run of `axes`; returns {axis: {label: {seed: run metrics}}}.
-    `only_finished`: train nothing, use the finished runs (the others go to `missing`)."""
+    `only_finished`: train nothing, use the finished runs (the others go to `missing`);
+    `read` collects the run directories the results come from."""
     results: dict = {}
     jobs = plan(axes, seeds, overrides, recipe, smoke, runs_root, regime)
     for i, (axis, label, seed, cfg, run_dir) in enumerate(jobs, 1):
@@ -156,6 +158,8 @@ def run_axes(axes, seeds, overrides, *, recipe="tiny", smoke=False, runs_root=co
         rows = common.train_or_reuse(cfg, run_dir, verbose=verbose,
                                      label=f"[{i}/{len(jobs)}] {axis}={label} seed {seed}")
         results.setdefault(axis, {}).setdefault(label, {})[seed] = run_metrics(rows)
+        if read is not None and run_dir not in read:
+            read.append(run_dir)
     return results
 
 
@@ -269,23 +273,26 @@ def main(argv=None) -> int:
         return 0
     common.enable_compile_cache()
     missing: list[str] = []
+    read: list[str] = []
     results = run_axes(axes, seeds, overrides, recipe=args.recipe, smoke=args.smoke,
                        runs_root=runs_root, verbose=not args.smoke,
-                       only_finished=args.only_finished, missing=missing, regime=args.regime)
+                       only_finished=args.only_finished, missing=missing, regime=args.regime,
+                       read=read)
     axes = [a for a in axes if len(results.get(a, {})) > 1]  # something beside the baseline
     if not axes:
         raise SystemExit("no finished runs to tabulate; run without --only-finished first")
     summaries = {axis: summarize(results[axis]) for axis in axes}
     os.makedirs(args.out, exist_ok=True)
     plot(summaries, os.path.join(args.out, "ablations.png"))
-    meta = {**common.provenance(), "recipe": args.recipe, "seeds": list(seeds),
+    meta = {**common.provenance(read), "recipe": args.recipe, "seeds": list(seeds),
             "regime": args.regime,
             "overrides": overrides, "axes": axes, "missing": missing}
     common.write_json(os.path.join(args.out, "summary.json"),
                       {"meta": meta, "summary": summaries, "per_seed": results})
     lines = [f"# mHC ablations ({args.recipe} + micro overrides, seeds {list(seeds)}, H_res "
              f"regime {args.regime}: `{' '.join(REGIMES[args.regime]) or 'defaults'}`)", "",
-             f"{meta['date']}, commit {meta['commit']}, {meta['device']}. Overrides: "
+             f"{meta['date']}, commit {meta['commit']}, {meta['device']}; {len(read)} runs "
+             f"trained at commits {meta['runs_commits']}. Overrides: "
              f"`{' '.join(overrides)}`. Gap = eval loss − residual's, paired by seed "
              "(negative = mHC variant better); ± is the sample std over seeds.", ""]
     for axis in axes:

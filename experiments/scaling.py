@@ -244,12 +244,16 @@ def main(argv=None) -> int:
                         verbose=verbose, window=3 if args.smoke else 10) if do_tokens else None
     os.makedirs(args.out, exist_ok=True)
     plot(ladder, tokens, os.path.join(args.out, "scaling.png"))
-    meta = {**common.provenance(), "ladder_seeds": list(seeds), "token_steps": token_steps,
+    read = ([job[-1] for job in ladder_plan(points, seeds, runs_root)] if do_ladder else []) + (
+        [job[-1] for job in token_plan("tiny", token_base, token_steps, args.token_seed,
+                                       runs_root)] if do_tokens else [])
+    meta = {**common.provenance(read), "ladder_seeds": list(seeds), "token_steps": token_steps,
             "token_seed": args.token_seed, "overrides": [*base, *args.overrides]}
     common.write_json(os.path.join(args.out, "summary.json"),
                       {"meta": meta, "ladder": ladder, "tokens": tokens})
     lines = ["# Scaling of the mHC gain", "",
-             f"{meta['date']}, commit {meta['commit']}, {meta['device']}. Base overrides: "
+             f"{meta['date']}, commit {meta['commit']}, {meta['device']}; {len(read)} runs "
+             f"trained at commits {meta['runs_commits']}. Base overrides: "
              f"`{' '.join(meta['overrides'])}`.", ""]
     if ladder:
         lines += [f"## (a) model ladder (fixed steps, seeds {list(seeds)}; gap = eval loss, "
