@@ -128,6 +128,17 @@ def compact_run(run_dir: str, overrides, keep, layer_keys=(), layer_every: int =
             "events": counts, "rows": out_rows}
 
 
+def recorded(path: str, overrides) -> dict | None:
+    """The compact record at `path` if it is of a finished run with exactly `overrides` (so a
+    fresh checkout continues a long study without retraining what is committed), else None."""
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if record.get("overrides") == list(overrides) else None
+
+
 def final_metrics(rows: list[dict]) -> dict:
     """Last training loss, last eval loss (NaN if none) and the step of both."""
     evals = [r for r in rows if "eval_loss" in r]

@@ -124,11 +124,14 @@ def main(argv=None) -> int:
         overrides = [*base, *kind_ov, *common.regime_overrides(kind_ov)]
         cfg = common.make_config("tiny", overrides)
         name = f"{kind}-L{cfg.model.n_layers}-lr{args.lr:.3g}-s{args.seed}"
-        run_dir = os.path.join(runs_root, name)
-        common.train_or_resume(cfg, run_dir, verbose=not args.smoke, label=name)
-        records[kind] = common.compact_run(run_dir, overrides, KEEP, LAYER_KEYS,
-                                           layer_every=cfg.train.log_every)
-        common.write_json(os.path.join(args.out, "runs", f"{name}.json"), records[kind])
+        run_dir, record_path = (os.path.join(runs_root, name),
+                                os.path.join(args.out, "runs", f"{name}.json"))
+        records[kind] = common.recorded(record_path, overrides)
+        if records[kind] is None:
+            common.train_or_resume(cfg, run_dir, verbose=not args.smoke, label=name)
+            records[kind] = common.compact_run(run_dir, overrides, KEEP, LAYER_KEYS,
+                                               layer_every=cfg.train.log_every)
+            common.write_json(record_path, records[kind])
     summary = {kind: summarize(rec) for kind, rec in records.items()}
     plot(records, os.path.join(args.out, "long_run.png"))
     meta = {**common.provenance(), "lr": args.lr, "seed": args.seed, "overrides": base,

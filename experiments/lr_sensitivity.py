@@ -249,12 +249,13 @@ def main(argv=None) -> int:
         common.enable_compile_cache()
         for i, (name, kind, depth, lr, seed, cfg, run_dir) in enumerate(jobs, 1):
             record_path = os.path.join(records_dir, f"{name}.json")
-            if os.path.isfile(record_path) and common.finished(cfg, run_dir, False):
+            overrides = [*BASE, *(common.SMOKE_OVERRIDES if args.smoke else ()), *KINDS[kind],
+                         *common.regime_overrides(KINDS[kind]), f"n_layers={depth}", f"lr={lr}",
+                         f"seed={seed}", *args.overrides]
+            if common.recorded(record_path, overrides):  # the committed record is the finished run
                 continue
             common.train_or_resume(cfg, run_dir, verbose=not args.smoke,
                                    label=f"[{i}/{len(jobs)}] {name}")
-            overrides = [*BASE, *KINDS[kind], *common.regime_overrides(KINDS[kind]),
-                         f"n_layers={depth}", f"lr={lr}", f"seed={seed}", *args.overrides]
             common.write_json(record_path, common.compact_run(run_dir, overrides, KEEP))
     import json
     metrics, missing, read = {}, [], []
