@@ -135,7 +135,9 @@ def summarize(per_seed: dict[str, dict[int, dict]], baseline: str = "residual") 
     for label, by_seed in per_seed.items():
         s = {"seeds": sorted(by_seed)}
         for key in METRICS:
-            s[key], s[key + "_std"] = common.mean_spread(m[key] for m in by_seed.values())
+            # a metric a run predates is NaN, not an error
+            s[key], s[key + "_std"] = common.mean_spread(m.get(key, math.nan)
+                                                         for m in by_seed.values())
         paired = [by_seed[k]["eval_loss"] - base[k]["eval_loss"] for k in by_seed if k in base]
         s["gap"], s["gap_std"] = common.mean_spread(paired) if paired else (math.nan, math.nan)
         out[label] = s

@@ -94,7 +94,8 @@ def test_map_stats_shapes_and_values():
     res = manifolds.mhc_lite(jax.random.normal(jax.random.key(5), (L, B, T, 24)), N)
     stats = map_stats(pre, post, res)
     expected_keys = {"amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd", "ds_row_err",
-                     "ds_col_err", "pre_mean", "post_mean", "res_diag_mean", "res_min"}
+                     "ds_col_err", "pre_mean", "post_mean", "res_diag_mean", "res_min",
+                     "res_offdiag", "res_dist_init", "res_entropy", "res_token_std"}
     assert set(stats) == expected_keys
     for key, value in stats.items():
         assert value.shape == (L,), key
