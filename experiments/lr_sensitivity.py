@@ -65,8 +65,9 @@ def run_name(kind: str, depth: int, lr: float, seed: int) -> str:
 
 
 def plan(kinds, depths, lrs, seeds, extra=(), smoke=False, runs_root=None):
-    """[(name, kind, depth, lr, seed, cfg, run_dir)]: cheap depth first, then seed by seed, so
-    partial results already cover whole curves."""
+    """[(name, kind, depth, lr, seed, overrides, cfg, run_dir)]: cheap depth first, then seed by
+    seed, so partial results already cover whole curves. `overrides` are what a run's compact
+    record stores (and what reuse compares)."""
     base = [*BASE, *(common.SMOKE_OVERRIDES if smoke else ()), *extra]
     jobs = []
     for depth in depths:
@@ -77,7 +78,7 @@ def plan(kinds, depths, lrs, seeds, extra=(), smoke=False, runs_root=None):
                           f"n_layers={depth}", f"lr={lr}", f"seed={seed}"]
                     cfg = common.make_config("tiny", ov)
                     name = run_name(kind, depth, lr, seed)
-                    jobs.append((name, kind, depth, lr, seed, cfg,
+                    jobs.append((name, kind, depth, lr, seed, ov, cfg,
                                  os.path.join(runs_root, name)))
     return jobs
 
@@ -247,11 +248,8 @@ def main(argv=None) -> int:
     jobs = plan(kinds, depths, lrs, seeds, args.overrides, args.smoke, runs_root)
     if not args.only_finished:
         common.enable_compile_cache()
-        for i, (name, kind, depth, lr, seed, cfg, run_dir) in enumerate(jobs, 1):
+        for i, (name, _, _, _, _, overrides, cfg, run_dir) in enumerate(jobs, 1):
             record_path = os.path.join(records_dir, f"{name}.json")
-            overrides = [*BASE, *(common.SMOKE_OVERRIDES if args.smoke else ()), *KINDS[kind],
-                         *common.regime_overrides(KINDS[kind]), f"n_layers={depth}", f"lr={lr}",
-                         f"seed={seed}", *args.overrides]
             if common.recorded(record_path, overrides):  # the committed record is the finished run
                 continue
             common.train_or_resume(cfg, run_dir, verbose=not args.smoke,
@@ -259,7 +257,7 @@ def main(argv=None) -> int:
             common.write_json(record_path, common.compact_run(run_dir, overrides, KEEP))
     import json
     metrics, missing, read = {}, [], []
-    for name, kind, depth, lr, seed, _, _ in jobs:
+    for name, kind, depth, lr, seed, *_ in jobs:
         path = os.path.join(records_dir, f"{name}.json")
         if not os.path.isfile(path):
             missing.append(name)
