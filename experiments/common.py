@@ -128,6 +128,9 @@ def compact_run(run_dir: str, overrides, keep, layer_keys=(), layer_every: int =
             "events": counts, "rows": out_rows}
 
 
+RECORDS = "records"  # OUT/<RECORDS>/<run>.json: the committed compact record of each run
+
+
 def recorded(path: str, overrides) -> dict | None:
     """The compact record at `path` if it is of a finished run with exactly `overrides` (so a
     fresh checkout continues a long study without retraining what is committed), else None."""

@@ -125,7 +125,7 @@ def main(argv=None) -> int:
         cfg = common.make_config("tiny", overrides)
         name = f"{kind}-L{cfg.model.n_layers}-lr{args.lr:.3g}-s{args.seed}"
         run_dir, record_path = (os.path.join(runs_root, name),
-                                os.path.join(args.out, "runs", f"{name}.json"))
+                                os.path.join(args.out, common.RECORDS, f"{name}.json"))
         records[kind] = common.recorded(record_path, overrides)
         if records[kind] is None:
             common.train_or_resume(cfg, run_dir, verbose=not args.smoke, label=name)

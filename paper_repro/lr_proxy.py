@@ -20,6 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import lr_sensitivity  # noqa: E402
+from experiments.common import RECORDS  # noqa: E402
 from paper_repro import common  # noqa: E402
 
 STUDY = os.path.join(common.REPO, "experiments", "results", "lr_sensitivity")
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.study = os.path.join(args.out, "lr_sensitivity")
         lr_sensitivity.main(["--smoke", "--kinds", "residual,hc,mhc", "--out", args.study])
-    records = os.path.join(args.study, "runs")
+    records = os.path.join(args.study, RECORDS)
     if not os.path.isdir(records) or not os.listdir(records):
         raise SystemExit(f"no LR-sensitivity records in {records}; run "
                          "python experiments/lr_sensitivity.py first")

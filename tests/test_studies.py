@@ -164,6 +164,20 @@ def _record(losses, evals=None, nonfinite=0):
     return {"rows": rows, "events": {"loss_spike": 0, "nonfinite": nonfinite}}
 
 
+def test_committed_records_are_not_gitignored():
+    """A study's compact records are its committed results: an ignore rule that swallows them
+    loses the study on the next fresh checkout (a `runs/` rule once did)."""
+    import shutil
+    import subprocess
+    if shutil.which("git") is None or not os.path.isdir(os.path.join(REPO, ".git")):
+        pytest.skip("not a git checkout")
+    for study in ("lr_sensitivity", "long_run", "h_res_regime", "ablations_stress"):
+        for sub in (common.RECORDS, "trained"):
+            path = f"experiments/results/{study}/{sub}/x-s0.json"
+            ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode
+            assert ignored == 1, f"{path} is gitignored"
+
+
 def test_lr_sensitivity_arithmetic():
     from experiments import lr_sensitivity as lrs
     ok = lrs.run_metrics(_record([5.5, 3.0, 2.0]))
@@ -198,16 +212,16 @@ def test_lr_sensitivity_and_long_run_smoke(tmp_path):
     assert lr_sensitivity.main(["--smoke", "--kinds", "residual,mhc", "--out", str(out)]) == 0
     data = json.loads((out / "summary.json").read_text())
     assert set(data["summary"]) == {"residual-L1", "mhc-L1"}
-    assert len(os.listdir(out / "runs")) == 4  # 2 kinds x 2 learning rates, compact records
-    record = json.loads(next((out / "runs").iterdir()).read_text())
+    assert len(os.listdir(out / "records")) == 4  # 2 kinds x 2 learning rates, compact records
+    record = json.loads(next((out / "records").iterdir()).read_text())
     assert record["provenance"][0]["commit"] and record["rows"][0]["step"] == 1
     assert not any(os.path.isdir(os.path.join(out, "trained", d, "checkpoints"))
                    for d in os.listdir(out / "trained"))  # deleted once finished
     assert "LR sensitivity" in (out / "summary.md").read_text()
     # a second call reuses every run (nothing trains: the records are rewritten as they were)
-    before = {p.name: p.read_text() for p in (out / "runs").iterdir()}
+    before = {p.name: p.read_text() for p in (out / "records").iterdir()}
     assert lr_sensitivity.main(["--smoke", "--kinds", "residual,mhc", "--out", str(out)]) == 0
-    assert {p.name: p.read_text() for p in (out / "runs").iterdir()} == before
+    assert {p.name: p.read_text() for p in (out / "records").iterdir()} == before
     from paper_repro import lr_proxy  # the paper_repro row reads the same records
     assert lr_proxy.main(["--study", str(out), "--out", str(tmp_path / "proxy")]) == 0
     proxy = (tmp_path / "proxy" / "lr_proxy.md").read_text()
