@@ -5,8 +5,7 @@ branch F = tanh so that the connection dominates, loss = sum(out * w) with a ran
 cotangent). Variants, timed in interleaved rounds in one run:
   residual       x + F(x) on one stream (the baseline)
   mhc            dynamic mHC, Sinkhorn 20 iterations, the library's default (fused) formulation
-  mhc unfused    the same site traced under `mhc.connections.reference_formulation()` (plain
-                 einsums + autodiff)
+  mhc unfused    the same site with `kernels="reference"` (plain einsums + autodiff)
   hc / hc unfused  Hyper-Connections, both formulations
 Prints ms per fwd+bwd, tokens/s and ratios to the residual and to the unfused formulation.
 Writes benchmarks/results/mhc_layer.md.
@@ -17,7 +16,6 @@ Writes benchmarks/results/mhc_layer.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import os
 import sys
@@ -37,7 +35,8 @@ def build(kind: str, reference: bool, shape):
 
     b, t, n, c = shape
     n = 1 if kind == "residual" else n
-    spec = connections.ConnectionSpec(width=c, n_streams=n, kind=kind)
+    spec = connections.ConnectionSpec(width=c, n_streams=n, kind=kind,
+                                      kernels="reference" if reference else "auto")
     params = connections.init_params(spec, 1)
     keys = jax.random.split(jax.random.key(0), len(params) + 2)
     # perturbed parameters: maps away from their initial values, as after some training
@@ -50,9 +49,7 @@ def build(kind: str, reference: bool, shape):
         out, _ = connections.apply_site(params, x, jnp.tanh, spec)
         return jnp.sum(out * w)
 
-    ctx = connections.reference_formulation() if reference else contextlib.nullcontext()
-    with ctx:
-        fn = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x, w).compile()
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(params, x, w).compile()
     return fn, (params, x, w)
 
 

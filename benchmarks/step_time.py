@@ -53,7 +53,7 @@ def configs(smoke: bool):
 
 def build(cfg, kind, remat=None):
     """(jitted pure step, state, batch) for one kind (and remat policy, default the config's)."""
-    from mhc import train
+    from mhc import train_step
     from mhc.config import Config
     from mhc.model import Decoder
 
@@ -62,12 +62,12 @@ def build(cfg, kind, remat=None):
         model_cfg = dataclasses.replace(model_cfg, remat=remat)
     cfg = Config(model_cfg, cfg.train)
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-    optimizer = train.make_optimizer(model, cfg)
+    optimizer = train_step.make_optimizer(model, cfg)
     graphdef, state = nnx.split((model, optimizer))
 
     def pure(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
-        metrics, _ = train.train_step_body(model, optimizer, batch)
+        metrics, _ = train_step.train_step_body(model, optimizer, batch)
         return nnx.state((model, optimizer)), metrics["loss"]
 
     tokens = np.random.default_rng(0).integers(0, 256, (cfg.train.batch_size,

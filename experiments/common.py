@@ -196,12 +196,14 @@ def provenance(run_dirs=()) -> dict:
     return meta
 
 
-def runs_commits(run_dirs) -> str:
-    """The distinct training commits of `run_dirs` with how many runs each, e.g. "abc123 (6)"."""
+def runs_commits(run_dirs=(), records=()) -> str:
+    """The distinct training commits of `run_dirs` and of compact `records` (`compact_run`) with
+    how many runs each, e.g. "abc123 (6)"."""
     from collections import Counter
 
     from mhc import rundir
-    counts = Counter(rundir.run_commit(d) for d in run_dirs)
+    counts = Counter([rundir.run_commit(d) for d in run_dirs]
+                     + [rundir.provenance_commit(r["provenance"]) for r in records])
     return ", ".join(f"{c} ({n})" for c, n in sorted(counts.items()))
 
 

@@ -19,7 +19,6 @@ over training.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -135,8 +134,7 @@ def main(argv=None) -> int:
     summary = {kind: summarize(rec) for kind, rec in records.items()}
     plot(records, os.path.join(args.out, "long_run.png"))
     meta = {**common.provenance(), "lr": args.lr, "seed": args.seed, "overrides": base,
-            "runs_commits": ", ".join(sorted({r["provenance"][0]["commit"] for r in
-                                              records.values() if r["provenance"]}))}
+            "runs_commits": common.runs_commits(records=records.values())}
     common.write_json(os.path.join(args.out, "summary.json"), {"meta": meta, "summary": summary})
     lines = [f"# Long deep run: HC vs mHC at constant LR {args.lr:g}", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}; runs trained at "

@@ -20,7 +20,7 @@ from their last checkpoint, finished ones are reused); each finished run is also
 compacted, to OUT/records/<kind>-L<depth>-lr<lr>-s<seed>.json (its config, provenance, events and
 the per-step metrics the tables use), and the tables are computed from those files alone.
 
-    python experiments/lr_sensitivity.py                     # the full grid (~3 h on 2 cores)
+    python experiments/lr_sensitivity.py                     # the full grid (~6 h on 2 cores)
     python experiments/lr_sensitivity.py --depths 6 --seeds 0
     python experiments/lr_sensitivity.py --only-finished     # tabulate what exists, train nothing
     python experiments/lr_sensitivity.py --smoke --out /tmp/lrs
@@ -28,6 +28,7 @@ the per-step metrics the tables use), and the tables are computed from those fil
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -44,8 +45,10 @@ KINDS = {"residual": ("residual=residual",), "hc": ("residual=hc",), "mhc": ("re
          "mhc_lite": ("residual=mhc_lite",),
          "unconstrained": ("residual=mhc", "manifold=unconstrained")}
 DEPTHS = (6, 30)  # blocks; 30 blocks = the paper's 60 sites
-LRS = tuple(float(f"{10 ** (-3 + k / 3):.3g}") for k in range(6))  # 1e-3 ... 4.64e-2 (46x)
+# 1e-3 ... 0.215 (215x): at 46x no kind diverged at either depth, so the grid goes on until one does
+LRS = tuple(float(f"{10 ** (-3 + k / 3):.3g}") for k in range(8))
 SEEDS = (0, 1, 2)  # the verdict rule needs >= 3 seeds
+SMOKE_GRID = ((1,), LRS[:2], SEEDS[:1])  # depths, LRs, seeds of --smoke
 STEPS = 150
 # d64 micro widths, 8 x 64 tokens per step: 30 blocks train ~0.5 s/step (residual) to
 # ~0.8 s/step (mHC) on 2 cores. Clipping off: a surge must not be hidden.
@@ -81,6 +84,21 @@ def plan(kinds, depths, lrs, seeds, extra=(), smoke=False, runs_root=None):
                     jobs.append((name, kind, depth, lr, seed, ov, cfg,
                                  os.path.join(runs_root, name)))
     return jobs
+
+
+def load(records_dir: str, jobs) -> tuple[dict, list[dict], list[str]]:
+    """({(kind, depth, lr, seed): run metrics}, the records read, names of the planned `jobs`
+    with no record yet) from the compact records in `records_dir`."""
+    metrics, read, missing = {}, [], []
+    for name, kind, depth, lr, seed, *_ in jobs:
+        path = os.path.join(records_dir, f"{name}.json")
+        if not os.path.isfile(path):
+            missing.append(name)
+            continue
+        with open(path) as f:
+            read.append(json.load(f))
+        metrics[(kind, depth, lr, seed)] = run_metrics(read[-1])
+    return metrics, read, missing
 
 
 def run_metrics(record: dict) -> dict:
@@ -240,7 +258,7 @@ def main(argv=None) -> int:
     depths, lrs = _floats(args.depths, "depths", int), _floats(args.lrs, "lrs")
     seeds = _floats(args.seeds, "seeds", int)
     if args.smoke:
-        depths, lrs, seeds = (1,), lrs[:2], seeds[:1]
+        depths, lrs, seeds = SMOKE_GRID
     runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke
                               else os.path.join(REPO, "runs", "lr_sensitivity"))
     records_dir = os.path.join(args.out, common.RECORDS)
@@ -255,25 +273,13 @@ def main(argv=None) -> int:
             common.train_or_resume(cfg, run_dir, verbose=not args.smoke,
                                    label=f"[{i}/{len(jobs)}] {name}")
             common.write_json(record_path, common.compact_run(run_dir, overrides, KEEP))
-    import json
-    metrics, missing, read = {}, [], []
-    for name, kind, depth, lr, seed, *_ in jobs:
-        path = os.path.join(records_dir, f"{name}.json")
-        if not os.path.isfile(path):
-            missing.append(name)
-            continue
-        with open(path) as f:
-            record = json.load(f)
-        metrics[(kind, depth, lr, seed)] = run_metrics(record)
-        read.append(record)
+    metrics, read, missing = load(records_dir, jobs)
     if not metrics:
         raise SystemExit(f"no finished runs in {records_dir}; run without --only-finished")
     summary = summarize(metrics)
     plot(summary, metrics, os.path.join(args.out, "lr_sensitivity.png"))
-    commits = sorted({(e[0]["commit"] + ("+dirty" if e[0].get("dirty") else ""))
-                      for e in (r["provenance"] for r in read) if e} or {"unrecorded"})
     meta = {**common.provenance(), "runs": len(metrics), "missing": missing,
-            "runs_commits": ", ".join(commits), "base": list(BASE),
+            "runs_commits": common.runs_commits(records=read), "base": list(BASE),
             "regime": list(common.regime_overrides(KINDS["mhc"]))}
     common.write_json(os.path.join(args.out, "summary.json"),
                       {"meta": meta, "summary": {f"{k}-L{d}": v for (k, d), v in summary.items()},

@@ -4,7 +4,7 @@
 (a) Ladder: one shape family, width/depth fixed at 16 (d_model 48/64/96 with 3/4/6 blocks, head
 dim 16, FFN 3x width), all at the same number of steps and tokens per step (fixed steps, not
 fixed tokens per parameter: the bigger models see the same data). Compute = training FLOPs per
-token (`mhc.train.flops_per_token`, 6 x active params + attention) x tokens. The middle rung is
+token (`mhc.train_step.flops_per_token`, 6 x active params + attention) x tokens. The middle rung is
 the micro config of the ablations, so those runs are reused.
 (b) Tokens: the micro config trained longer; the gap is mHC's training loss minus the residual's
 at every logged step (same seed, so the same batches), smoothed by a moving average, plus the

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mhc import recipes, sharding
+from mhc import recipes, sharding, train_step
 from mhc.config import Config
 
 _UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
@@ -47,20 +47,8 @@ def _sharded_bytes(abstract_state) -> int:
     return total
 
 
-def model_flops_per_token(cfg: Config, active_params: int) -> float:
-    """Training FLOPs per token: 6·N_active (matmuls, forward + backward) plus causal attention,
-    3·L·H·T·(d_qk + d_v) (scores and values over T/2 keys on average, x3 for the backward)."""
-    m, t = cfg.model, cfg.train.seq_len
-    if m.attention == "mla":
-        d_qk, d_v = m.qk_nope_dim + m.qk_rope_dim, m.v_head_dim
-    else:
-        d_qk = d_v = m.d_model // m.n_heads
-    return 6.0 * active_params + 3.0 * m.n_layers * m.n_heads * t * (d_qk + d_v)
-
-
 def plan(cfg: Config, mesh_spec: str, *, devices=None) -> dict:
     """Compile the training step for `mesh_spec` and return the memory/FLOPs plan."""
-    from mhc import train
     from mhc.model import Decoder
 
     mesh = sharding.make_mesh(mesh_spec, devices)
@@ -68,7 +56,7 @@ def plan(cfg: Config, mesh_spec: str, *, devices=None) -> dict:
 
     def build():
         model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-        return model, train.make_optimizer(model, cfg)
+        return model, train_step.make_optimizer(model, cfg)
 
     model, optimizer = nnx.eval_shape(build)
     graphdef, state = nnx.split((model, optimizer))
@@ -82,7 +70,7 @@ def plan(cfg: Config, mesh_spec: str, *, devices=None) -> dict:
 
     start = time.perf_counter()
     jitted = sharding.jit_state_step(
-        lambda model, optimizer, batch: train.train_step_body(
+        lambda model, optimizer, batch: train_step.train_step_body(
             model, optimizer, batch, microbatches=cfg.train.microbatches)[0],
         graphdef, shardings, mesh)
     with jax.set_mesh(mesh):
@@ -108,7 +96,7 @@ def plan(cfg: Config, mesh_spec: str, *, devices=None) -> dict:
         "alias_bytes": mem.alias_size_in_bytes, "temp_bytes": mem.temp_size_in_bytes,
         "peak_bytes": peak,
         "flops_per_token_xla": float(cost.get("flops", float("nan"))) * n_devices / tokens,
-        "flops_per_token_model": model_flops_per_token(cfg, active),
+        "flops_per_token_model": train_step.model_flops_per_token(cfg, active),
         "remat": cfg.model.remat, "compile_seconds": compile_s,
     }
 

@@ -1,7 +1,7 @@
 """Orbax checkpoints under `RUN_DIR/checkpoints/<step>/`.
 
 Each step holds the items `model` (every model variable), `optimizer` (step count + optax state),
-`data` (the grain iterator state), `meta` (step, RNG key, fault-detector state) and `config` (the
+`data` (the grain iterator state), `meta` (step, fault-detector state) and `config` (the
 resolved config). Saves are asynchronous: `save` returns once the arrays are copied off the
 device and a background thread writes them; the next save (or `wait`) waits for it.
 
@@ -22,6 +22,7 @@ import typing
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from flax import nnx
 
 
@@ -29,7 +30,7 @@ class Restored(typing.NamedTuple):
     step: int
     config: dict
     data: dict | None  # the data iterator state
-    meta: dict | None  # step, rng, fault-detector state
+    meta: dict | None  # step, fault-detector state
 
 
 def directory(run_dir: str) -> str:
@@ -112,5 +113,10 @@ def load_model(run_dir: str, step: int | None = None):
 
     cfg = load_run_config(run_dir)
     model = Decoder(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-    restored = restore(run_dir, model, step=step)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that read-only is read-only
+    try:
+        restored = restore(run_dir, model, step=step)
+    finally:
+        absl_logging.set_verbosity(verbosity)
     return model, cfg, restored.step

@@ -123,7 +123,8 @@ def _compile(args) -> int:
 
     sizes = sharding.parse_mesh(args.mesh)
     hbm = aot.parse_bytes(args.hbm) if args.hbm else None
-    cfg = apply_overrides(recipes.get(args.recipe), args.overrides)
+    overrides = [*([f"residual={args.residual}"] if args.residual else []), *args.overrides]
+    cfg = apply_overrides(recipes.get(args.recipe), overrides)
     if args.layers:
         cfg = aot.reduced_depth(cfg, args.layers)
     _use_fake_cpu_devices(math.prod(sizes.values()))
@@ -171,13 +172,18 @@ def _info(_args) -> int:
     return 0
 
 
+def _residual_flag(p) -> None:
+    from mhc.connections import KINDS
+    p.add_argument("--residual", default=None,
+                   help=f"{' | '.join(KINDS)} (shorthand for residual=...)")
+
+
 def _parser() -> _Parser:
     parser = _Parser(prog="mhc", description="Manifold-Constrained Hyper-Connections in JAX")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("train", help="train a recipe (bundled corpus, text files or token files)")
     p.add_argument("--recipe", default="tiny")
-    p.add_argument("--residual", default=None,
-                   help="residual | hc | mhc | mhc_lite (shorthand for residual=...)")
+    _residual_flag(p)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--run-dir", default=None, help="default: <out_dir>/<recipe>-<residual>-s<seed>")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -219,7 +225,7 @@ def _parser() -> _Parser:
                                     "log-likelihood ranking / exact match, paper Table 4)")
     p.add_argument("run_dir")
     p.add_argument("--task", action="append", required=True, metavar="[NAME=]PATH",
-                   help="JSONL task file (repeatable); format in mhc/evaluate.py")
+                   help="JSONL task file (repeatable); format in mhc/tasks.py")
     p.add_argument("--shots", type=int, default=None,
                    help="few-shot examples (default: Table 4's for a known task name, else 0)")
     p.add_argument("--limit", type=int, default=None, help="score the first N examples only")
@@ -235,6 +241,7 @@ def _parser() -> _Parser:
     p = sub.add_parser("compile", help="AOT-compile the training step for a simulated mesh and "
                                        "print the per-device memory plan")
     p.add_argument("--recipe", default="27b")
+    _residual_flag(p)
     p.add_argument("--mesh", required=True, help="e.g. fsdp=64,expert=8 (axes: data, fsdp, "
                                                  "expert, tensor)")
     p.add_argument("--hbm", default=None, help="per-device memory, e.g. 80GiB: exit 2 if the "

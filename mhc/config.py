@@ -16,7 +16,7 @@ FFN = ("dense", "moe")
 MOE_DISPATCH = ("auto", "capacity", "ragged")
 WANDB_MODES = ("offline", "online", "disabled")
 TOKEN_DTYPES = ("auto", "uint16", "uint32")
-LR_SCHEDULES = ("paper", "constant")  # after the linear warmup (see mhc.train.lr_schedule)
+LR_SCHEDULES = ("paper", "constant")  # after the linear warmup (see mhc.train_step.lr_schedule)
 
 
 class ConfigError(ValueError):

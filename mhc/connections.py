@@ -17,10 +17,9 @@ Kinds:
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -28,19 +27,10 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from mhc import manifolds
+from mhc.maps import BRANCH_OUT, KERNELS, MAP_NAMES, Maps
 
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
-MAP_NAMES = ("pre", "post", "res")
-BRANCH_OUT = "branch_out"  # name of F's output, kept by the "mhc" remat policy
 COLLAPSE = ("sum", "mean")
-KERNELS = ("auto", "xla", "pallas")  # implementation of a site (mhc.kernels)
-
-
-class Maps(NamedTuple):
-    """The three maps of one site, fp32: pre `[..., N]`, post `[..., N]`, res `[..., N, N]`."""
-    pre: jax.Array
-    post: jax.Array
-    res: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +57,8 @@ class ConnectionSpec:
     # maps that are learned; the others are fixed at the residual's values (pre = 1/N, post = 1,
     # res = I), as in the paper's Table 1 component ablation
     learned_maps: tuple[str, ...] = MAP_NAMES
-    # "auto": fused Pallas kernels on GPU/TPU for dynamic mHC + Sinkhorn, pure JAX otherwise;
-    # "pallas": always (interpret mode on CPU); "xla": never (see mhc.kernels)
+    # the implementation of the site, one of mhc.maps.KERNELS ("reference": plain einsums +
+    # autodiff, the formulation the fast paths are tested against)
     kernels: str = "auto"
 
     def __post_init__(self):
@@ -238,7 +228,7 @@ def hc_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) -> Maps
     if not spec.dynamic:
         return Maps(pre, post, res)
     alpha = params["alpha"]
-    if _REFERENCE:
+    if spec.kernels == "reference":
         x = rms_normalize(streams_xNxC, spec.norm_eps) * params["norm_weight"]  # [..., N, C]
         dyn_pre, dyn_post = x @ params["theta_pre"], x @ params["theta_post"]
         # (theta_res · x̃ᵀ)[i, j] = theta_res[i] · x̃_j
@@ -262,7 +252,7 @@ def mhc_logits(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) -> j
     bias = params["bias"]
     if not spec.dynamic:
         return jnp.broadcast_to(bias, (*_batch_shape(streams_xNxC), bias.shape[-1]))
-    if _REFERENCE:
+    if spec.kernels == "reference":
         flat = jnp.asarray(streams_xNxC, jnp.float32).reshape(*_batch_shape(streams_xNxC), -1)
         inv_rms = jax.lax.rsqrt(jnp.mean(flat * flat, axis=-1, keepdims=True) + spec.norm_eps)
         proj = jnp.dot(flat, params["phi"], precision=jax.lax.Precision.HIGHEST) * inv_rms
@@ -319,22 +309,8 @@ def initial_res(spec: ConnectionSpec) -> np.ndarray:
 # memory speed. Its own transposes of these einsums are batched [N, C] x [C, N] matmuls per token
 # (slow), and broadcast-multiply-sums over C materialise [..., N, N, C]. Measured at 4096 tokens
 # x 4 x 512 (fwd+bwd of read + write, 2 cores): 65 ms as autodiff of the einsums, 47 ms here.
-_REFERENCE = False  # True: plain einsum/autodiff formulations (tests and benchmarks compare)
+# `reference=True` (a site with kernels="reference") uses the plain einsums and autodiff instead.
 _LANES = 16  # reductions over C run as [C / 16, 16]: XLA:CPU then accumulates full vectors
-
-
-@contextlib.contextmanager
-def reference_formulation(enabled: bool = True):
-    """Trace sites with the plain einsum + autodiff formulation (same math; slower on CPU).
-
-    For tests and benchmarks that compare it with the fused default. Affects tracing only.
-    """
-    global _REFERENCE
-    previous, _REFERENCE = _REFERENCE, enabled
-    try:
-        yield
-    finally:
-        _REFERENCE = previous
 
 
 def _rowdot(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -397,9 +373,10 @@ def _write_bwd(saved, g_xNxC):
 _write.defvjp(_write_fwd, _write_bwd)
 
 
-def read_streams(pre_xN: jax.Array, streams_xNxC: jax.Array) -> jax.Array:
-    """H_pre · x: `[..., C]` in the streams' dtype."""
-    if _REFERENCE:
+def read_streams(pre_xN: jax.Array, streams_xNxC: jax.Array, reference: bool = False
+                 ) -> jax.Array:
+    """H_pre · x: `[..., C]` in the streams' dtype (`reference`: as a plain einsum)."""
+    if reference:
         out = jnp.einsum("...n,...nc->...c", pre_xN, streams_xNxC.astype(jnp.float32))
         return out.astype(streams_xNxC.dtype)
     batch = jnp.broadcast_shapes(pre_xN.shape[:-1], streams_xNxC.shape[:-2])
@@ -412,9 +389,11 @@ def mix_streams(res_xNxN: jax.Array, streams_xNxC: jax.Array) -> jax.Array:
     return jnp.einsum("...ij,...jc->...ic", res_xNxN, streams_xNxC.astype(jnp.float32))
 
 
-def write_streams(maps: Maps, streams_xNxC: jax.Array, branch_out_xC: jax.Array) -> jax.Array:
-    """H_res · x + H_postᵀ · F(...): the new streams `[..., N, C]` in the streams' dtype."""
-    if _REFERENCE:
+def write_streams(maps: Maps, streams_xNxC: jax.Array, branch_out_xC: jax.Array,
+                  reference: bool = False) -> jax.Array:
+    """H_res · x + H_postᵀ · F(...): the new streams `[..., N, C]` in the streams' dtype
+    (`reference`: as plain einsums)."""
+    if reference:
         out = jnp.einsum("...i,...c->...ic", maps.post, branch_out_xC.astype(jnp.float32))
         return (mix_streams(maps.res, streams_xNxC) + out).astype(streams_xNxC.dtype)
     batch = jnp.broadcast_shapes(maps.res.shape[:-2], maps.post.shape[:-1],
@@ -432,7 +411,7 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     if streams_xNxC.ndim < 2 or streams_xNxC.shape[-2:] != (spec.n_streams, spec.width):
         raise ValueError(f"streams shape {tuple(streams_xNxC.shape)}; expected "
                          f"[..., n_streams={spec.n_streams}, width={spec.width}]")
-    if spec.kernels != "xla" and spec.kind == "mhc":
+    if spec.kernels in ("auto", "pallas") and spec.kind == "mhc":
         from mhc import kernels  # Pallas is imported only when a site may use it
         if kernels.use_fused(spec):
             return kernels.apply_site(params, streams_xNxC, branch, spec)
@@ -442,8 +421,10 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
                                             .astype(streams_xNxC.dtype)), BRANCH_OUT)
         new = streams_xNxC + branch_out[..., None, :].astype(streams_xNxC.dtype)
         return new, maps
-    branch_out = checkpoint_name(branch(read_streams(maps.pre, streams_xNxC)), BRANCH_OUT)
-    return write_streams(maps, streams_xNxC, branch_out), maps
+    reference = spec.kernels == "reference"
+    branch_out = checkpoint_name(branch(read_streams(maps.pre, streams_xNxC, reference)),
+                                 BRANCH_OUT)
+    return write_streams(maps, streams_xNxC, branch_out, reference), maps
 
 
 # --------------------------------------------------------------------------- streams in/out

@@ -107,7 +107,11 @@ def read_provenance(run_dir: str) -> list[dict]:
 def run_commit(run_dir: str) -> str:
     """The commit a run was trained at ("+dirty" when the tree had changes; "unrecorded" for runs
     older than provenance; several commits joined by "," when resumed on other code)."""
-    entries = read_provenance(run_dir)
+    return provenance_commit(read_provenance(run_dir))
+
+
+def provenance_commit(entries: list[dict]) -> str:
+    """`run_commit` of a provenance list (a run directory's or a compact record's)."""
     if not entries:
         return "unrecorded"
     seen = []

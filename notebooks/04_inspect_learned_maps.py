@@ -55,7 +55,7 @@ import numpy as np
 from flax import nnx
 
 import mhc
-from mhc import checkpoint, data, diagnostics, recipes, rundir, train
+from mhc import checkpoint, data, diagnostics, recipes, rundir, train, train_step
 from mhc.config import apply_overrides
 from mhc.model import Decoder
 
@@ -125,7 +125,7 @@ def forward(model, tokens_BxT):
 outputs = {}
 for kind, (cfg, model) in loaded.items():
     out = forward(model, jnp.asarray(inputs_1xT))
-    loss = float(train.cross_entropy(out.logits, jnp.asarray(targets_1xT)))
+    loss = float(train_step.cross_entropy(out.logits, jnp.asarray(targets_1xT)))
     outputs[kind] = out
     print(f"{kind}: loss on this sequence {loss:.3f} nats/byte; maps.res {out.maps.res.shape}")
 

@@ -33,7 +33,7 @@ ENTRIES = (
      "about 25 min (18 ladder runs over 3 seeds + a 400-step pair)"),
     ("fig7_mhc_amax", "Fig. 7: mHC Amax gain per layer", "seconds after the stability runs"),
     ("lr_proxy", "Small-scale proxy for Figs. 2/3/5: LR sensitivity",
-     "seconds after experiments/lr_sensitivity.py (about 3 h)"),
+     "seconds after experiments/lr_sensitivity.py (about 6 h)"),
     ("fig8_heatmaps", "Fig. 8: H_res heatmaps, single layer and composite, HC vs mHC",
      "seconds after the stability runs"),
     ("table1_hc_ablation", "Table 1: HC component ablation", "about 5 min (4 variants x 2 seeds)"),

@@ -68,8 +68,12 @@ def seeded_verdict(values, sign: int) -> str:
     mixed = max(claimed, opposite) < n
     if n < MIN_SEEDS:
         return f"inconclusive ({n} seeds{', signs mixed' if mixed else ''})"
+    if claimed == opposite == 0:  # e.g. the same largest stable LR for both kinds on every seed
+        return f"inconclusive ({n} seeds, no difference on any seed)"
     if mixed:
-        return f"inconclusive ({n} seeds, signs mixed: {claimed}/{n} as claimed)"
+        tied = n - claimed - opposite
+        return (f"inconclusive ({n} seeds, signs mixed: {claimed}/{n} as claimed"
+                + (f", {tied} tied" if tied else "") + ")")
     mean = sum(v) / n
     sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
     ratio = abs(mean) / (sd / math.sqrt(n)) if sd > 0 else math.inf

@@ -1,4 +1,4 @@
-"""Small-scale proxy for Figs. 2, 3 and 5: HC vs mHC vs the residual across a 46x LR range.
+"""Small-scale proxy for Figs. 2, 3 and 5: HC vs mHC vs the residual across a 215x LR range.
 
 The paper (arXiv 2512.24880) shows HC's instability in one 27B run (loss surge at step ~12k,
 composite Amax gain near 3000) and mHC's stability in another. At CPU scale a single run shows
@@ -13,29 +13,30 @@ records (it trains nothing unless --smoke) and judges each claim per seed under 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from experiments import lr_sensitivity  # noqa: E402
-from experiments.common import RECORDS  # noqa: E402
+from experiments.common import RECORDS, runs_commits  # noqa: E402
 from paper_repro import common  # noqa: E402
 
 STUDY = os.path.join(common.REPO, "experiments", "results", "lr_sensitivity")
 PAPER_COMPOSITE_MAX = 1.6
 
 
-def per_seed(records_dir: str) -> dict:
-    """{(kind, depth, lr, seed): run metrics} of every compact record in `records_dir`."""
-    out = {}
-    for name in sorted(os.listdir(records_dir)):
-        kind, depth, lr, seed = name[:-len(".json")].rsplit("-", 3)
-        with open(os.path.join(records_dir, name)) as f:
-            out[(kind, int(depth[1:]), float(lr[2:]), int(seed[1:]))] = \
-                lr_sensitivity.run_metrics(json.load(f))
-    return out
+SMOKE_KINDS = ("residual", "hc", "mhc")
+
+
+def per_seed(records_dir: str) -> tuple[dict, list[dict]]:
+    """({(kind, depth, lr, seed): run metrics}, the records) of the study's grid and of its
+    `--smoke` grid, as far as they are recorded in `records_dir`."""
+    ls = lr_sensitivity
+    jobs = (ls.plan(tuple(ls.KINDS), ls.DEPTHS, ls.LRS, ls.SEEDS, runs_root="")
+            + ls.plan(tuple(ls.KINDS), *ls.SMOKE_GRID, smoke=True, runs_root=""))
+    metrics, records, _ = ls.load(records_dir, jobs)
+    return metrics, records
 
 
 def by_seed(metrics: dict, kind: str, depth: int) -> dict[int, dict[float, dict]]:
@@ -114,14 +115,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.smoke:
         args.study = os.path.join(args.out, "lr_sensitivity")
-        lr_sensitivity.main(["--smoke", "--kinds", "residual,hc,mhc", "--out", args.study])
-    records = os.path.join(args.study, RECORDS)
-    if not os.path.isdir(records) or not os.listdir(records):
-        raise SystemExit(f"no LR-sensitivity records in {records}; run "
+        lr_sensitivity.main(["--smoke", "--kinds", ",".join(SMOKE_KINDS), "--out", args.study])
+    records_dir = os.path.join(args.study, RECORDS)
+    metrics, records = per_seed(records_dir)
+    if not metrics:
+        raise SystemExit(f"no LR-sensitivity records in {records_dir}; run "
                          "python experiments/lr_sensitivity.py first")
-    metrics = per_seed(records)
-    with open(os.path.join(args.study, "summary.json")) as f:
-        commits = json.load(f)["meta"].get("runs_commits", "unrecorded")
+    commits = runs_commits(records=records)
     notes = (f"Reads {len(metrics)} runs of `{os.path.relpath(args.study, common.REPO)}` "
              f"(trained at commits {commits}): kinds {sorted({k for k, *_ in metrics})}, "
              f"blocks {sorted({d for _, d, *_ in metrics})}, LRs "

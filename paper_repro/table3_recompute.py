@@ -12,7 +12,7 @@ over the divisors L_r of the depth:
   A. the connection stack alone, exactly the paper's accounting: L mHC sites (F = one C x C
      matmul), groups of L_r sites under `jax.checkpoint` with a policy that saves only F's output
      (`mhc.connections.BRANCH_OUT`); gradient of a scalar loss w.r.t. parameters and input.
-  B. the full training step of a small mHC model (`mhc.train.train_step_body`) with
+  B. the full training step of a small mHC model (`mhc.train_step.train_step_body`) with
      `remat="mhc"` and `remat_group` = L_r blocks (each block = 2 sites).
 A least-squares fit M = a + b·(L/L_r) + c·L_r of each measured curve is compared with the
 formula's b = nC and c = (n+2)C (per site; per block for B, c = 2(n+2)C).
@@ -126,7 +126,7 @@ def train_step_temp_bytes(d_model: int, blocks: int, batch: int, seq: int, group
     import jax.numpy as jnp
     from flax import nnx
 
-    from mhc import train
+    from mhc import train_step
     from mhc.config import Config, ModelConfig, TrainConfig
     from mhc.model import Decoder
 
@@ -136,13 +136,13 @@ def train_step_temp_bytes(d_model: int, blocks: int, batch: int, seq: int, group
 
     def build():
         model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-        return model, train.make_optimizer(model, cfg)
+        return model, train_step.make_optimizer(model, cfg)
 
     graphdef, state = nnx.split(nnx.eval_shape(build))
 
     def step(state, batch_):
         model, optimizer = nnx.merge(graphdef, state)
-        metrics = train.train_step_body(model, optimizer, batch_)[0]
+        metrics = train_step.train_step_body(model, optimizer, batch_)[0]
         return nnx.state((model, optimizer)), metrics
 
     tokens = {k: jax.ShapeDtypeStruct((batch, seq), jnp.int32) for k in ("inputs", "targets")}

@@ -10,7 +10,7 @@ tests/fixtures/eval, so every benchmark row says "not bundled" and its verdict i
     python paper_repro/table4_downstream.py --runs residual=DIR hc=DIR mhc=DIR --tasks-dir DIR
     python paper_repro/table4_downstream.py --smoke --out /tmp/t4   # seconds: wiring check
 
-A tasks directory holds one JSONL file per task (format: mhc/evaluate.py), named after the
+A tasks directory holds one JSONL file per task (format: mhc/tasks.py), named after the
 benchmark (bbh*.jsonl, drop*.jsonl, gsm8k*, hellaswag*, math*, mmlu*, piqa*, triviaqa*), each with
 an optional few-shot file <stem>.dev.jsonl. Files that match a benchmark fill its row (several
 files of one benchmark, e.g. the 57 MMLU subjects, are averaged weighted by examples); others get
@@ -70,13 +70,13 @@ def task_files(tasks_dir: str) -> list[str]:
 
 def _finished(run_dir: str) -> bool:
     """A completed run whose final checkpoint restores with the current code."""
-    from mhc import evaluate
+    from mhc import checkpoint
     from mhc.rundir import RunDirError, load_run_config
     try:
         steps = load_run_config(run_dir).train.steps
         if not os.path.isdir(os.path.join(run_dir, "checkpoints", str(steps))):
             return False
-        evaluate.load_model(run_dir, steps)
+        checkpoint.load_model(run_dir, steps)
     except (RunDirError, ValueError, OSError, KeyError, TypeError):
         return False
     return True
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true",
                    help="seconds: a 4-step tiny mHC model, 2 examples per fixture task")
     args = p.parse_args(argv)
-    from mhc import evaluate
+    from mhc import evaluate, tasks
 
     try:
         runs = parse_runs(args.runs)
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
                                          max_new_tokens=max_new, max_len=max_len,
                                          verbose=not args.smoke)
             print(evaluate.format_table(results[kind]), flush=True)
-    except (UsageError, evaluate.TaskError) as e:
+    except (UsageError, tasks.TaskError) as e:
         print(f"table4_downstream: error: {e}", file=sys.stderr)
         return 2
     fixtures = os.path.abspath(tasks_dir) == os.path.abspath(FIXTURES)

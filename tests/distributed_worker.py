@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from mhc import train  # noqa: E402
+from mhc import train_step  # noqa: E402
 from mhc.config import Config, ModelConfig, TrainConfig  # noqa: E402
 from mhc.model import Decoder  # noqa: E402
 
@@ -28,8 +28,8 @@ rows = slice(4 * process_id, 4 * process_id + 4)  # this process's half of the g
 local = {"inputs": tokens[rows, :-1], "targets": tokens[rows, 1:]}
 mesh = sharding.make_mesh("fsdp=4")
 model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-optimizer = train.make_optimizer(model, cfg)
-step, state = sharding.shard_step(lambda m, o, b: train.train_step_body(m, o, b)[0], model,
+optimizer = train_step.make_optimizer(model, cfg)
+step, state = sharding.shard_step(lambda m, o, b: train_step.train_step_body(m, o, b)[0], model,
                                   optimizer, mesh)
 losses = []
 for _ in range(2):

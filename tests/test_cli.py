@@ -228,6 +228,13 @@ def test_compile_reduced_paper_recipe_for_64_simulated_devices():
     assert proc.stderr.strip().splitlines()[-1] == (
         "mhc: error: batch_size=320 is not divisible by the data-parallel mesh size "
         "data*fsdp*expert=3")
+    # the same --residual flag as `mhc train`, validated where the value is defined
+    proc = subprocess.run([sys.executable, "-m", "mhc", "compile", "--recipe", "3b", "--mesh",
+                           "fsdp=2", "--residual", "nope"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        "mhc: error: residual='nope'; allowed: residual, hc")
 
 
 def test_train_on_a_mesh(tmp_path, capsys):

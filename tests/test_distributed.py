@@ -9,9 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mhc import train
+from mhc import train_step
 from mhc.config import Config, ModelConfig, TrainConfig
 from mhc.model import Decoder
+
+jit_step = nnx.jit(train_step.train_step_body)  # one device, state not donated
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,6 +45,6 @@ def test_two_processes_run_a_sharded_step_together():
     tokens = np.random.default_rng(0).integers(0, 256, (8, 17)).astype(np.int32)
     batch = {"inputs": jnp.asarray(tokens[:, :-1]), "targets": jnp.asarray(tokens[:, 1:])}
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-    optimizer = train.make_optimizer(model, cfg)
-    reference = [float(train.train_step(model, optimizer, batch)[0]["loss"]) for _ in range(2)]
+    optimizer = train_step.make_optimizer(model, cfg)
+    reference = [float(jit_step(model, optimizer, batch)[0]["loss"]) for _ in range(2)]
     np.testing.assert_allclose(outputs[0], reference, atol=1e-5)

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhc import data, evaluate, recipes
+from mhc import data, evaluate, recipes, scoring, tasks
 from mhc.cli import main
 from mhc.config import ModelConfig, apply_overrides
-from mhc.evaluate import TaskError
+from mhc.tasks import TaskError
 from mhc.model import Decoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -69,22 +69,22 @@ def test_fixtures_parse_with_table4_defaults():
                 "kjv_cloze": ("choice", 0, "acc", "text"),
                 "kjv_complete": ("generate", 0, "em", "text")}
     for name, (kind, shots, metric, rule) in expected.items():
-        task = evaluate.load_task(fixture(f"{name}.jsonl"))
+        task = tasks.load_task(fixture(f"{name}.jsonl"))
         assert (task.kind, task.shots, task.metric, task.rule) == (kind, shots, metric, rule), name
         assert task.benchmark == (None if name.startswith("kjv") else name.split("_")[0])
-    hs = evaluate.load_task(fixture("hellaswag_mini.jsonl"))
+    hs = tasks.load_task(fixture("hellaswag_mini.jsonl"))
     assert len(hs.examples) == 4 and len(hs.fewshot) == 10  # 10 shots from the .dev file
     assert hs.fewshot_path.endswith("hellaswag_mini.dev.jsonl")
     assert hs.examples[1].choices[hs.examples[1].answer] == "pulls out the weeds one by one."
-    tq = evaluate.load_task("TriviaQA-wiki=" + fixture("triviaqa_mini.jsonl"), shots=2)
+    tq = tasks.load_task("TriviaQA-wiki=" + fixture("triviaqa_mini.jsonl"), shots=2)
     assert (tq.name, tq.shots, tq.benchmark, tq.fewshot) == ("TriviaQA-wiki", 2, "triviaqa", None)
-    other = evaluate.load_task("trivia=" + fixture("triviaqa_mini.jsonl"))  # not a Table 4 name
+    other = tasks.load_task("trivia=" + fixture("triviaqa_mini.jsonl"))  # not a Table 4 name
     assert (other.benchmark, other.shots, other.metric, other.rule) == (None, 0, "em", "text")
     assert tq.examples[0].answer == ("Rome", "Roma") and tq.examples[0].line == 1
-    mmlu = evaluate.load_task(fixture("mmlu_mini.jsonl"))
+    mmlu = tasks.load_task(fixture("mmlu_mini.jsonl"))
     assert mmlu.examples[0].prompt.startswith("Question: What is 2 + 3?\nA. 4\n")
     assert mmlu.examples[0].prompt.endswith("D. 7\nAnswer:")
-    drop = evaluate.load_task(fixture("drop_mini.jsonl")).examples[0].prompt
+    drop = tasks.load_task(fixture("drop_mini.jsonl")).examples[0].prompt
     assert drop.startswith("The Bears scored first") and "\nQuestion: How many field" in drop
 
 
@@ -118,7 +118,7 @@ BAD_CHOICE_LINES = [
 def test_bad_generation_line_names_file_and_line(tmp_path, line, message):
     path = write_lines(tmp_path / "t.jsonl", '{"question": "q", "answer": "a"}', line)
     with pytest.raises(TaskError, match=None) as e:
-        evaluate.read_examples(path)
+        tasks.read_examples(path)
     assert str(e.value).startswith(path) and message in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -128,7 +128,7 @@ def test_bad_choice_line_names_file_and_line(tmp_path, line, message):
     path = write_lines(tmp_path / "t.jsonl", '{"context": "c", "choices": ["x", "y"], "answer": 0}',
                        line)
     with pytest.raises(TaskError) as e:
-        evaluate.read_examples(path)
+        tasks.read_examples(path)
     assert message in str(e.value)
 
 
@@ -139,20 +139,20 @@ def test_bad_task_files_and_settings(tmp_path):
         assert "\n" not in str(e.value)
         return str(e.value)
 
-    assert "does not exist" in message(evaluate.load_task, str(tmp_path / "missing.jsonl"))
-    assert "no examples" in message(evaluate.load_task, write_lines(tmp_path / "e.jsonl", ""))
+    assert "does not exist" in message(tasks.load_task, str(tmp_path / "missing.jsonl"))
+    assert "no examples" in message(tasks.load_task, write_lines(tmp_path / "e.jsonl", ""))
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe\x00")
-    assert "cannot read task file" in message(evaluate.read_examples, str(tmp_path / "bin.jsonl"))
-    assert "cannot read task file" in message(evaluate.read_examples, str(tmp_path))
-    msg = message(evaluate.load_task, fixture("piqa_mini.jsonl"), shots=6)
+    assert "cannot read task file" in message(tasks.read_examples, str(tmp_path / "bin.jsonl"))
+    assert "cannot read task file" in message(tasks.read_examples, str(tmp_path))
+    msg = message(tasks.load_task, fixture("piqa_mini.jsonl"), shots=6)
     assert "6 shots but only 5 few-shot examples" in msg and "--shots 5" in msg
-    assert "--shots -1" in message(evaluate.load_task, fixture("piqa_mini.jsonl"), shots=-1)
+    assert "--shots -1" in message(tasks.load_task, fixture("piqa_mini.jsonl"), shots=-1)
     gsm = tmp_path / "gsm8k.jsonl"  # named like GSM8K: 8 shots by default, only 1 other example
     write_lines(gsm, '{"question": "q", "answer": "#### 1"}', '{"question": "r", "answer": "2"}')
-    assert "8 shots but only 1" in message(evaluate.load_task, str(gsm))
+    assert "8 shots but only 1" in message(tasks.load_task, str(gsm))
     write_lines(tmp_path / "gsm8k.dev.jsonl",
                 '{"context": "c", "choices": ["a", "b"], "answer": 0}')
-    assert "few-shot file" in message(evaluate.load_task, str(gsm), shots=0)
+    assert "few-shot file" in message(tasks.load_task, str(gsm), shots=0)
     run = str(tmp_path)
     assert "--limit 0" in message(evaluate.run, run, [fixture("piqa_mini.jsonl")], limit=0)
     assert "no task given" in message(evaluate.run, run, [])
@@ -179,86 +179,86 @@ def test_byte_level_only(tmp_path):
 
 # ------------------------------------------------------------------------------- answer rules
 def test_text_normalisation_exact_match_and_f1():
-    norm = evaluate.normalize_text
+    norm = tasks.normalize_text
     assert norm("  The Indian   Ocean!") == "indian ocean"
     assert norm("An apple, a pear.") == "apple pear"
     assert norm("1,000.0 people") == norm("1000 people") == "1000 people"
-    assert evaluate.exact_match("the Indian Ocean", ["Indian Ocean"])
-    assert evaluate.exact_match("Roma", ["Rome", "Roma"])
-    assert not evaluate.exact_match("Rome wasn't", ["Rome"])
-    assert not evaluate.exact_match("", ["a"]) and not evaluate.exact_match("the", ["a"])
-    assert evaluate.f1_score("the cat sat", ["cat sat down"]) == pytest.approx(0.8)
-    assert evaluate.f1_score("cat", ["dog", "cat"]) == 1.0
-    assert evaluate.f1_score("dog", ["cat"]) == 0.0 and evaluate.f1_score("", ["cat"]) == 0.0
-    assert evaluate.f1_score("the 2 goals", ["two goals", "2"]) == pytest.approx(2 / 3)
+    assert tasks.exact_match("the Indian Ocean", ["Indian Ocean"])
+    assert tasks.exact_match("Roma", ["Rome", "Roma"])
+    assert not tasks.exact_match("Rome wasn't", ["Rome"])
+    assert not tasks.exact_match("", ["a"]) and not tasks.exact_match("the", ["a"])
+    assert tasks.f1_score("the cat sat", ["cat sat down"]) == pytest.approx(0.8)
+    assert tasks.f1_score("cat", ["dog", "cat"]) == 1.0
+    assert tasks.f1_score("dog", ["cat"]) == 0.0 and tasks.f1_score("", ["cat"]) == 0.0
+    assert tasks.f1_score("the 2 goals", ["two goals", "2"]) == pytest.approx(2 / 3)
 
 
 def test_answer_rules():
-    ext = evaluate.extract_answer
+    ext = tasks.extract_answer
     # GSM8K: the number after '####', else the last number; commas, '$' and '.0' do not matter
     assert ext("She has 20 - 8 = 12 stickers left.\n#### 1,200", "number") == "1200"
     assert ext("So 3 + 4 = 7. The answer is $7.00.", "number") == "7"
     assert ext("we get 3.50 and then 12", "number") == "12"
     assert ext("no number here", "number") == ""
-    assert evaluate.exact_match("It sold 1200 + 800 = 2000 cups.", ["#### 2,000"], "number")
-    assert not evaluate.exact_match("#### 20", ["#### 2,000"], "number")
+    assert tasks.exact_match("It sold 1200 + 800 = 2000 cups.", ["#### 2,000"], "number")
+    assert not tasks.exact_match("#### 20", ["#### 2,000"], "number")
     # MATH: the last \boxed{...} (nested braces), else after 'answer is'
     gold = "Writing both over 4 gives $\\frac{2}{4} + \\frac{1}{4} = \\boxed{\\frac{3}{4}}$."
     assert ext(gold, "math") == "\\frac{3}{4}"
-    assert evaluate.exact_match("so the answer is $\\dfrac{3}{4}$.", [gold], "math")
-    assert evaluate.exact_match("\\boxed{4.0}", ["$x = \\boxed{4}$"], "math")
-    assert not evaluate.exact_match("\\boxed{5}", ["\\boxed{4}"], "math")
+    assert tasks.exact_match("so the answer is $\\dfrac{3}{4}$.", [gold], "math")
+    assert tasks.exact_match("\\boxed{4.0}", ["$x = \\boxed{4}$"], "math")
+    assert not tasks.exact_match("\\boxed{5}", ["\\boxed{4}"], "math")
     # BBH: after the last 'answer is', else the first non-empty line; case and final '.' ignored
     assert ext("\nFalse\nQuestion: more", "exact") == "false"
     assert ext("A is true. So the answer is (A).", "exact") == "(a)"
-    assert evaluate.exact_match(" True.", ["True"], "exact")
-    assert not evaluate.exact_match(" (B)", ["(A)"], "exact")
+    assert tasks.exact_match(" True.", ["True"], "exact")
+    assert not tasks.exact_match(" (B)", ["(A)"], "exact")
     with pytest.raises(TaskError, match="answer rule 'fuzzy'"):
         ext("x", "fuzzy")
-    assert evaluate.cut_at_stop(" Paris. It is", evaluate.STOPS["text"]) == " Paris"
-    assert evaluate.cut_at_stop(" 3.5 apples\nQ", evaluate.STOPS["text"]) == " 3.5 apples"
-    assert evaluate.cut_at_stop("a\nb\n\nQuestion:", evaluate.STOPS["number"]) == "a\nb"
+    assert tasks.cut_at_stop(" Paris. It is", tasks.STOPS["text"]) == " Paris"
+    assert tasks.cut_at_stop(" 3.5 apples\nQ", tasks.STOPS["text"]) == " 3.5 apples"
+    assert tasks.cut_at_stop("a\nb\n\nQuestion:", tasks.STOPS["number"]) == "a\nb"
 
 
 # ------------------------------------------------------------------------------- few-shot
 def test_fewshot_draw_is_deterministic_and_excludes_the_scored_example():
     for index in range(12):
-        picks = evaluate.fewshot_indices(12, 5, index, seed=7, exclude=index)
-        assert picks == evaluate.fewshot_indices(12, 5, index, seed=7, exclude=index)
+        picks = tasks.fewshot_indices(12, 5, index, seed=7, exclude=index)
+        assert picks == tasks.fewshot_indices(12, 5, index, seed=7, exclude=index)
         assert index not in picks and len(set(picks)) == 5 and all(0 <= j < 12 for j in picks)
-    draws = {tuple(evaluate.fewshot_indices(12, 5, 0, seed=s, exclude=0)) for s in range(5)}
+    draws = {tuple(tasks.fewshot_indices(12, 5, 0, seed=s, exclude=0)) for s in range(5)}
     assert len(draws) > 1  # the seed matters
-    assert sorted(evaluate.fewshot_indices(12, 11, 3, 0, exclude=3)) == [
+    assert sorted(tasks.fewshot_indices(12, 11, 3, 0, exclude=3)) == [
         j for j in range(12) if j != 3]
 
-    task = evaluate.load_task(fixture("mmlu_mini.jsonl"))  # 5-shot from the same file
+    task = tasks.load_task(fixture("mmlu_mini.jsonl"))  # 5-shot from the same file
     for i, ex in enumerate(task.examples):
-        prompt = evaluate.build_prompt(task, i, seed=1)
-        assert prompt == evaluate.build_prompt(task, i, seed=1)
-        parts = prompt.split(evaluate.FEWSHOT_SEPARATOR)
+        prompt = tasks.build_prompt(task, i, seed=1)
+        assert prompt == tasks.build_prompt(task, i, seed=1)
+        parts = prompt.split(tasks.FEWSHOT_SEPARATOR)
         assert len(parts) == 6 and parts[-1] == ex.prompt
         for part in parts[:-1]:  # solved examples: prompt, space, the right letter
             shot = next(e for e in task.examples if part.startswith(e.prompt))
             assert shot is not ex and part == f"{shot.prompt} {'ABCD'[shot.answer]}"
-    hs = evaluate.load_task(fixture("hellaswag_mini.jsonl"))  # 10-shot from the .dev file
-    prompt = evaluate.build_prompt(hs, 0, seed=1)
+    hs = tasks.load_task(fixture("hellaswag_mini.jsonl"))  # 10-shot from the .dev file
+    prompt = tasks.build_prompt(hs, 0, seed=1)
     assert all(f"{e.prompt} {e.target}" in prompt for e in hs.fewshot)
     assert prompt.endswith(hs.examples[0].prompt) and prompt.count(hs.examples[0].prompt) == 1
 
 
 def test_prompt_rendering():
-    assert evaluate.render_prompt("ctx", None) == "ctx"
-    assert evaluate.render_prompt(None, "q?") == "Question: q?\nAnswer:"
-    assert evaluate.render_prompt("ctx", "q?") == "ctx\nQuestion: q?\nAnswer:"
-    assert evaluate.join_target("Answer:", "x") == " "
-    assert evaluate.join_target("ctx ", "x") == "" and evaluate.join_target("ctx", " x") == ""
-    assert evaluate.join_target("", "x") == ""
+    assert tasks.render_prompt("ctx", None) == "ctx"
+    assert tasks.render_prompt(None, "q?") == "Question: q?\nAnswer:"
+    assert tasks.render_prompt("ctx", "q?") == "ctx\nQuestion: q?\nAnswer:"
+    assert tasks.join_target("Answer:", "x") == " "
+    assert tasks.join_target("ctx ", "x") == "" and tasks.join_target("ctx", " x") == ""
+    assert tasks.join_target("", "x") == ""
 
 
 # ------------------------------------------------------------------------------- the model
 def test_bucket():
-    assert [evaluate.bucket(n, 64) for n in (1, 16, 17, 33, 64, 65)] == [16, 16, 32, 64, 64, 64]
-    assert evaluate.bucket(100, 48) == 48
+    assert [scoring.bucket(n, 64) for n in (1, 16, 17, 33, 64, 65)] == [16, 16, 32, 64, 64, 64]
+    assert scoring.bucket(100, 48) == 48
 
 
 def test_batched_loglikelihood_equals_direct(tiny_model):
@@ -269,7 +269,7 @@ def test_batched_loglikelihood_equals_direct(tiny_model):
     shapes = [(5, 3), (20, 1), (1, 7), (40, 30), (90, 10), (0, 4)]
     requests = [(rng.integers(0, 256, c).astype(np.int32), rng.integers(0, 256, k).astype(np.int32))
                 for c, k in shapes]
-    got = evaluate.Scorer(tiny_model, batch_size=4).loglikelihood(requests)
+    got = scoring.Scorer(tiny_model, batch_size=4).loglikelihood(requests)
     for (ctx, cont), value in zip(requests, got):
         if len(ctx) == 0:
             ctx = data.encode("\n")
@@ -278,16 +278,16 @@ def test_batched_loglikelihood_equals_direct(tiny_model):
         direct = sum(float(logp[t - 1, full[t]]) for t in range(len(full) - len(cont), len(full)))
         assert value == pytest.approx(direct, rel=1e-4, abs=1e-3)
     with pytest.raises(TaskError, match="continuation of 70 tokens does not fit"):
-        evaluate.Scorer(tiny_model).loglikelihood([(np.zeros(3, np.int32),
-                                                    np.zeros(70, np.int32))])
+        scoring.Scorer(tiny_model).loglikelihood([(np.zeros(3, np.int32),
+                                                   np.zeros(70, np.int32))])
 
 
 def test_ranking_picks_the_likeliest_choice(tiny_model, tmp_path):
-    scorer = evaluate.Scorer(tiny_model, batch_size=4)
+    scorer = scoring.Scorer(tiny_model, batch_size=4)
     path = write_lines(tmp_path / "t.jsonl", *[json.dumps(
         {"context": c, "choices": ["ab", "abcdef", "z"], "answer": a})
         for c, a in (("hello", 0), ("world", 1), ("again", 2))])
-    task = evaluate.load_task(path)
+    task = tasks.load_task(path)
     out = evaluate.evaluate_task(scorer, task)
     for i, pred in enumerate(out["predictions"]):
         ll = scorer.loglikelihood([(data.encode(task.examples[i].prompt), data.encode(" " + c))
@@ -315,15 +315,15 @@ def test_greedy_equals_stepwise_argmax(tiny_model):
             tokens.append(nxt)
             new.append(nxt)
         refs.append(new)
-    scorer = evaluate.Scorer(tiny_model, batch_size=3)  # two batches, one partly filled
+    scorer = scoring.Scorer(tiny_model, batch_size=3)  # two batches, one partly filled
     assert scorer.greedy(prompts, max_new, stops=()) == [data.decode(r) for r in refs]
     # an ASCII stop string the first row generates: that row stops there, the cut drops it
     k = next(j for j in range(1, max_new) if refs[0][j] < 128)
     stop = chr(refs[0][k])
     assert scorer.greedy(prompts, max_new, stops=(stop,)) == [
-        evaluate.cut_at_stop(data.decode(r), (stop,)) for r in refs]
+        tasks.cut_at_stop(data.decode(r), (stop,)) for r in refs]
     with pytest.raises(TaskError, match="--max-new-tokens 64"):
-        evaluate.Scorer(tiny_model).greedy(prompts, 64)
+        scoring.Scorer(tiny_model).greedy(prompts, 64)
 
 
 # ------------------------------------------------------------------------------- end to end
@@ -397,7 +397,7 @@ def test_table4_rows_fill_benchmarks_from_user_tasks():
     table4 = _load_table4()
 
     def result(values):
-        return {"tasks": {name: {"benchmark": evaluate.benchmark_of(name), "value": v, "n": n,
+        return {"tasks": {name: {"benchmark": tasks.benchmark_of(name), "value": v, "n": n,
                                  "shots": 5, "headline": "acc"}
                           for name, (v, n) in values.items()}}
     rows = table4.build_rows({"residual": result({"mmlu_a": (0.5, 10), "mmlu_b": (0.2, 30),

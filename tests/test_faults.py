@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhc import checkpoint, train
+from mhc import checkpoint, train, train_step
 from mhc.cli import main
 from mhc.model import Decoder
 from trainkit import TINY, column, events, tiny_config
@@ -23,7 +23,7 @@ def _state(*modules):
 def test_nonfinite_step_leaves_parameters_and_optimizer_untouched():
     cfg = tiny_config()
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-    optimizer = train.make_optimizer(model, cfg)
+    optimizer = train_step.make_optimizer(model, cfg)
     batch = {"inputs": jnp.zeros((2, 8), jnp.int32), "targets": jnp.ones((2, 8), jnp.int32)}
     step = train.Stepper(model, optimizer, cfg)
     before = _state(model, optimizer)
@@ -60,7 +60,7 @@ def test_nan_patience_in_a_row_aborts_with_a_checkpoint(tmp_path, capsys):
     assert err.startswith("mhc: error: 3 non-finite steps in a row (nan_patience=3) at step 5")
     assert [e["step"] for e in events(run_dir, "abort")] == [5]
     model = Decoder(tiny_config().model, rngs=nnx.Rngs(0))
-    optimizer = train.make_optimizer(model, tiny_config())
+    optimizer = train_step.make_optimizer(model, tiny_config())
     restored = checkpoint.restore(run_dir, model, optimizer)
     assert restored.step == 5 and int(optimizer.step[...]) == 2  # the good state of step 2
     assert restored.meta["bad_in_a_row"] == 3 and len(column(run_dir)) == 5

@@ -1,5 +1,7 @@
 """The fused stream read/write, RMS projection and token-minor Sinkhorn (mhc.connections,
 mhc.manifolds) against the plain einsum + autodiff formulation: values and gradients."""
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,10 +30,7 @@ def _site_inputs():
 
 def _both(fn, *args):
     """(fused value, reference value) of fn(*args)."""
-    fused = fn(*args)
-    with connections.reference_formulation():
-        ref = fn(*args)
-    return fused, ref
+    return fn(*args), fn(*args, reference=True)
 
 
 @pytest.mark.parametrize("width", [32, 12])  # 12: the plain-sum fallback of the reductions
@@ -40,16 +39,14 @@ def test_write_and_read_match_reference_values_and_grads(width):
     x, f = x[..., :width], f[..., :width]
     w_out = _rand(5, x.shape)
 
-    def loss(res, post, pre, x, f):
-        out = connections.write_streams(Maps(pre, post, res), x, f)
-        h = connections.read_streams(pre, x)
+    def loss(res, post, pre, x, f, reference=False):
+        out = connections.write_streams(Maps(pre, post, res), x, f, reference)
+        h = connections.read_streams(pre, x, reference)
         return jnp.sum(out * w_out) + jnp.sum(jnp.sin(h))
 
     args = (res, post, jax.nn.sigmoid(_rand(6, (B, T, N))), x, f)
-    grad = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(5))))
-    (v_fused, g_fused) = grad(*args)
-    with connections.reference_formulation():
-        (v_ref, g_ref) = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(5))))(*args)
+    grad = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(5))), static_argnums=5)
+    (v_fused, g_fused), (v_ref, g_ref) = grad(*args, False), grad(*args, True)
     np.testing.assert_allclose(v_fused, v_ref, rtol=1e-5)
     for a, b in zip(g_fused, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -108,25 +105,37 @@ def test_site_matches_reference_formulation(kind):
     x = _rand(11, (B, T, N, C))
     wmat = _rand(12, (C, C), 1 / np.sqrt(C))
 
-    def loss(params, x):
+    def loss(params, x, spec):
         out, maps = connections.apply_site(params, x, lambda h: jnp.tanh(h @ wmat), spec)
         return jnp.sum(out * jnp.cos(out)) + jnp.sum(maps.res ** 2)
 
-    v1, g1 = jax.value_and_grad(loss, argnums=(0, 1))(params, x)
-    with connections.reference_formulation():
-        v2, g2 = jax.value_and_grad(loss, argnums=(0, 1))(params, x)
+    v1, g1 = jax.value_and_grad(loss, argnums=(0, 1))(params, x, spec)
+    reference = dataclasses.replace(spec, kernels="reference")
+    v2, g2 = jax.value_and_grad(loss, argnums=(0, 1))(params, x, reference)
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_reference_formulation_restores_flag():
-    assert not connections._REFERENCE
-    with pytest.raises(RuntimeError):
-        with connections.reference_formulation():
-            assert connections._REFERENCE
-            raise RuntimeError("boom")
-    assert not connections._REFERENCE
+def test_reference_formulation_is_part_of_the_jit_cache_key():
+    """kernels="reference" is a spec value, so one jitted function traces each formulation
+    (a trace-time global flag once let a cached trace outlive the switch)."""
+    spec = ConnectionSpec(width=C, n_streams=N, kind="mhc", kernels="xla")
+    params = connections.init_params(spec, 0)
+    x = _rand(14, (B, T, N, C))
+    traces = []
+
+    def site(p, x, spec):
+        traces.append(spec.kernels)
+        return connections.apply_site(p, x, jnp.tanh, spec)[0]
+
+    jitted = jax.jit(site, static_argnums=2)
+    for kernels in ("xla", "reference", "xla", "reference"):
+        jitted(params, x, dataclasses.replace(spec, kernels=kernels))
+    assert traces == ["xla", "reference"]  # one trace each, reused after
+    fused = {k: "name=_write" in str(jax.make_jaxpr(site, static_argnums=2)(
+        params, x, dataclasses.replace(spec, kernels=k))) for k in ("xla", "reference")}
+    assert fused == {"xla": True, "reference": False}  # the custom-VJP stream write
 
 
 @pytest.mark.parametrize("convention", manifolds.CONVENTIONS)
@@ -142,6 +151,7 @@ def test_sinkhorn_token_minor_matches_per_matrix_loop(convention):
 def test_model_loss_and_grads_match_reference_formulation():
     cfg = ModelConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, residual="mhc")
     model = Decoder(cfg, rngs=nnx.Rngs(0))
+    reference = Decoder(dataclasses.replace(cfg, kernels="reference"), rngs=nnx.Rngs(0))
     tokens = jax.random.randint(KEY, (2, 16), 0, 256)
 
     def loss(model):
@@ -149,8 +159,7 @@ def test_model_loss_and_grads_match_reference_formulation():
         return jnp.mean(jax.nn.logsumexp(logits, -1) - logits[..., 0])
 
     v1, g1 = nnx.value_and_grad(loss)(model)
-    with connections.reference_formulation():
-        v2, g2 = nnx.value_and_grad(loss)(model)
+    v2, g2 = nnx.value_and_grad(loss)(reference)
     np.testing.assert_allclose(v1, v2, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6)

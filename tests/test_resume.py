@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
-from mhc import checkpoint, data, train
+from mhc import checkpoint, data, train, train_step
 from mhc.cli import main
 from mhc.model import Decoder
 from trainkit import TINY, column, events, mhc_command, subprocess_env, tiny_config
@@ -133,7 +133,7 @@ def test_restore_8_device_checkpoint_onto_fewer_devices(n_devices, tmp_path):
     assert jax.device_count() >= 8
     cfg = tiny_config()
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-    optimizer = train.make_optimizer(model, cfg)
+    optimizer = train_step.make_optimizer(model, cfg)
     nnx.update(model, _shard(nnx.state(model), 8))
     nnx.update(optimizer, _shard(nnx.state(optimizer), 8))
     assert len(model.embed.embedding[...].sharding.device_set) == 8
@@ -141,7 +141,7 @@ def test_restore_8_device_checkpoint_onto_fewer_devices(n_devices, tmp_path):
         checkpoint.save(mngr, 1, model, optimizer, cfg.to_dict(), wait=True)
 
     target = Decoder(cfg.model, rngs=nnx.Rngs(1))
-    target_opt = train.make_optimizer(target, cfg)
+    target_opt = train_step.make_optimizer(target, cfg)
     nnx.update(target, _shard(nnx.state(target), n_devices))
     nnx.update(target_opt, _shard(nnx.state(target_opt), n_devices))
     checkpoint.restore(str(tmp_path), target, target_opt)

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhc import sharding, train
+from mhc import sharding, train_step
 from mhc.config import Config, ModelConfig, TrainConfig
 from mhc.model import Decoder
+
+jit_step = nnx.jit(train_step.train_step_body)  # one device, state not donated
 
 CFG = Config(ModelConfig(d_model=32, n_layers=3, n_heads=2, d_ff=64, attention="mla",
                          kv_lora_rank=16, qk_nope_dim=8, qk_rope_dim=4, v_head_dim=12, ffn="moe",
@@ -23,8 +25,8 @@ STEPS = 2
 @pytest.fixture(scope="module")
 def reference():
     model = Decoder(CFG.model, rngs=nnx.Rngs(0))
-    optimizer = train.make_optimizer(model, CFG)
-    losses = [float(train.train_step(model, optimizer, BATCH)[0]["loss"]) for _ in range(STEPS)]
+    optimizer = train_step.make_optimizer(model, CFG)
+    losses = [float(jit_step(model, optimizer, BATCH)[0]["loss"]) for _ in range(STEPS)]
     return losses, nnx.state(model, (nnx.Param, nnx.Variable))
 
 
@@ -35,8 +37,8 @@ def test_sharded_step_matches_single_device(mesh_spec, reference):
     assert len(jax.devices()) == 8
     mesh = sharding.make_mesh(mesh_spec)
     model = Decoder(CFG.model, rngs=nnx.Rngs(0))
-    optimizer = train.make_optimizer(model, CFG)
-    step, state = sharding.shard_step(lambda m, o, b: train.train_step_body(m, o, b)[0],
+    optimizer = train_step.make_optimizer(model, CFG)
+    step, state = sharding.shard_step(lambda m, o, b: train_step.train_step_body(m, o, b)[0],
                                       model, optimizer, mesh)
     losses = []
     for _ in range(STEPS):

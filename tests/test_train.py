@@ -1,6 +1,5 @@
 """Training pieces: the paper's schedule, the weight-decay mask, a short run whose loss falls,
 checkpoint round trip, and config overrides."""
-import dataclasses
 import json
 import os
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhc import checkpoint, recipes, train
+from mhc import checkpoint, recipes, train, train_step
 from mhc.config import (Config, ConfigError, ModelConfig, TrainConfig, apply_overrides,
                         config_from_dict)
 from mhc.metrics import read_jsonl
@@ -22,7 +21,7 @@ SMALL = ["n_layers=2", "d_model=32", "n_heads=2", "d_ff=64", "seq_len=32", "batc
 
 def test_schedule_warmup_then_paper_step_decay():
     cfg = Config(train=TrainConfig(steps=100, lr=1.0, warmup_steps=10))
-    s = train.lr_schedule(cfg)
+    s = train_step.lr_schedule(cfg)
     assert float(s(0)) == 0.0 and float(s(5)) == pytest.approx(0.5)
     assert float(s(10)) == pytest.approx(1.0) and float(s(79)) == pytest.approx(1.0)
     assert float(s(80)) == pytest.approx(0.316) and float(s(89)) == pytest.approx(0.316)
@@ -32,7 +31,7 @@ def test_schedule_warmup_then_paper_step_decay():
 def test_weight_decay_only_on_matrices():
     model = Decoder(ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, residual="hc"),
                     rngs=nnx.Rngs(0))
-    mask = train._decay_mask(nnx.state(model, nnx.Param))
+    mask = train_step._decay_mask(nnx.state(model, nnx.Param))
     flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
             for path, v in jax.tree_util.tree_leaves_with_path(mask)}
     assert any(v for k, v in flat.items() if "kernel" in k)
@@ -110,9 +109,9 @@ def test_flops_per_token_and_peak():
     m = cfg.model
     active, _ = recipes.count_params(cfg)
     head_dim = m.d_model // m.n_heads  # 6 N_active + causal attention (3 L H T (d_qk + d_v))
-    assert train.flops_per_token(cfg) == 6 * active + 3 * m.n_layers * m.n_heads * 128 * 2 * head_dim
-    assert train.peak_flops() == (os.cpu_count() or 1) * 96e9  # the stated CPU assumption
-    assert train.peak_flops(1e12) == 1e12  # one CPU process = one device
+    assert train_step.flops_per_token(cfg) == 6 * active + 3 * m.n_layers * m.n_heads * 128 * 2 * head_dim
+    assert train_step.peak_flops() == (os.cpu_count() or 1) * 96e9  # the stated CPU assumption
+    assert train_step.peak_flops(1e12) == 1e12  # one CPU process = one device
 
 
 def test_count_params_matches_the_real_model():
@@ -134,7 +133,7 @@ def test_microbatches_accumulate_the_same_gradients(ffn):
     results = []
     for m in (1, 2):
         model = Decoder(model_cfg, rngs=nnx.Rngs(0))
-        losses, out, grads = train._loss_and_grads(model, batch, m)
+        losses, out, grads = train_step._loss_and_grads(model, batch, m)
         results.append((float(losses["loss"]),
                          jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)]), out.router))
     assert results[0][0] == pytest.approx(results[1][0], abs=1e-5)

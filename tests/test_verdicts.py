@@ -39,7 +39,10 @@ def test_fewer_than_three_seeds_are_inconclusive_whatever_the_size():
 def test_mixed_signs_zero_and_nan_are_inconclusive():
     assert seeded_verdict([-0.0235, -0.0038, 0.0062], -1) == \
         "inconclusive (3 seeds, signs mixed: 2/3 as claimed)"
-    assert word(seeded_verdict([-1.0, -1.0, 0.0], -1)) == "inconclusive"
+    assert seeded_verdict([-1.0, -1.0, 0.0], -1) == \
+        "inconclusive (3 seeds, signs mixed: 2/3 as claimed, 1 tied)"
+    # exact ties everywhere are no difference, not mixed signs
+    assert seeded_verdict([0.0, 0.0, 0.0], +1) == "inconclusive (3 seeds, no difference on any seed)"
     assert word(seeded_verdict([-1.0, -1.0, math.nan], -1)) == "inconclusive"
 
 

@@ -10,6 +10,7 @@ Selection (`ConnectionSpec.kernels` / `ModelConfig.kernels`):
   "auto"    Pallas on GPU/TPU (`jax.default_backend()` in ("gpu", "tpu")), pure JAX (XLA) on CPU
   "pallas"  always Pallas; on CPU that is interpret mode (slow, for tests)
   "xla"     always the pure-JAX path
+  "reference" the pure-JAX path as plain einsums + autodiff (what the fast paths are tested against)
 Under a multi-device mesh "auto" keeps the pure-JAX path (see `use_fused`).
 Only dynamic mHC with the Sinkhorn manifold, all three maps learned, and the "recompute" or
 "autodiff" Sinkhorn gradient (both give the exact gradient of the truncated iteration, which the
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 
-from mhc.connections import KERNELS
+from mhc.maps import BRANCH_OUT, KERNELS, Maps
 from mhc.kernels.fused_site import Static, chunk_width, fused_input, fused_output
 from mhc.kernels.sinkhorn_kernel import TARGETS, call_options, default_target, sinkhorn
 
@@ -61,7 +62,7 @@ def use_fused(spec) -> bool:
     """Whether `mhc.connections.apply_site` routes this site to the fused kernels (at trace
     time). "auto" also stays on XLA under a multi-device mesh (`jax.set_mesh`): the kernels are
     not wrapped in shard_map yet, and XLA would gather their operands around the custom call."""
-    if not fusable(spec) or spec.kernels == "xla":
+    if not fusable(spec) or spec.kernels not in ("auto", "pallas"):
         return False
     return spec.kernels == "pallas" or (pallas_selected("auto") and not _sharded())
 
@@ -80,7 +81,6 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
 
     block_m: token rows per kernel program (multiple of 8; default min(64, M rounded up to a power
     of two)). target: "interpret" | "triton" | "mosaic" (None = the default backend's)."""
-    from mhc.connections import BRANCH_OUT, Maps
     if not fusable(spec):
         raise ValueError(f"connection kind={spec.kind!r} manifold={spec.manifold!r} is not "
                          "fused; allowed: dynamic mhc with the sinkhorn manifold")
