@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -54,9 +55,13 @@ def count_params(cfg: Config | ModelConfig) -> tuple[int, int]:
     total counts every Param. active counts what one token uses: all but the input-embedding
     lookup (a gather, not a matmul: the reading of Table 5 under which its counts add up) and, in MoE layers, only
     `n_active_experts / n_routed_experts` of the routed experts. Router biases are not Params."""
+    return _count_params(cfg.model if isinstance(cfg, Config) else cfg)
+
+
+@functools.lru_cache(maxsize=16)  # `mhc train` asks at start-up and again for the FLOPs
+def _count_params(model_cfg: ModelConfig) -> tuple[int, int]:
     from mhc.model import Decoder  # local: keeps `import mhc.recipes` light
 
-    model_cfg = cfg.model if isinstance(cfg, Config) else cfg
     abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
     state = nnx.state(abstract, nnx.Param)
     total = sum(x.size for x in jax.tree.leaves(state))

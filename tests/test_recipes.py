@@ -43,3 +43,11 @@ def test_ladder_is_the_same_family():
         assert (m.attention, m.ffn, m.n_dense_layers) == ("mla", "moe", 1)
     sizes = [recipes.count_params(recipes.get(n))[1] for n in ("moe-xs", "moe-s", "moe-m")]
     assert sizes == sorted(sizes)
+
+
+def test_parameter_count_builds_the_abstract_model_once_per_config():
+    cfg = recipes.get("tiny")
+    first = recipes.count_params(cfg)
+    misses = recipes._count_params.cache_info().misses
+    assert recipes.count_params(cfg) == first == recipes.count_params(cfg.model)
+    assert recipes._count_params.cache_info().misses == misses  # no second abstract model
