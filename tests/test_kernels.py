@@ -3,6 +3,7 @@ mHC site, values and gradients, both Sinkhorn conventions, N = 1/2/3/4, C not a 
 chunk, M not a multiple of the token tile, fp32 and bf16 streams; a whole Decoder with
 kernels="pallas" equals kernels="xla"; selection; GPU (Triton) and TPU (Mosaic) lowering.
 Shapes and iteration counts are small: interpret mode compiles every kernel body into XLA."""
+import contextlib
 import dataclasses
 
 import jax
@@ -197,9 +198,17 @@ def test_kernels_lower_for_gpu_and_tpu(target, platform):
     def sinkhorn(x):
         return jnp.sum(kernels.sinkhorn(x, 20, block_m=128, target=target))
 
-    jax.jit(jax.grad(site, argnums=(0, 1))).trace(params, streams).lower(
-        lowering_platforms=(platform,))
-    jax.jit(jax.grad(sinkhorn)).trace(jnp.ones((256, n, n))).lower(lowering_platforms=(platform,))
+    # the Triton lowering reads the target GPU's compute capability from the device; without a
+    # GPU, an abstract mesh names one (Hopper); Mosaic TPU needs no device
+    device = {"cuda": jax.sharding.AbstractDevice("NVIDIA H100", None, "gpu")}.get(platform)
+    logits = jnp.ones((256, n, n))  # made outside: no op may run eagerly under the mesh
+    with contextlib.ExitStack() as stack:
+        if device is not None:
+            stack.enter_context(jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
+                (1,), ("x",), (jax.sharding.AxisType.Explicit,), abstract_device=device)))
+        jax.jit(jax.grad(site, argnums=(0, 1))).trace(params, streams).lower(
+            lowering_platforms=(platform,))
+        jax.jit(jax.grad(sinkhorn)).trace(logits).lower(lowering_platforms=(platform,))
 
 
 def test_kernel_benchmark_exits_cleanly_on_cpu(capsys):
