@@ -27,7 +27,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from mhc import manifolds
-from mhc.maps import BRANCH_OUT, KERNELS, MAP_NAMES, Maps
+from mhc.maps import BRANCH_OUT, KERNELS, MAP_NAMES, MAY_FUSE, Maps
 
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
 COLLAPSE = ("sum", "mean")
@@ -411,7 +411,7 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     if streams_xNxC.ndim < 2 or streams_xNxC.shape[-2:] != (spec.n_streams, spec.width):
         raise ValueError(f"streams shape {tuple(streams_xNxC.shape)}; expected "
                          f"[..., n_streams={spec.n_streams}, width={spec.width}]")
-    if spec.kernels in ("auto", "pallas") and spec.kind == "mhc":
+    if spec.kernels in MAY_FUSE and spec.kind == "mhc":
         from mhc import kernels  # Pallas is imported only when a site may use it
         if kernels.use_fused(spec):
             return kernels.apply_site(params, streams_xNxC, branch, spec)

@@ -19,6 +19,7 @@ BRANCH_OUT = "branch_out"  # name of F's output, kept by the "mhc" remat policy
 #   reference  the same math as plain einsums + autodiff: the formulation the fast paths are
 #              tested against (a spec value, so it is part of every jit cache key)
 KERNELS = ("auto", "xla", "pallas", "reference")
+MAY_FUSE = ("auto", "pallas")  # the values under which a site may take the fused kernels
 
 
 class Maps(NamedTuple):

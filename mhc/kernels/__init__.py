@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 
-from mhc.maps import BRANCH_OUT, KERNELS, Maps
+from mhc.maps import BRANCH_OUT, KERNELS, MAY_FUSE, Maps
 from mhc.kernels.fused_site import Static, chunk_width, fused_input, fused_output
 from mhc.kernels.sinkhorn_kernel import TARGETS, call_options, default_target, sinkhorn
 
@@ -62,7 +62,7 @@ def use_fused(spec) -> bool:
     """Whether `mhc.connections.apply_site` routes this site to the fused kernels (at trace
     time). "auto" also stays on XLA under a multi-device mesh (`jax.set_mesh`): the kernels are
     not wrapped in shard_map yet, and XLA would gather their operands around the custom call."""
-    if not fusable(spec) or spec.kernels not in ("auto", "pallas"):
+    if not fusable(spec) or spec.kernels not in MAY_FUSE:
         return False
     return spec.kernels == "pallas" or (pallas_selected("auto") and not _sharded())
 
