@@ -1,10 +1,17 @@
-"""Stability study: residual vs HC vs mHC trained on the same data, seed and schedule.
+"""Stability study: residual vs HC vs mHC trained on the same data order and schedule, 3 seeds.
 
-Writes, under --out: one run directory per kind (config.json, metrics.jsonl, checkpoint), a
-figure `stability.png` (loss, grad norm, composite Amax gain over training, and the composite
-gain per layer at the end) and `summary.md` / `summary.json` with the paper's numbers beside ours.
+Writes, under --out: one run directory per kind and seed, `<kind>-s<seed>` (config.json,
+provenance.json, metrics.jsonl, final checkpoint - not committed), a figure `stability.png` (loss,
+grad norm, composite Amax gain over training, and the composite gain per site at the end; seed 0
+drawn full, the others faint) and `summary.md` / `summary.json`: mean ± std over seeds beside the
+paper's numbers. The same seed gives every kind the same data order, so kinds pair by seed.
 
-    python experiments/stability.py                      # small recipe, ~25 min on 2 CPU cores
+The small scale trains the connections in the study regime (`experiments.common.STUDY_REGIME`,
+where H_res leaves its initialisation) with gradient clipping off, so that a gradient surge is
+measured rather than clipped away.
+
+    python experiments/stability.py                      # small recipe, 9 runs, ~1.5 h on 2 cores
+    python experiments/stability.py --seeds 0            # one seed per kind (~30 min)
     python experiments/stability.py --smoke              # seconds: wiring check used by the tests
     python experiments/stability.py steps=1000 lr=6e-3   # any config override as key=value
     python experiments/stability.py --scale paper mesh=fsdp=64,expert=8   # 27B on hardware
@@ -14,7 +21,6 @@ A finished run of the same config is reused, so re-running only redraws the figu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -26,9 +32,12 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from experiments.common import (SMOKE_OVERRIDES, h_res_movement, make_config,  # noqa: E402
-                                provenance, train_or_reuse)
+                                STUDY_REGIME, mean_spread, provenance,
+                                regime_overrides, train_or_reuse, write_json,
+                                write_report)
 
 KINDS = ("residual", "hc", "mhc")
+SEEDS = (0, 1, 2)  # the verdict rule needs 3 seeds
 PAPER = {  # 27B model, arXiv 2512.24880 Figs. 3 and 7
     "hc": "composite Amax gain peaks near 3000",
     "mhc": "composite Amax gain at most about 1.6",
@@ -36,36 +45,62 @@ PAPER = {  # 27B model, arXiv 2512.24880 Figs. 3 and 7
 }
 
 
-def run_all(recipe: str, kinds, steps, overrides, out_dir, *, verbose=True) -> dict:
-    """Metrics rows per kind, trained into `out_dir/<kind>` (a finished run of the same config
-    is reused, so the paper_repro figures built on this study train it once)."""
-    results = {}
-    for kind in kinds:
-        cfg = make_config(recipe, [f"residual={kind}", *([f"steps={steps}"] if steps else []),
-                                   *overrides])
-        results[kind] = train_or_reuse(cfg, os.path.join(out_dir, kind), verbose=verbose,
-                                       label=kind)
+def run_dir(out_dir: str, kind: str, seed: int) -> str:
+    return os.path.join(out_dir, f"{kind}-s{seed}")
+
+
+def kind_overrides(kind: str, overrides, regime: bool) -> list[str]:
+    """The overrides that train `kind`: its residual, the study regime's connection options
+    that apply to it (`regime`), then `overrides` (which win)."""
+    kind_ov = [f"residual={kind}"]
+    return [*kind_ov, *(regime_overrides(kind_ov) if regime else ()), *overrides]
+
+
+def run_all(recipe: str, kinds, seeds, overrides, out_dir, *, regime=True, verbose=True) -> dict:
+    """{kind: {seed: metrics rows}}, trained into `run_dir(out_dir, kind, seed)` (a finished
+    run of the same config is reused, so the paper_repro figures built on this study train it
+    once). Seeds go outermost, so an interrupted study has whole seeds of every kind."""
+    results = {kind: {} for kind in kinds}
+    for seed in seeds:
+        for kind in kinds:
+            cfg = make_config(recipe, [*kind_overrides(kind, overrides, regime), f"seed={seed}"])
+            results[kind][seed] = train_or_reuse(cfg, run_dir(out_dir, kind, seed),
+                                                 verbose=verbose, label=f"{kind} seed {seed}")
     return results
 
 
+def run_dirs(out_dir: str, results: dict) -> list[str]:
+    return [run_dir(out_dir, kind, seed) for kind, by_seed in results.items() for seed in by_seed]
+
+
+def run_summary(rows: list[dict]) -> dict:
+    """The numbers of one run: final losses, max grad norm and Amax gains over every step."""
+    evals = [r for r in rows if "eval_loss" in r]
+    final = rows[-1]
+    return {
+        "final_loss": final["loss"],
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else math.nan,
+        "max_grad_norm": max(r["grad_norm"] for r in rows),
+        "final_composite_fwd": final["amax_fwd"],
+        "final_composite_bwd": final["amax_bwd"],
+        "max_composite_fwd": max(r["amax_fwd_max"] for r in rows),
+        "max_composite_bwd": max(r["amax_bwd_max"] for r in rows),
+        "max_layer_fwd": max(r["layer_amax_fwd_max"] for r in rows),
+        "max_layer_bwd": max(r["layer_amax_bwd_max"] for r in rows),
+        "max_ds_col_err": max(r["ds_col_err_max"] for r in rows),
+        **h_res_movement(rows),
+    }
+
+
 def summarize(results: dict) -> dict:
+    """{kind: {quantity: [mean, std over seeds], "seeds": [...], "per_seed": {seed: run}}}."""
     summary = {}
-    for kind, rows in results.items():
-        final = rows[-1]
-        evals = [r for r in rows if "eval_loss" in r]
-        summary[kind] = {
-            "final_loss": final["loss"],
-            "final_eval_loss": evals[-1]["eval_loss"] if evals else math.nan,
-            "max_grad_norm": max(r["grad_norm"] for r in rows),
-            "final_composite_fwd": final["amax_fwd"],
-            "final_composite_bwd": final["amax_bwd"],
-            "max_composite_fwd": max(r["amax_fwd_max"] for r in rows),
-            "max_composite_bwd": max(r["amax_bwd_max"] for r in rows),
-            "max_layer_fwd": max(r["layer_amax_fwd_max"] for r in rows),
-            "max_layer_bwd": max(r["layer_amax_bwd_max"] for r in rows),
-            "max_ds_col_err": max(r["ds_col_err_max"] for r in rows),
-            **h_res_movement(rows),
-        }
+    for kind, by_seed in results.items():
+        per_seed = {seed: run_summary(rows) for seed, rows in by_seed.items()}
+        keys = next(iter(per_seed.values())).keys()
+        summary[kind] = {key: list(mean_spread(run[key] for run in per_seed.values()))
+                         for key in keys}
+        summary[kind].update(seeds=sorted(per_seed), per_seed=per_seed)
     return summary
 
 
@@ -76,20 +111,26 @@ def plot(results: dict, path: str):
 
     fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
     colors = {"residual": "tab:gray", "hc": "tab:red", "mhc": "tab:blue", "mhc_lite": "tab:green"}
-    for kind, rows in results.items():
-        steps = [r["step"] for r in rows]
+    for kind, by_seed in results.items():
         c = colors.get(kind)
-        axes[0].plot(steps, [r["loss"] for r in rows], color=c, label=kind, lw=1)
-        axes[1].plot(steps, [r["grad_norm"] for r in rows], color=c, label=kind, lw=1)
-        axes[2].plot(steps, [r["amax_fwd_max"] for r in rows], color=c, label=f"{kind} fwd")
-        axes[2].plot(steps, [r["amax_bwd_max"] for r in rows], color=c, ls="--",
-                     label=f"{kind} bwd")
-        last = [r for r in rows if "layers" in r][-1]["layers"]
-        sites = np.arange(1, len(last["composite_fwd"]) + 1)
-        axes[3].plot(sites, last["composite_fwd"], color=c, marker="o", ms=3, label=f"{kind} fwd")
-        axes[3].plot(sites, last["composite_bwd"], color=c, ls="--", label=f"{kind} bwd")
+        for i, (seed, rows) in enumerate(sorted(by_seed.items())):
+            steps = [r["step"] for r in rows]
+            style = dict(color=c, lw=1, alpha=1.0 if i == 0 else 0.3)
+            tag = (lambda text: f"{text}, seed {seed}") if i == 0 else (lambda text: None)
+            axes[0].plot(steps, [r["loss"] for r in rows], label=tag(kind), **style)
+            axes[1].plot(steps, [r["grad_norm"] for r in rows], label=tag(kind), **style)
+            axes[2].plot(steps, [r["amax_fwd_max"] for r in rows], label=tag(f"{kind} fwd"),
+                         **style)
+            axes[2].plot(steps, [r["amax_bwd_max"] for r in rows], ls="--",
+                         label=tag(f"{kind} bwd"), **style)
+            last = [r for r in rows if "layers" in r][-1]["layers"]
+            sites = np.arange(1, len(last["composite_fwd"]) + 1)
+            axes[3].plot(sites, last["composite_fwd"], marker="o", ms=3,
+                         label=tag(f"{kind} fwd"), **style)
+            axes[3].plot(sites, last["composite_bwd"], ls="--", label=tag(f"{kind} bwd"),
+                         **style)
     axes[0].set(title="training loss", xlabel="step", ylabel="cross-entropy (nats/byte)")
-    axes[1].set(title="gradient norm (before clipping)", xlabel="step", yscale="log")
+    axes[1].set(title="gradient norm (clipping off)", xlabel="step", yscale="log")
     axes[2].set(title="max composite Amax gain over depth", xlabel="step", yscale="log")
     axes[3].set(title="composite Amax gain per site (end)", xlabel="site (2 per block)",
                 yscale="log")
@@ -101,33 +142,41 @@ def plot(results: dict, path: str):
     plt.close(fig)
 
 
+COLUMNS = (  # (header, quantity, format) of the summary table; each cell is mean ± std
+    ("final loss", "final_loss", ".3f"), ("final eval", "final_eval_loss", ".3f"),
+    ("max grad norm", "max_grad_norm", ".3g"),
+    ("max composite fwd", "max_composite_fwd", ".3g"),
+    ("max composite bwd", "max_composite_bwd", ".3g"),
+    ("max single-site fwd", "max_layer_fwd", ".3g"), ("max single-site bwd", "max_layer_bwd", ".3g"),
+    ("max DS column error", "max_ds_col_err", ".2g"),
+    ("H_res off-diagonal mass start", "offdiag_start", ".3f"),
+    ("end", "offdiag_end", ".3f"), ("H_res distance from init (end)", "dist_init_end", ".3f"))
+
+
 def write_summary(summary: dict, meta: dict, path_md: str, path_json: str):
-    with open(path_json, "w") as f:
-        json.dump({"meta": meta, "summary": summary}, f, indent=2)
+    write_json(path_json, {"meta": meta, "summary": summary})
+    seeds = sorted({s for k in summary.values() for s in k["seeds"]})
     lines = [f"# Stability: {', '.join(summary)} ({meta['recipe']}, {meta['steps']} steps, "
-             f"overrides: {' '.join(meta['overrides']) or 'none'})", "",
+             f"seeds {', '.join(map(str, seeds))})", "",
              f"`{meta['command']}` on {meta['date']}, commit {meta['commit']}, {meta['device']}; "
-             f"runs trained at commits {meta['runs_commits']}.", "",
-             "| kind | final loss | final eval | max grad norm | composite gain fwd / bwd (end) "
-             "| max composite fwd / bwd | max single-layer fwd / bwd | H_res off-diagonal mass "
-             "start → end | H_res distance from init (end) | paper (27B) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"runs trained at commits {meta['runs_commits']}. Overrides (every kind): "
+             f"`{' '.join(meta['overrides']) or 'none'}`; connection regime: "
+             f"`{' '.join(meta['regime']) or 'none'}`.", "",
+             "Each cell: mean ± std over the seeds; maxima are over every logged step.", "",
+             "| kind | seeds | " + " | ".join(h for h, _, _ in COLUMNS) + " | paper (27B) |",
+             "|---|---|" + "---|" * len(COLUMNS) + "---|"]
     for kind, s in summary.items():
-        lines.append(
-            f"| {kind} | {s['final_loss']:.3f} | {s['final_eval_loss']:.3f} | "
-            f"{s['max_grad_norm']:.2f} | {s['final_composite_fwd']:.3g} / "
-            f"{s['final_composite_bwd']:.3g} | {s['max_composite_fwd']:.3g} / "
-            f"{s['max_composite_bwd']:.3g} | {s['max_layer_fwd']:.3g} / {s['max_layer_bwd']:.3g} "
-            f"| {s['offdiag_start']:.3f} → {s['offdiag_end']:.3f} | {s['dist_init_end']:.3f} "
-            f"| {PAPER.get(kind, '')} |")
-    with open(path_md, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return "\n".join(lines)
+        cells = [f"{s[key][0]:{fmt}} ± {s[key][1]:{fmt}}" for _, key, fmt in COLUMNS]
+        lines.append(f"| {kind} | {len(s['seeds'])} | " + " | ".join(cells)
+                     + f" | {PAPER.get(kind, '')} |")
+    return write_report(path_md, lines)
 
 
 # The documented small scale (README): 12 blocks = 24 sites, C = 128, 300 steps on 2 CPU cores.
+# Clipping off: Fig. 2's gradient surge is what is measured, and a clip at 1 would hide it.
 SMALL = ("small", ("steps=300", "lr=4e-3", "warmup_steps=30", "eval_every=50", "log_every=25",
-                   "wandb=disabled"))
+                   "grad_clip=0", "nan_patience=301", "checkpoint=true", "checkpoint_every=300",
+                   "keep_last=1", "wandb=disabled"))
 PAPER_SCALE = ("27b", ("wandb=disabled",))  # Table 5's 27B; add mesh=... for the hardware
 
 
@@ -144,9 +193,31 @@ def add_scale_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--scale", choices=("small", "paper"), default="small",
                    help="small: CPU minutes (default); paper: the 27B recipe (pass mesh=...)")
     p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--seeds", default=None,
+                   help=f"comma list (default {','.join(map(str, SEEDS))}; --smoke: 0)")
     p.add_argument("--out", default=out)
     p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps (wiring check)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def parse_seeds(text, smoke: bool) -> list[int]:
+    if text is None:
+        return [0] if smoke else list(SEEDS)
+    try:
+        seeds = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise SystemExit(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2")
+    if not seeds or min(seeds) < 0:
+        raise SystemExit(f"--seeds {text!r}: expected non-negative integers, e.g. 0,1,2")
+    return seeds
+
+
+def parse_kinds(text) -> list[str]:
+    kinds = [k for k in text.split(",") if k]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise SystemExit(f"--kinds {text!r}: expected a comma list of {', '.join(KINDS)}")
+    return kinds
 
 
 def main(argv=None) -> int:
@@ -154,17 +225,17 @@ def main(argv=None) -> int:
     add_scale_args(p, "experiments/results/stability")
     args = p.parse_args(argv)
     recipe, overrides = scale_setup(args.scale, args.smoke, args.overrides)
-    kinds = [k for k in args.kinds.split(",") if k]
+    kinds, seeds = parse_kinds(args.kinds), parse_seeds(args.seeds, args.smoke)
     os.makedirs(args.out, exist_ok=True)
-    results = run_all(recipe, kinds, None, overrides, args.out, verbose=not args.smoke)
+    results = run_all(recipe, kinds, seeds, overrides, args.out, verbose=not args.smoke)
     summary = summarize(results)
     plot(results, os.path.join(args.out, "stability.png"))
-    meta = {**provenance([os.path.join(args.out, k) for k in kinds]), "recipe": recipe,
-            "steps": results[kinds[0]][-1]["step"], "overrides": overrides,
+    meta = {**provenance(run_dirs(args.out, results)), "recipe": recipe,
+            "steps": results[kinds[0]][seeds[0]][-1]["step"], "overrides": overrides,
+            "regime": list(STUDY_REGIME), "seeds": seeds,
             "command": " ".join(["python", "experiments/stability.py", *(argv or sys.argv[1:])])}
-    table = write_summary(summary, meta, os.path.join(args.out, "summary.md"),
-                          os.path.join(args.out, "summary.json"))
-    print(table)
+    write_summary(summary, meta, os.path.join(args.out, "summary.md"),
+                  os.path.join(args.out, "summary.json"))
     return 0
 
 
