@@ -13,7 +13,10 @@ with ℓ(η) the final eval loss at learning rate η, ℓ₀ the loss at initial
 step's), ℓ* = min_η ℓ(η), and E over the geometric LR grid (equal weight per point, i.e.
 log-uniform). Diverged runs therefore count as ℓ₀. It is computed per seed; the table gives
 mean ± std over seeds. The largest stable LR is the largest grid point at or below which no
-seed diverged (a run diverges when a step is non-finite or its final loss is above ℓ₀).
+seed diverged. A run diverges when a step is non-finite, or when its final eval loss or its final
+training loss (mean of the last 10 % of steps) is not at least LEARNED nats below ℓ₀: a run that
+ends at ℓ₀ ≈ ln 256, the uniform prediction, has lost everything it learned (HC at 30 blocks
+and LR ≥ 0.1 ends at 5.545 = ln 256, a hair below ℓ₀ = 5.56, and is not a stable run).
 
 Runs train in `--runs` (default runs/lr_sensitivity, not committed; interrupted runs resume
 from their last checkpoint, finished ones are reused); each finished run is also written,
@@ -101,6 +104,9 @@ def load(records_dir: str, jobs) -> tuple[dict, list[dict], list[str]]:
     return metrics, read, missing
 
 
+LEARNED = 0.1  # nats a run must end below its initial loss to count as not diverged
+
+
 def run_metrics(record: dict) -> dict:
     """Per-run numbers of the tables, from a compact record."""
     rows = record["rows"]
@@ -109,7 +115,8 @@ def run_metrics(record: dict) -> dict:
     final = evals[-1] if evals else math.nan
     tail = float(np.mean([r["loss"] for r in rows[-max(1, len(rows) // 10):]]))
     diverged = bool(record["events"]["nonfinite"] or any(r.get("skipped") for r in rows)
-                    or not math.isfinite(final) or not math.isfinite(tail) or tail > initial)
+                    or not math.isfinite(final) or not math.isfinite(tail)
+                    or max(tail, final) > initial - LEARNED)
     peak = lambda k: max((r[k] for r in rows if k in r and math.isfinite(r[k])),  # noqa: E731
                          default=math.nan)
     return {"initial_loss": initial, "eval_loss": final, "diverged": diverged,

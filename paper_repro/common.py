@@ -26,7 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from experiments.common import provenance  # noqa: E402
+from experiments.common import provenance, runs_commits  # noqa: E402
 
 RESULTS = os.path.join(REPO, "paper_repro", "results")
 
@@ -122,15 +122,17 @@ def md_cell(value) -> str:
 
 
 def write(name: str, title: str, rows: list[Row], out_dir: str, command: str,
-          notes: str = "", run_dirs=()) -> str:
-    """Write `<out_dir>/<name>.md` and `.csv`; returns the Markdown text. `run_dirs`: the
-    training runs the table read (their count and training commits go in the header)."""
+          notes: str = "", run_dirs=(), records=()) -> str:
+    """Write `<out_dir>/<name>.md` and `.csv`; returns the Markdown text. `run_dirs` and
+    `records` (compact run records): the training runs the table read (their count and
+    training commits go in the header)."""
     for r in rows:
         verdict_word(r.agrees)  # every verdict comes from the rule's helpers (or is n/a)
     os.makedirs(out_dir, exist_ok=True)
-    meta = provenance(run_dirs)
-    runs = (f"Runs read: {len(run_dirs)}, trained at commits: {meta['runs_commits']}."
-            if run_dirs else "Runs read: none.")
+    meta = provenance()
+    n_runs = len(run_dirs) + len(records)
+    runs = (f"Runs read: {n_runs}, trained at commits: {runs_commits(run_dirs, records)}."
+            if n_runs else "Runs read: none.")
     lines = [f"# {title}", "",
              f"Produced by `{command}` on {meta['date']}, commit {meta['commit']}, "
              f"{meta['device']}. {runs}", "",
@@ -182,7 +184,8 @@ def stability_parser(doc: str) -> argparse.ArgumentParser:
 
 
 def stability_results(args, kinds=None) -> tuple[dict, str]:
-    """({kind: metrics rows}, runs directory) of the stability study at `args.scale`."""
+    """({kind: {seed: metrics rows}}, runs directory) of the stability study at `args.scale`,
+    for the seeds of `args.seeds` (the study's default: 3; --smoke: 1)."""
     from experiments import stability
     # smoke runs keep their (tiny) final checkpoint so Fig. 8 reuses the same runs
     extra = ["checkpoint=true"] if args.smoke else []
@@ -190,12 +193,14 @@ def stability_results(args, kinds=None) -> tuple[dict, str]:
     default = "stability" if args.scale == "small" else f"stability_{args.scale}"
     runs = args.runs or (os.path.join(args.out, "runs") if args.smoke else
                          os.path.join(REPO, "experiments", "results", default))
-    kinds = kinds or [k for k in args.kinds.split(",") if k]
+    kinds = kinds or stability.parse_kinds(args.kinds)
+    seeds = stability.parse_seeds(args.seeds, args.smoke)
     if args.no_train:
         from experiments.common import make_config  # the config stability.run_all trains
-        return {kind: logged_rows(make_config(recipe, [f"residual={kind}", *overrides]),
-                                  os.path.join(runs, kind)) for kind in kinds}, runs
-    return stability.run_all(recipe, kinds, None, overrides, runs, verbose=not args.smoke), runs
+        return {kind: {seed: logged_rows(
+            make_config(recipe, [*stability.kind_overrides(kind, overrides, True), f"seed={seed}"]),
+            stability.run_dir(runs, kind, seed)) for seed in seeds} for kind in kinds}, runs
+    return stability.run_all(recipe, kinds, seeds, overrides, runs, verbose=not args.smoke), runs
 
 
 def logged_rows(cfg, run_dir: str) -> list[dict]:
@@ -210,8 +215,22 @@ def logged_rows(cfg, run_dir: str) -> list[dict]:
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
 
 
-def stability_run_dirs(runs: str, kinds) -> list[str]:
-    return [os.path.join(runs, kind) for kind in kinds]
+def stability_run_dirs(runs: str, results: dict) -> list[str]:
+    """The run directories behind {kind: {seed: rows}}."""
+    from experiments import stability
+    return stability.run_dirs(runs, results)
+
+
+def per_seed(results: dict, fn) -> list[float]:
+    """[fn(rows of seed s, for each kind)] over the seeds every kind has, in seed order: the
+    paired per-seed values a verdict needs. `fn` gets {kind: rows}."""
+    seeds = sorted(set.intersection(*(set(by_seed) for by_seed in results.values())))
+    return [fn({kind: by_seed[seed] for kind, by_seed in results.items()}) for seed in seeds]
+
+
+def values_cell(values, fmt: str = "+.4f") -> str:
+    """Per-seed values and their number, e.g. "+0.012, -0.003, +0.020 (3 seeds)"."""
+    return ", ".join(f"{v:{fmt}}" for v in values) + f" ({seeds_note(len(values))})"
 
 
 def smooth(values, window: int = 10):

@@ -29,60 +29,80 @@ def spikes(run_dir: str) -> list[int]:
     return [r["step"] for r in rows if r.get("event") == "loss_spike"]
 
 
+def seed_numbers(hc: list[dict], mhc: list[dict], hc_dir: str, mhc_dir: str) -> dict:
+    """The per-seed quantities of the table, from one seed's HC and mHC runs."""
+    gap = np.array([a["loss"] - b["loss"] for a, b in zip(hc, mhc)])
+    window, tail, half = max(1, gap.size // 20), max(1, gap.size // 10), gap.size // 2
+    g_hc, g_mhc = (np.array([r["grad_norm"] for r in rows]) for rows in (hc, mhc))
+    smoothed = common.smooth(gap, window)
+    return {"steps": [r["step"] for r in hc], "gap": gap, "smoothed": smoothed,
+            "g_hc": g_hc, "g_mhc": g_mhc,
+            "spikes": (len(spikes(hc_dir)), len(spikes(mhc_dir))),
+            "train_gap": float(gap[-tail:].mean()),
+            "eval_gap": final_metrics(hc)["eval_loss"] - final_metrics(mhc)["eval_loss"],
+            "max_gap": float(smoothed.max()), "max_gap_step": hc[int(np.argmax(smoothed))]["step"],
+            "grad_max_ratio": float(g_hc.max() / g_mhc.max()),
+            "grad_median_ratio": float(np.median(g_hc[half:]) / np.median(g_mhc[half:]))}
+
+
 def main(argv=None) -> int:
+    from experiments import stability
     args = common.stability_parser(__doc__).parse_args(argv)
     results, runs = common.stability_results(args, ["hc", "mhc"])
-    hc, mhc = results["hc"], results["mhc"]
-    steps = [r["step"] for r in hc]
-    gap = np.array([a["loss"] - b["loss"] for a, b in zip(hc, mhc)])
-    window = max(1, len(gap) // 20)
-    g_hc, g_mhc = np.array([r["grad_norm"] for r in hc]), np.array([r["grad_norm"] for r in mhc])
+    seeds = sorted(set(results["hc"]) & set(results["mhc"]))
+    per = [seed_numbers(results["hc"][s], results["mhc"][s], stability.run_dir(runs, "hc", s),
+                        stability.run_dir(runs, "mhc", s)) for s in seeds]
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_a.plot(steps, gap, color="tab:red", alpha=0.3, lw=0.8)
-    ax_a.plot(steps, common.smooth(gap, window), color="tab:red", label="HC - mHC (smoothed)")
+    for i, (seed, m) in enumerate(zip(seeds, per)):
+        alpha, tag = (1.0, f", seed {seed}") if i == 0 else (0.35, None)
+        ax_a.plot(m["steps"], m["smoothed"], color="tab:red", alpha=alpha,
+                  label=tag and f"HC - mHC (smoothed){tag}")
+        ax_b.plot(m["steps"], m["g_hc"], color="tab:red", lw=0.8, alpha=alpha,
+                  label=tag and f"HC{tag}")
+        ax_b.plot(m["steps"], m["g_mhc"], color="tab:blue", lw=0.8, alpha=alpha,
+                  label=tag and f"mHC{tag}")
     ax_a.axhline(0, color="k", lw=0.6)
-    ax_a.set(title="(a) training loss gap, HC relative to mHC", xlabel="step",
-             ylabel="loss difference (nats/token)")
-    ax_b.plot(steps, g_hc, color="tab:red", lw=0.8, label="HC")
-    ax_b.plot(steps, g_mhc, color="tab:blue", lw=0.8, label="mHC")
-    ax_b.set(title="(b) gradient norm (before clipping)", xlabel="step", yscale="log")
+    ax_a.set(title=f"(a) training loss gap, HC relative to mHC ({len(seeds)} seeds)",
+             xlabel="step", ylabel="loss difference (nats/token)")
+    ax_b.set(title="(b) gradient norm", xlabel="step", yscale="log")
     for ax in (ax_a, ax_b):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     common.savefig(fig, os.path.join(args.out, "fig2_hc_instability.png"))
 
-    half = len(steps) // 2
-    tail = max(1, len(gap) // 10)
-    hc_spikes, mhc_spikes = spikes(os.path.join(runs, "hc")), spikes(os.path.join(runs, "mhc"))
-    ratio = float(np.median(g_hc[half:]) / np.median(g_mhc[half:]))
-    eval_gap = final_metrics(hc)["eval_loss"] - final_metrics(mhc)["eval_loss"]
-    one = common.seeds_note(1)  # the stability study trains one seed per kind
+    cell = common.values_cell
+    spike_text = ", ".join(f"{h} vs {m}" for h, m in (p["spikes"] for p in per))
     rows = [
-        common.Row("HC loss surge during training (loss-spike events, HC minus mHC)",
+        common.Row("HC loss surge during training (loss-spike events, HC minus mHC, per seed)",
                    "HC's loss surges near step 12k of 50k (27B)",
-                   f"HC {len(hc_spikes)} {hc_spikes[:5]}, mHC {len(mhc_spikes)}; {one}",
-                   common.seeded_verdict([len(hc_spikes) - len(mhc_spikes)], +1)),
+                   f"HC vs mHC events {spike_text} ({common.seeds_note(len(per))})",
+                   common.seeded_verdict([h - m for h, m in (p["spikes"] for p in per)], +1)),
         common.Row("loss gap HC - mHC at the end (train: mean of last 10 % of steps; eval: "
-                   "final)", "positive after the surge (HC worse)",
-                   f"train {gap[-tail:].mean():+.4f}, eval {eval_gap:+.4f}; {one}",
-                   common.all_of({"train": common.seeded_verdict([gap[-tail:].mean()], +1),
-                                  "eval": common.seeded_verdict([eval_gap], +1)})),
-        common.Row("largest smoothed gap HC - mHC", "a surge (plot)",
-                   f"{common.smooth(gap, window).max():+.4f} at step "
-                   f"{steps[int(np.argmax(common.smooth(gap, window)))]}", "n/a"),
-        common.Row("grad norm: largest HC / largest mHC (claim: above 2); median ratio over "
-                   "the second half", "HC spikes with the loss surge",
-                   f"{g_hc.max() / g_mhc.max():.2f} (max HC {g_hc.max():.2f}, max mHC "
-                   f"{g_mhc.max():.2f}); median {ratio:.2f}; {one}",
-                   common.seeded_verdict([g_hc.max() / g_mhc.max() - 2], +1)),
+                   "final), per seed", "positive after the surge (HC worse)",
+                   f"train {cell([p['train_gap'] for p in per])}; eval "
+                   f"{cell([p['eval_gap'] for p in per])}",
+                   common.all_of({
+                       "train": common.seeded_verdict([p["train_gap"] for p in per], +1),
+                       "eval": common.seeded_verdict([p["eval_gap"] for p in per], +1)})),
+        common.Row("largest smoothed gap HC - mHC (step), per seed", "a surge (plot)",
+                   "; ".join(f"{p['max_gap']:+.4f} ({p['max_gap_step']})" for p in per), "n/a"),
+        common.Row("grad norm: largest HC / largest mHC, per seed (claim: above 2); median "
+                   "ratio over the second half", "HC spikes with the loss surge",
+                   f"{cell([p['grad_max_ratio'] for p in per], '.2f')}; median "
+                   f"{cell([p['grad_median_ratio'] for p in per], '.2f')}",
+                   common.seeded_verdict([p["grad_max_ratio"] - 2 for p in per], +1)),
     ]
-    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}` ({len(steps)} steps, one seed). The "
-             "paper's surge is a 27B, 50k-step event; a small model over a few hundred steps may "
-             "not show it, and the table says so rather than reading a surge into noise.")
+    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}` ({len(per[0]['steps'])} steps, seeds "
+             f"{', '.join(map(str, seeds))}, paired by seed: the same seed gives both kinds the "
+             "same data order; gradient clipping off). The paper's surge is a 27B, 50k-step "
+             "event; a small model over a few hundred steps may not show it, and the table says "
+             "so rather than reading a surge into noise. The long deep run "
+             "(`experiments/long_run.py`) and the LR-sensitivity proxy (`lr_proxy.md`) push "
+             "further.")
     text = common.write("fig2_hc_instability", "Fig. 2: HC instability (loss gap and grad norm)",
                         rows, args.out, common.command_line("fig2_hc_instability.py", argv),
                         notes, common.stability_run_dirs(runs, results))

@@ -3,7 +3,7 @@
 Paper (27B models, arXiv 2512.24880 Table 4): mHC beats the baseline on all eight
 benchmarks and HC on seven (not MATH). The benchmarks are not bundled (users bring the data, nothing
 is downloaded): by default this scores the stability study's checkpoints (small recipe, 300 steps,
-byte-level KJV Bible models; experiments/stability.py) on the tiny hand-written fixture tasks in
+byte-level KJV Bible models; seed 0 of experiments/stability.py) on the tiny hand-written fixture tasks in
 tests/fixtures/eval, so every benchmark row says "not bundled" and its verdict is "n/a".
 
     python paper_repro/table4_downstream.py                  # stability checkpoints x fixtures
@@ -85,7 +85,8 @@ def _finished(run_dir: str) -> bool:
 def default_runs(kinds, verbose: bool) -> dict:
     """The stability study's checkpoints when all of them are finished (so the three columns
     compare like with like), else tiny-recipe runs trained once into runs/table4/KIND."""
-    stability = {kind: os.path.join(STABILITY, kind) for kind in kinds}
+    from experiments.stability import run_dir
+    stability = {kind: run_dir(STABILITY, kind, 0) for kind in kinds}  # seed 0 of each kind
     if all(_finished(d) for d in stability.values()):
         return stability
     if verbose:

@@ -18,15 +18,34 @@ def _load(relative_path):
 
 def test_stability_smoke(tmp_path, capsys):
     stability = _load("experiments/stability.py")
-    assert stability.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert stability.main(["--smoke", "--out", str(tmp_path), "--seeds", "0,1"]) == 0
     for name in ("stability.png", "summary.md", "summary.json"):
         assert (tmp_path / name).stat().st_size > 0, name
+    for kind in ("residual", "hc", "mhc"):
+        for seed in (0, 1):
+            assert (tmp_path / f"{kind}-s{seed}" / "metrics.jsonl").is_file()
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
     assert set(summary) == {"residual", "hc", "mhc"}
-    assert abs(summary["mhc"]["final_composite_fwd"] - 1.0) < 1e-4
+    assert summary["mhc"]["seeds"] == [0, 1]
+    mean, std = summary["mhc"]["final_composite_fwd"]  # mean and std over the seeds
+    assert abs(mean - 1.0) < 1e-4 and std < 1e-4
+    per_seed = summary["hc"]["per_seed"]
+    assert per_seed["0"]["final_loss"] != per_seed["1"]["final_loss"]  # seeds differ
+    assert summary["hc"]["final_loss"][0] == pytest.approx(
+        (per_seed["0"]["final_loss"] + per_seed["1"]["final_loss"]) / 2)
     table = (tmp_path / "summary.md").read_text()
     assert "| hc |" in table and "3000" in table  # the paper's number stands beside ours
     assert "| mhc |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,match", [(["--seeds", "0,x"], "--seeds '0,x': expected"),
+                                        (["--seeds", "-1"], "non-negative"),
+                                        (["--kinds", "hc,foo"], "--kinds 'hc,foo': expected")])
+def test_stability_bad_arguments_exit_in_one_line(tmp_path, args, match):
+    stability = _load("experiments/stability.py")
+    with pytest.raises(SystemExit, match=match):
+        stability.main(["--smoke", "--out", str(tmp_path), *args])
+    assert not any(tmp_path.iterdir())  # nothing trained or written
 
 
 def test_aot_plans_smoke(tmp_path):
@@ -65,10 +84,11 @@ def test_paper_repro_stability_figures_smoke(tmp_path):
     # mHC's forward gain is exact at every depth, whatever the scale or seed (deterministic);
     # a bound seen in one run is inconclusive
     fig7 = (tmp_path / "fig7_mhc_amax.md").read_text()
-    assert "| composite forward gain (max) | about 1 | 1.000000 | yes (deterministic; " in fig7
+    assert ("| composite forward gain (max over steps and seeds) | about 1 | 1.000000 | yes "
+            "(deterministic; ") in fig7
     assert "| inconclusive (1 seed) |" in fig7 and "Runs read: 1, trained at commits: " in fig7
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
-    assert runs == ["hc", "mhc", "residual"]
+    assert runs == ["hc-s0", "mhc-s0", "residual-s0"]
     # the README is generated from these tables: one index row per item, missing ones marked
     readme = tmp_path / "README.md"
     collect = _load("paper_repro/collect.py")

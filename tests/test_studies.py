@@ -185,6 +185,10 @@ def test_lr_sensitivity_arithmetic():
     assert lrs.run_metrics(_record([5.5, 6.0, 7.0]))["diverged"]  # ends above the start
     assert lrs.run_metrics(_record([5.5, 3.0, 2.0], nonfinite=1))["diverged"]
     assert lrs.run_metrics(_record([5.5, 3.0, float("nan")]))["diverged"]
+    # back at the uniform prediction (just under the start) or an eval loss that blew up
+    assert lrs.run_metrics(_record([5.56, 3.0, 5.545]))["diverged"]
+    assert lrs.run_metrics(_record([5.5, 3.0, 2.6], evals=9.7))["diverged"]
+    assert not lrs.run_metrics(_record([5.5, 3.0, 5.3]))["diverged"]  # learned a little
     # Wortsman et al.: mean over the grid of min(loss, initial) - best; a diverged run = initial
     curve = {1e-3: ok, 1e-2: lrs.run_metrics(_record([5.5, 2.5, 1.5])),
              1e-1: lrs.run_metrics(_record([5.5, 9.0, 9.0]))}
