@@ -286,8 +286,7 @@ def compute_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) ->
         maps = Maps(*(m if name in spec.learned_maps else f
                       for name, m, f in zip(MAP_NAMES, maps, fixed)))
     # materialised (2N + N² floats per token): fused into the loops over the streams, XLA:CPU
-    # recomputes the maps for every element of C. One HC site fwd+bwd: 182 -> 104 ms (mHC and
-    # the full steps: benchmarks/README.md, rounds 2 and 3)
+    # recomputes the maps for every element of C (measured: benchmarks/README.md)
     return Maps(*jax.lax.optimization_barrier(tuple(maps)))
 
 
@@ -307,8 +306,8 @@ def initial_res(spec: ConnectionSpec) -> np.ndarray:
 # ------------------------------------------------------------------------------- applying
 # Forward: einsums (one pass each). Backward: custom VJPs written in the forms XLA:CPU runs near
 # memory speed. Its own transposes of these einsums are batched [N, C] x [C, N] matmuls per token
-# (slow), and broadcast-multiply-sums over C materialise [..., N, N, C]. Measured at 4096 tokens
-# x 4 x 512 (fwd+bwd of read + write, 2 cores): 65 ms as autodiff of the einsums, 47 ms here.
+# (slow), and broadcast-multiply-sums over C materialise [..., N, N, C] (the measurements:
+# benchmarks/README.md).
 # `reference=True` (a site with kernels="reference") uses the plain einsums and autodiff instead.
 _LANES = 16  # reductions over C run as [C / 16, 16]: XLA:CPU then accumulates full vectors
 
@@ -362,7 +361,7 @@ def _write_bwd(saved, g_xNxC):
     x32, f32, g = jax.lax.optimization_barrier(
         (x.astype(jnp.float32), f.astype(jnp.float32), g_xNxC.astype(jnp.float32)))
     # H_resᵀ g as one reduction over the stream axis i: a sum of N sliced products made XLA
-    # materialise every slice of g first (site fwd+bwd: HC 89 -> 68 ms, mHC 106 -> 82 ms)
+    # materialise every slice of g first (measured: benchmarks/README.md)
     d_x = jnp.sum(res[..., :, :, None] * g[..., :, None, :], axis=-3)
     d_f = jnp.sum(post[..., :, None] * g, axis=-2)  # H_postᵀ g (an einsum would transpose g)
     d_res = _rowdot(g[..., :, None, :], x32[..., None, :, :])  # g xᵀ per token
