@@ -13,7 +13,8 @@ import jax
 MAP_NAMES = ("pre", "post", "res")
 BRANCH_OUT = "branch_out"  # name of F's output, kept by the "mhc" remat policy
 # implementation of a site (`ConnectionSpec.kernels`; chosen in `mhc.kernels.use_fused`):
-#   auto       fused Pallas kernels where `mhc.kernels` says they run, the pure-JAX path otherwise
+#   auto       the fused kernels on the platforms of `mhc.kernels.AUTO_PALLAS`, else the pure-JAX
+#              path
 #   pallas     always the kernels (interpret mode on CPU)
 #   xla        always the pure-JAX path (custom VJPs in the forms XLA:CPU runs fast)
 #   reference  the same math as plain einsums + autodiff: the formulation the fast paths are

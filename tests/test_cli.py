@@ -199,6 +199,7 @@ def test_data_prepare_then_train_on_the_token_file(tmp_path, capsys):
     assert "has no metrics.jsonl" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_python_dash_m_entry_point():
     proc = subprocess.run([sys.executable, "-m", "mhc", "train", "--recipe", "nope"],
                           capture_output=True, text=True, timeout=120)
@@ -209,6 +210,7 @@ def test_python_dash_m_entry_point():
     assert proc.returncode == 0 and "sinkhorn" in proc.stdout and "tiny" in proc.stdout
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_compile_reduced_paper_recipe_for_64_simulated_devices():
     """AOT: the 3b recipe at 2 blocks, full width/vocab/batch, for a 64-device mesh, in a fresh
     process (the test process has 8 fake devices)."""
@@ -237,6 +239,7 @@ def test_compile_reduced_paper_recipe_for_64_simulated_devices():
         "mhc: error: residual='nope'; allowed: residual, hc")
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_train_on_a_mesh(tmp_path, capsys):
     """The same command on 8 fake devices: MLA + MoE recipe, experts split over `expert`."""
     run_dir = str(tmp_path / "mesh")

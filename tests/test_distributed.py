@@ -1,6 +1,8 @@
 """Two local processes joined by jax.distributed (2 CPU devices each) run a sharded training
 step together, and get the single-process losses."""
 import os
+
+import pytest
 import socket
 import subprocess
 import sys
@@ -24,6 +26,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_two_processes_run_a_sharded_step_together():
     port = _free_port()
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "distributed_worker.py"),

@@ -155,9 +155,11 @@ def test_selection_and_fallback():
     np.testing.assert_array_equal(a, b)
 
 
-def test_auto_uses_kernels_on_accelerators_but_not_under_a_mesh(monkeypatch):
+def test_auto_takes_the_kernels_only_where_measured_and_not_under_a_mesh(monkeypatch):
     spec = cx.ConnectionSpec(width=16, n_streams=2)
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert not kernels.use_fused(spec)  # no accelerator run has measured them ahead of XLA
+    monkeypatch.setattr(kernels, "AUTO_PALLAS", ("gpu",))  # as after a check that did
     assert kernels.use_fused(spec)
     mesh = jax.make_mesh((len(jax.devices()),), ("data",),
                          axis_types=(jax.sharding.AxisType.Auto,))

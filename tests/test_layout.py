@@ -81,3 +81,31 @@ def test_module_size_and_no_global_state(name):
     assert source.count("\n") <= MAX_LINES, f"{name}: {source.count(chr(10))} lines"
     rebinding = [n.lineno for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Global)]
     assert not rebinding, f"{name}: `global` at lines {rebinding}"
+
+
+def test_oldest_constraints_pin_the_floors_of_pyproject():
+    """.ci/run tests the oldest supported stack from .ci/constraints-oldest.txt: each pin there
+    must be the floor pyproject.toml states, or CI would test versions we do not claim."""
+    import re
+    import tomllib
+    repo = os.path.dirname(PACKAGE)
+    with open(os.path.join(repo, "pyproject.toml"), "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    floors = {}
+    for dep in deps:
+        m = re.fullmatch(r"([A-Za-z0-9_.-]+)\s*>=\s*([0-9.]+)\s*(,.*)?", dep)
+        if m:
+            floors[m.group(1).lower()] = m.group(2)
+    pins = {}
+    with open(os.path.join(repo, ".ci", "constraints-oldest.txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                name, version = line.split("==")
+                pins[name.strip().lower()] = version.strip()
+    assert {"jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain"} <= set(pins)
+    for name, version in pins.items():
+        floor = floors.get(name)
+        assert floor is not None, f"{name} is pinned but pyproject.toml states no floor"
+        assert tuple(map(int, version.split("."))) == tuple(map(int, floor.split("."))) or \
+            version == f"{floor}.0", f"{name}=={version} but pyproject.toml's floor is {floor}"

@@ -16,6 +16,7 @@ def _load(relative_path):
     return module
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_stability_smoke(tmp_path, capsys):
     stability = _load("experiments/stability.py")
     assert stability.main(["--smoke", "--out", str(tmp_path), "--seeds", "0,1"]) == 0
@@ -48,6 +49,7 @@ def test_stability_bad_arguments_exit_in_one_line(tmp_path, args, match):
     assert not any(tmp_path.iterdir())  # nothing trained or written
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_aot_plans_smoke(tmp_path):
     out = tmp_path / "plans.md"
     assert _load("benchmarks/aot_plans.py").main(["--smoke", "--out", str(out)]) == 0
@@ -55,6 +57,7 @@ def test_aot_plans_smoke(tmp_path):
     assert "| 3b | fsdp=4,expert=2 |" in text and "GiB" in text
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_step_time_smoke(tmp_path):
     out = tmp_path / "step_time.md"
     assert _load("benchmarks/step_time.py").main(["--smoke", "--out", str(out)]) == 0

@@ -110,6 +110,7 @@ def test_token_gap_and_moving_average():
 
 
 # ----------------------------------------------------------------------------------- end to end
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_ablations_and_table1_smoke(tmp_path):
     runs = str(tmp_path / "runs")
     assert ablations.main(["--smoke", "--axis", "manifold", "--out", str(tmp_path / "abl"),
@@ -138,6 +139,7 @@ def test_ablations_and_table1_smoke(tmp_path):
     assert len([d for d in os.listdir(runs) if d.startswith("residual-")]) == 1
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_scaling_and_fig6_smoke(tmp_path):
     runs = str(tmp_path / "runs")
     assert scaling.main(["--smoke", "--out", str(tmp_path / "sc"), "--runs", runs]) == 0
@@ -210,6 +212,7 @@ def test_regime_overrides_apply_only_where_they_mean_something():
     assert lite[0].startswith("res_offdiag_logit=") and lite != common.STUDY_REGIME
 
 
+@pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_lr_sensitivity_and_long_run_smoke(tmp_path):
     from experiments import long_run, lr_sensitivity
     out = tmp_path / "lrs"

@@ -7,7 +7,8 @@
                                              `mhc.connections.apply_site`
 
 Selection (`ConnectionSpec.kernels` / `ModelConfig.kernels`):
-  "auto"    Pallas on GPU/TPU (`jax.default_backend()` in ("gpu", "tpu")), pure JAX (XLA) on CPU
+  "auto"    Pallas on the platforms in AUTO_PALLAS (where the kernels were measured faster than
+            XLA; none yet), the pure-JAX (XLA) path everywhere else
   "pallas"  always Pallas; on CPU that is interpret mode (slow, for tests)
   "xla"     always the pure-JAX path
   "reference" the pure-JAX path as plain einsums + autodiff (what the fast paths are tested against)
@@ -30,7 +31,11 @@ from mhc.maps import BRANCH_OUT, KERNELS, MAY_FUSE, Maps
 from mhc.kernels.fused_site import Static, chunk_width, fused_input, fused_output
 from mhc.kernels.sinkhorn_kernel import TARGETS, call_options, default_target, sinkhorn
 
-ACCELERATORS = ("gpu", "tpu")
+# The platforms (`jax.default_backend()`) on which "auto" takes the kernels: only where
+# benchmarks/accelerator_check.py measured them ahead of the XLA path (benchmarks/README.md records
+# each run). No accelerator run has shown that yet, so "auto" is XLA everywhere; "pallas" forces
+# the kernels on any platform.
+AUTO_PALLAS: tuple[str, ...] = ()
 DEFAULT_BLOCK_M = 64
 
 
@@ -43,7 +48,7 @@ def check_kernels(kernels: str) -> str:
 def pallas_selected(kernels: str) -> bool:
     """Whether `kernels` means Pallas on the current default backend."""
     check_kernels(kernels)
-    return kernels == "pallas" or (kernels == "auto" and jax.default_backend() in ACCELERATORS)
+    return kernels == "pallas" or (kernels == "auto" and jax.default_backend() in AUTO_PALLAS)
 
 
 def fusable(spec) -> bool:
@@ -111,5 +116,5 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     return new, maps
 
 
-__all__ = ["KERNELS", "TARGETS", "apply_site", "call_options", "check_kernels", "default_target",
+__all__ = ["AUTO_PALLAS", "KERNELS", "TARGETS", "apply_site", "call_options", "check_kernels", "default_target",
            "fusable", "pallas_selected", "sinkhorn", "use_fused"]
