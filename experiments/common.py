@@ -209,11 +209,10 @@ def runs_commits(run_dirs=(), records=()) -> str:
 
 def write_json(path: str, obj) -> None:
     """Write `obj` as JSON, atomically (a reader - or a copy taken while a study runs - never
-    sees half a file)."""
+    sees half a file); NumPy scalars become floats."""
+    from mhc.rundir import write_json_atomic
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(f"{path}.tmp", "w") as f:
-        json.dump(obj, f, indent=2, default=float)
-    os.replace(f"{path}.tmp", path)
+    write_json_atomic(path, obj, default=float)
 
 
 # The "micro" config of the ablation, Table 1 and scaling studies (tiny recipe at width 64, 4 blocks,

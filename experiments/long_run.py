@@ -2,10 +2,11 @@
 
 30 blocks (the paper's 60 sites), a constant learning rate after warmup, clipping off, the same
 data order and seed for both kinds, 2000 steps; the composite Amax gain is logged every step
-and the per-site maps every 10 (the committed record keeps them every LAYER_EVERY steps). The paper (arXiv 2512.24880, Figs. 2-3) reports HC's composite
-gain near 3000 and a loss surge with a grad-norm spike at 27B; this asks whether the mechanism
-appears at CPU scale when the learning rate is pushed to where the LR-sensitivity study
-(`experiments/lr_sensitivity.py`) finds HC's largest stable LR.
+and the per-site maps every 10 (the committed record keeps them every LAYER_EVERY steps). The
+paper (arXiv 2512.24880, Figs. 2-3) reports HC's composite gain near 3000 and a loss surge with a
+grad-norm spike at 27B; this asks whether the mechanism appears at CPU scale when the learning
+rate is pushed to where the LR-sensitivity study (`experiments/lr_sensitivity.py`) finds HC's
+largest stable LR.
 
 Reported per kind: max composite and single-site Amax gain forward / backward over all steps
 (and the step of the peak), whether it compounded (max composite gain ≥ 100, against single
@@ -32,8 +33,9 @@ if REPO not in sys.path:
 from experiments import common  # noqa: E402
 
 KINDS = ("hc", "mhc")
+WARMUP = 100  # steps; the grad-norm peak is also reported after them (spikes, not the start)
 BASE = ("n_layers=30", "d_model=64", "n_heads=4", "d_ff=192", "seq_len=64", "batch_size=8",
-        "steps=2000", "warmup_steps=100", "lr_schedule=constant", "grad_clip=0",
+        "steps=2000", f"warmup_steps={WARMUP}", "lr_schedule=constant", "grad_clip=0",
         "nan_patience=2001", "eval_every=200", "eval_batches=8", "log_every=10",
         "checkpoint=true", "checkpoint_every=200", "keep_last=1", "wandb=disabled",
         "dtype=float32")
@@ -42,8 +44,7 @@ KEEP = ("step", "loss", "eval_loss", "grad_norm", "lr", "skipped", "amax_fwd", "
         "ds_col_err_max", "h_res_offdiag", "h_res_dist_init")
 LAYER_KEYS = ("amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd", "res_offdiag")
 COMPOUNDED = 100.0  # the issue's line: a composite gain of 100 or more has compounded
-WARMUP = 100  # warmup_steps in BASE
-LAYER_EVERY = 100  # per-site arrays kept in the record every this many steps (the scalars: every step)
+LAYER_EVERY = 100  # per-site arrays kept in the record every this many steps (scalars: every step)
 
 
 def summarize(record: dict) -> dict:
@@ -56,7 +57,7 @@ def summarize(record: dict) -> dict:
         step, value = max(pts, key=lambda p: p[1]) if pts else (None, math.nan)
         out[key] = value
         out[key + "_step"] = step
-    warm = [(st, v) for st, v in finite("grad_norm") if st > WARMUP]  # spikes, not the first steps
+    warm = [(st, v) for st, v in finite("grad_norm") if st > WARMUP]
     out["grad_norm_after_warmup_step"], out["grad_norm_after_warmup"] = (
         max(warm, key=lambda p: p[1]) if warm else (None, math.nan))
     evals = finite("eval_loss")

@@ -49,22 +49,22 @@ def run_dir(out_dir: str, kind: str, seed: int) -> str:
     return os.path.join(out_dir, f"{kind}-s{seed}")
 
 
-def kind_overrides(kind: str, overrides, regime: bool) -> list[str]:
-    """The overrides that train `kind`: its residual, the study regime's connection options
-    that apply to it (`regime`), then `overrides` (which win)."""
+def config(recipe: str, kind: str, seed: int, overrides):
+    """The config of one run: `kind`'s residual, the study regime's connection options that
+    apply to it, then `overrides` (which win), then the seed."""
     kind_ov = [f"residual={kind}"]
-    return [*kind_ov, *(regime_overrides(kind_ov) if regime else ()), *overrides]
+    return make_config(recipe, [*kind_ov, *regime_overrides(kind_ov), *overrides, f"seed={seed}"])
 
 
-def run_all(recipe: str, kinds, seeds, overrides, out_dir, *, regime=True, verbose=True) -> dict:
+def run_all(recipe: str, kinds, seeds, overrides, out_dir, *, verbose=True) -> dict:
     """{kind: {seed: metrics rows}}, trained into `run_dir(out_dir, kind, seed)` (a finished
     run of the same config is reused, so the paper_repro figures built on this study train it
     once). Seeds go outermost, so an interrupted study has whole seeds of every kind."""
     results = {kind: {} for kind in kinds}
     for seed in seeds:
         for kind in kinds:
-            cfg = make_config(recipe, [*kind_overrides(kind, overrides, regime), f"seed={seed}"])
-            results[kind][seed] = train_or_reuse(cfg, run_dir(out_dir, kind, seed),
+            results[kind][seed] = train_or_reuse(config(recipe, kind, seed, overrides),
+                                                 run_dir(out_dir, kind, seed),
                                                  verbose=verbose, label=f"{kind} seed {seed}")
     return results
 
@@ -147,7 +147,8 @@ COLUMNS = (  # (header, quantity, format) of the summary table; each cell is mea
     ("max grad norm", "max_grad_norm", ".3g"),
     ("max composite fwd", "max_composite_fwd", ".3g"),
     ("max composite bwd", "max_composite_bwd", ".3g"),
-    ("max single-site fwd", "max_layer_fwd", ".3g"), ("max single-site bwd", "max_layer_bwd", ".3g"),
+    ("max single-site fwd", "max_layer_fwd", ".3g"),
+    ("max single-site bwd", "max_layer_bwd", ".3g"),
     ("max DS column error", "max_ds_col_err", ".2g"),
     ("H_res off-diagonal mass start", "offdiag_start", ".3f"),
     ("end", "offdiag_end", ".3f"), ("H_res distance from init (end)", "dist_init_end", ".3f"))

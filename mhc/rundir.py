@@ -126,10 +126,12 @@ class RunDirError(ValueError):
     """The run directory cannot be used (exists, missing for --resume, not writable)."""
 
 
-def write_json_atomic(path: str, obj) -> None:
+def write_json_atomic(path: str, obj, default=None) -> None:
+    """Write `obj` as JSON through a temporary file, so a reader never sees half a file.
+    `default`: json.dump's converter for other types (e.g. float for NumPy scalars)."""
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(obj, f, indent=2, default=default)
     os.replace(tmp, path)
 
 

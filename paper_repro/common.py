@@ -196,10 +196,9 @@ def stability_results(args, kinds=None) -> tuple[dict, str]:
     kinds = kinds or stability.parse_kinds(args.kinds)
     seeds = stability.parse_seeds(args.seeds, args.smoke)
     if args.no_train:
-        from experiments.common import make_config  # the config stability.run_all trains
-        return {kind: {seed: logged_rows(
-            make_config(recipe, [*stability.kind_overrides(kind, overrides, True), f"seed={seed}"]),
-            stability.run_dir(runs, kind, seed)) for seed in seeds} for kind in kinds}, runs
+        return {kind: {seed: logged_rows(stability.config(recipe, kind, seed, overrides),
+                                         stability.run_dir(runs, kind, seed))
+                       for seed in seeds} for kind in kinds}, runs
     return stability.run_all(recipe, kinds, seeds, overrides, runs, verbose=not args.smoke), runs
 
 
@@ -221,11 +220,16 @@ def stability_run_dirs(runs: str, results: dict) -> list[str]:
     return stability.run_dirs(runs, results)
 
 
-def per_seed(results: dict, fn) -> list[float]:
-    """[fn(rows of seed s, for each kind)] over the seeds every kind has, in seed order: the
-    paired per-seed values a verdict needs. `fn` gets {kind: rows}."""
-    seeds = sorted(set.intersection(*(set(by_seed) for by_seed in results.values())))
-    return [fn({kind: by_seed[seed] for kind, by_seed in results.items()}) for seed in seeds]
+def paired_seeds(results: dict) -> list[int]:
+    """The seeds every kind of {kind: {seed: rows}} has, in order: the pairs a verdict uses."""
+    return sorted(set.intersection(*(set(by_seed) for by_seed in results.values())))
+
+
+def per_seed(results: dict, fn) -> list:
+    """[fn({kind: rows of seed s})] over `paired_seeds(results)`: the paired per-seed values a
+    verdict needs."""
+    return [fn({kind: by_seed[seed] for kind, by_seed in results.items()})
+            for seed in paired_seeds(results)]
 
 
 def values_cell(values, fmt: str = "+.4f") -> str:

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from experiments import stability
     args = common.stability_parser(__doc__).parse_args(argv)
     results, runs = common.stability_results(args, ["hc", "mhc"])
-    seeds = sorted(set(results["hc"]) & set(results["mhc"]))
+    seeds = common.paired_seeds(results)
     per = [seed_numbers(results["hc"][s], results["mhc"][s], stability.run_dir(runs, "hc", s),
                         stability.run_dir(runs, "mhc", s)) for s in seeds]
 

@@ -37,15 +37,15 @@ def seed_numbers(rows: dict) -> dict:
             "mhc_gap": float(gaps["mhc"][-tail:].mean()),
             "hc_gap": float(gaps["hc"][-tail:].mean()),
             "eval_gap": final["mhc"]["eval_loss"] - final["residual"]["eval_loss"],
-            **{f"{k}_ratio": float(np.median(grads[k][half:]) / np.median(grads["residual"][half:]))
-               for k in ("hc", "mhc")}}
+            **{f"{k}_ratio": float(np.median(grads[k][half:])
+                                   / np.median(grads["residual"][half:])) for k in ("hc", "mhc")}}
 
 
 def main(argv=None) -> int:
     args = common.stability_parser(__doc__).parse_args(argv)
     results, runs = common.stability_results(args, ["residual", "hc", "mhc"])
     per = common.per_seed(results, seed_numbers)
-    seeds = sorted(set.intersection(*(set(v) for v in results.values())))
+    seeds = common.paired_seeds(results)
 
     import matplotlib
     matplotlib.use("Agg")

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
                    help="single site to show (default: HC's site with the largest gain)")
     args = p.parse_args(argv)
     results, runs = common.stability_results(args, ["hc", "mhc"])
-    seeds = sorted(set(results["hc"]) & set(results["mhc"]))
+    seeds = common.paired_seeds(results)
     maps = {s: {k: sequence_maps(stability.run_dir(runs, k, s)) for k in ("hc", "mhc")}
             for s in seeds}  # {seed: {kind: (maps [S, T, N, N], step)}}
     first = maps[seeds[0]]

@@ -3,8 +3,8 @@
 Paper (27B models, arXiv 2512.24880 Table 4): mHC beats the baseline on all eight
 benchmarks and HC on seven (not MATH). The benchmarks are not bundled (users bring the data, nothing
 is downloaded): by default this scores the stability study's checkpoints (small recipe, 300 steps,
-byte-level KJV Bible models; seed 0 of experiments/stability.py) on the tiny hand-written fixture tasks in
-tests/fixtures/eval, so every benchmark row says "not bundled" and its verdict is "n/a".
+byte-level KJV Bible models; seed 0 of experiments/stability.py) on the tiny hand-written fixture
+tasks in tests/fixtures/eval, so every benchmark row says "not bundled" and its verdict is "n/a".
 
     python paper_repro/table4_downstream.py                  # stability checkpoints x fixtures
     python paper_repro/table4_downstream.py --runs residual=DIR hc=DIR mhc=DIR --tasks-dir DIR

@@ -1,21 +1,14 @@
 """benchmarks/accelerator_check.py: its --smoke run (CPU, Pallas in interpret mode, tiny shapes)
 passes every part and writes the report with each part's table; bad options exit in one line
 before anything runs or is written."""
-import importlib.util
-import os
 import re
 
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from test_scripts import _load as load_script
 
 
 def _load():
-    path = os.path.join(REPO, "benchmarks", "accelerator_check.py")
-    spec = importlib.util.spec_from_file_location("accelerator_check", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/accelerator_check.py")
 
 
 @pytest.mark.slow  # ~13 step compiles: 30 s on an idle 2-core machine, more under load

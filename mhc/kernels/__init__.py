@@ -116,5 +116,5 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     return new, maps
 
 
-__all__ = ["AUTO_PALLAS", "KERNELS", "TARGETS", "apply_site", "call_options", "check_kernels", "default_target",
-           "fusable", "pallas_selected", "sinkhorn", "use_fused"]
+__all__ = ["AUTO_PALLAS", "KERNELS", "TARGETS", "apply_site", "call_options", "check_kernels",
+           "default_target", "fusable", "pallas_selected", "sinkhorn", "use_fused"]
