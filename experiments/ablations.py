@@ -1,7 +1,9 @@
 """Ablations of mHC, one axis at a time, against the plain residual baseline, over several seeds.
 
-Axes (the mHC default point is n = 4, Sinkhorn 20 iterations, paper convention, H_res ≈ I,
-dynamic coefficients; it is trained once and shared by every axis):
+Axes (the mHC default point is n = 4, Sinkhorn 20 iterations, paper convention, dynamic
+coefficients, in the CPU studies' H_res regime `common.STUDY_REGIME` (a soft identity that H_res
+leaves within 200 steps; `--regime frozen` for the library's H_res ≈ I); it is trained once and
+shared by every axis):
   sinkhorn_iters       1, 3, 5, 10, 20, 40
   n_streams            expansion rate n = 1, 2, 4, 8
   res_init             H_res initialisation: identity-like vs uniform (J/n)
@@ -96,18 +98,21 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 REGIMES = {"frozen": (), "study": common.STUDY_REGIME, "stress": common.STRESS_REGIME}
+DEFAULT_REGIME = "study"
 
 
 def plan(axes, seeds, base_overrides, recipe="tiny", smoke=False, runs_root=common.RUNS,
-         regime: str = "frozen"):
+         regime: str = DEFAULT_REGIME):
     """[(axis, label, seed, cfg, run_dir)]; configs are validated here, nothing is trained.
     `regime` adds the H_res regime's options to every connection variant (those that apply to
-    it: `common.regime_overrides`); "frozen" is the plain default (H_res ≈ I stays put)."""
+    it: `common.regime_overrides`); "frozen" is the plain default (H_res ≈ I stays put). The
+    h_res_regime axis compares regimes itself, so none is added to it."""
     out = []
     for axis in axes:
+        added = () if axis == "h_res_regime" else REGIMES[regime]
         for label, ov in variants(axis, smoke):
+            ov = (*ov, *common.regime_overrides((*base_overrides, *ov), added))
             for seed in seeds:
-                ov = (*ov, *common.regime_overrides((*base_overrides, *ov), REGIMES[regime]))
                 cfg = common.make_config(recipe, [*base_overrides, *ov, f"seed={seed}"])
                 out.append((axis, label, seed, cfg, common.run_dir_for(cfg, runs_root)))
     return out
@@ -145,7 +150,7 @@ def summarize(per_seed: dict[str, dict[int, dict]], baseline: str = "residual") 
 
 
 def run_axes(axes, seeds, overrides, *, recipe="tiny", smoke=False, runs_root=common.RUNS,
-             verbose=True, only_finished=False, missing=None, regime="frozen",
+             verbose=True, only_finished=False, missing=None, regime=DEFAULT_REGIME,
              read=None) -> dict:
     """Train (or reuse) every run of `axes`; returns {axis: {label: {seed: run metrics}}}.
     `only_finished`: train nothing, use the finished runs (the others go to `missing`);
@@ -245,12 +250,15 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
     p.add_argument("--recipe", default="tiny", help="base recipe; the micro overrides apply on top")
     p.add_argument("--out", default=None, help="default experiments/results/ablations, or "
-                   "ablations_<regime> with --regime study|stress")
+                   "ablations_<regime> with --regime frozen|stress")
     p.add_argument("--runs", default=None, help="run directories (default: shared "
-                   "experiments/results/trained; with --smoke or a --regime: <out>/trained)")
-    p.add_argument("--regime", choices=tuple(REGIMES), default="frozen",
-                   help="H_res regime added to every mHC variant: frozen (defaults), study "
-                   f"({' '.join(common.STUDY_REGIME)}), stress ({' '.join(common.STRESS_REGIME)})")
+                   "experiments/results/trained; with --smoke or another --regime: "
+                   "<out>/trained)")
+    p.add_argument("--regime", choices=tuple(REGIMES), default=DEFAULT_REGIME,
+                   help="H_res regime added to every mHC variant: study (default: "
+                   f"{' '.join(common.STUDY_REGIME)}, where H_res learns in 200 steps), frozen "
+                   f"(the library defaults: H_res ≈ I stays put), stress "
+                   f"({' '.join(common.STRESS_REGIME)})")
     p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps, 1 seed, 2 values")
     p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
     p.add_argument("--only-finished", action="store_true",
@@ -264,9 +272,9 @@ def main(argv=None) -> int:
         seeds = seeds[:1]
         overrides = [*common.MICRO_OVERRIDES, *common.SMOKE_OVERRIDES, *args.overrides]
     args.out = args.out or os.path.join(REPO, "experiments", "results", "ablations" + (
-        "" if args.regime == "frozen" else f"_{args.regime}"))
+        "" if args.regime == DEFAULT_REGIME else f"_{args.regime}"))
     runs_root = args.runs or (os.path.join(args.out, "trained")
-                              if args.smoke or args.regime != "frozen" else common.RUNS)
+                              if args.smoke or args.regime != DEFAULT_REGIME else common.RUNS)
     if args.dry_run:
         for axis, label, seed, cfg, run_dir in plan(axes, seeds, overrides, args.recipe,
                                                     args.smoke, runs_root, args.regime):

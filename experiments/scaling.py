@@ -5,10 +5,11 @@
 dim 16, FFN 3x width), all at the same number of steps and tokens per step (fixed steps, not
 fixed tokens per parameter: the bigger models see the same data). Compute = training FLOPs per
 token (`mhc.train_step.flops_per_token`, 6 x active params + attention) x tokens. The middle rung is
-the micro config of the ablations, so those runs are reused.
-(b) Tokens: the micro config trained longer; the gap is mHC's training loss minus the residual's
-at every logged step (same seed, so the same batches), smoothed by a moving average, plus the
-eval-loss gap at each evaluation.
+the micro config of the ablations, so those runs are reused. mHC runs in the CPU studies' H_res
+regime (`common.STUDY_REGIME`), where H_res leaves its initialisation within the step budget.
+(b) Tokens: the micro config trained longer, one residual/mHC pair per seed; the gap is mHC's
+training loss minus the residual's at every logged step (same seed, so the same batches),
+smoothed by a moving average, plus the eval-loss gap at each evaluation, averaged over seeds.
 
     python experiments/scaling.py                        # both parts, CPU
     python experiments/scaling.py --part tokens --token-steps 2000
@@ -43,20 +44,30 @@ def ladder_overrides(d_model: int, n_layers: int, n_heads: int) -> list[str]:
             f"d_ff={3 * d_model}"]
 
 
-def ladder_plan(points: dict[str, tuple[str, list[str]]], seeds, runs_root=common.RUNS):
+def kind_config(recipe: str, overrides, kind: str, seed: int, regime=common.STUDY_REGIME):
+    """The config of one run: mHC in the H_res `regime` (default the CPU studies', where H_res
+    learns within the step budget; () for the paper recipes), the residual as it is."""
+    ov = [*overrides, f"residual={kind}"]
+    return common.make_config(recipe, [*ov, *common.regime_overrides(ov, regime), f"seed={seed}"])
+
+
+def ladder_plan(points: dict[str, tuple[str, list[str]]], seeds, runs_root=common.RUNS,
+                regime=common.STUDY_REGIME):
     """points: {name: (recipe, overrides)} -> [(name, kind, seed, cfg, run_dir)]."""
     return [(name, kind, seed, cfg, common.run_dir_for(cfg, runs_root))
             for name, (recipe, ov) in points.items() for kind in KINDS for seed in seeds
-            for cfg in [common.make_config(recipe, [*ov, f"residual={kind}", f"seed={seed}"])]]
+            for cfg in [kind_config(recipe, ov, kind, seed, regime)]]
 
 
-def token_plan(recipe: str, overrides, steps: int, seed: int, runs_root=common.RUNS):
-    """[(kind, cfg, run_dir)] of the long run pair (eval about 8 times over the run)."""
+def token_plan(recipe: str, overrides, steps: int, seeds, runs_root=common.RUNS,
+               regime=common.STUDY_REGIME):
+    """[(kind, seed, cfg, run_dir)] of the long run pairs, one per seed (eval about 8 times over
+    the run)."""
     extra = [f"steps={steps}", f"warmup_steps={max(1, steps // 10)}",
-             f"eval_every={max(2, steps // 8)}", f"seed={seed}"]
-    return [(kind, cfg, common.run_dir_for(cfg, runs_root))
-            for kind in KINDS
-            for cfg in [common.make_config(recipe, [*overrides, *extra, f"residual={kind}"])]]
+             f"eval_every={max(2, steps // 8)}"]
+    return [(kind, seed, cfg, common.run_dir_for(cfg, runs_root))
+            for seed in seeds for kind in KINDS
+            for cfg in [kind_config(recipe, [*overrides, *extra], kind, seed, regime)]]
 
 
 def compute(cfg) -> float:
@@ -109,10 +120,11 @@ def token_gap(res_rows: list[dict], mhc_rows: list[dict], window: int = 10) -> d
             "eval_relative_pct": [e[2] for e in evals], "window": window}
 
 
-def run_ladder(points, seeds, *, runs_root=common.RUNS, verbose=True) -> dict:
+def run_ladder(points, seeds, *, runs_root=common.RUNS, verbose=True,
+               regime=common.STUDY_REGIME) -> dict:
     finals: dict = {}
     configs = {}
-    jobs = ladder_plan(points, seeds, runs_root)
+    jobs = ladder_plan(points, seeds, runs_root, regime)
     for i, (name, kind, seed, cfg, run_dir) in enumerate(jobs, 1):
         rows = common.train_or_reuse(cfg, run_dir, verbose=verbose,
                                      label=f"[ladder {i}/{len(jobs)}] {name} {kind} seed {seed}")
@@ -122,14 +134,35 @@ def run_ladder(points, seeds, *, runs_root=common.RUNS, verbose=True) -> dict:
     return summarize_ladder(finals, configs)
 
 
-def run_tokens(recipe, overrides, steps, seed, *, runs_root=common.RUNS, verbose=True,
-               window: int = 10) -> dict:
-    rows = {}
-    for kind, cfg, run_dir in token_plan(recipe, overrides, steps, seed, runs_root):
-        rows[kind] = common.train_or_reuse(cfg, run_dir, verbose=verbose,
-                                           label=f"[tokens] {kind} {steps} steps seed {seed}")
+def mean_token_gap(by_seed: dict) -> dict:
+    """{seed: token_gap(...)} -> the same keys averaged over seeds at the steps every seed logged,
+    with the eval gap's sample sd over seeds (`eval_gap_std`) and `by_seed` itself."""
+    gaps = list(by_seed.values())
+    steps = sorted(set.intersection(*(set(g["steps"]) for g in gaps)))
+    evals = sorted(set.intersection(*(set(g["eval_steps"]) for g in gaps)))
+    out = {"steps": steps, "eval_steps": evals, "window": gaps[0]["window"],
+           "seeds": list(by_seed), "by_seed": by_seed}
+    for key, at, keys in (("gap", steps, "steps"), ("gap_smooth", steps, "steps"),
+                          ("eval_gap", evals, "eval_steps"),
+                          ("eval_relative_pct", evals, "eval_steps")):
+        table = np.array([[dict(zip(g[keys], g[key]))[s] for s in at] for g in gaps])
+        out[key] = table.mean(0).tolist()
+        if key == "eval_gap":
+            out["eval_gap_std"] = (table.std(0, ddof=1) if len(gaps) > 1
+                                   else np.zeros(len(at))).tolist()
+    return out
+
+
+def run_tokens(recipe, overrides, steps, seeds, *, runs_root=common.RUNS, verbose=True,
+               window: int = 10, regime=common.STUDY_REGIME) -> dict:
+    rows: dict = {}
+    for kind, seed, cfg, run_dir in token_plan(recipe, overrides, steps, seeds, runs_root,
+                                               regime):
+        rows.setdefault(seed, {})[kind] = common.train_or_reuse(
+            cfg, run_dir, verbose=verbose, label=f"[tokens] {kind} {steps} steps seed {seed}")
         tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
-    out = token_gap(rows["residual"], rows["mhc"], window)
+    out = mean_token_gap({seed: token_gap(r["residual"], r["mhc"], window)
+                          for seed, r in rows.items()})
     out["tokens"] = [s * tokens_per_step for s in out["steps"]]
     return out
 
@@ -164,7 +197,8 @@ def plot(ladder: dict | None, tokens: dict | None, path: str, title: str = "") -
                 color="tab:red", label="eval loss gap")
         a2.axhline(0, color="tab:gray", lw=1)
         a2.set(xlabel="tokens", ylabel="mHC − residual",
-               title="(b) token scaling: gap over one run pair")
+               title=f"(b) token scaling: gap over training (mean of {len(tokens['seeds'])} "
+                     "seed(s))")
         a2.legend(fontsize=8)
     for ax in (a, b):
         ax.grid(alpha=0.3)
@@ -187,12 +221,17 @@ def ladder_table(ladder: dict) -> list[str]:
 
 
 def tokens_table(tokens: dict) -> list[str]:
-    lines = ["| step | tokens | eval gap (mHC − residual) | mHC / residual | smoothed train gap |",
-             "|---|---|---|---|---|"]
+    """One row per eval point: the eval gap mean ± sd over seeds and each seed's."""
+    lines = ["| step | tokens | eval gap (mHC − residual) | per seed | mHC / residual | "
+             "smoothed train gap |", "|---|---|---|---|---|---|"]
     smooth_at = dict(zip(tokens["steps"], tokens["gap_smooth"]))
     tps = tokens["tokens"][0] / tokens["steps"][0] if tokens["steps"] else 1
-    for s, g, r in zip(tokens["eval_steps"], tokens["eval_gap"], tokens["eval_relative_pct"]):
-        lines.append(f"| {s} | {int(s * tps):,} | {g:+.4f} | {r:.2f} % | "
+    for i, s in enumerate(tokens["eval_steps"]):
+        seeds = ", ".join(f"{dict(zip(g['eval_steps'], g['eval_gap']))[s]:+.4f}"
+                          for g in tokens["by_seed"].values())
+        lines.append(f"| {s} | {int(s * tps):,} | {tokens['eval_gap'][i]:+.4f} ± "
+                     f"{tokens['eval_gap_std'][i]:.4f} | {seeds} | "
+                     f"{tokens['eval_relative_pct'][i]:.2f} % | "
                      f"{smooth_at.get(s, math.nan):+.4f} |")
     return lines
 
@@ -207,7 +246,8 @@ def main(argv=None) -> int:
     p.add_argument("--part", choices=("all", "ladder", "tokens"), default="all")
     p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="ladder seeds")
     p.add_argument("--token-steps", type=int, default=TOKEN_STEPS)
-    p.add_argument("--token-seed", type=int, default=0)
+    p.add_argument("--token-seeds", default=",".join(map(str, DEFAULT_SEEDS)),
+                   help="seeds of the long run pairs")
     p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "scaling"))
     p.add_argument("--runs", default=None, help="run directories (default: shared "
                    "experiments/results/trained; with --smoke: <out>/trained)")
@@ -216,12 +256,12 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     from experiments.ablations import parse_seeds
-    seeds = parse_seeds(args.seeds)
+    seeds, token_seeds = parse_seeds(args.seeds), parse_seeds(args.token_seeds)
     base, ladder_shapes, token_steps = list(common.MICRO_OVERRIDES), LADDER, args.token_steps
     if args.smoke:
         base = [*base, *common.SMOKE_OVERRIDES]
         # 4 steps: the token pair is then the "s" rung's seed-0 runs (reused)
-        ladder_shapes, seeds, token_steps = SMOKE_LADDER, seeds[:1], 4
+        ladder_shapes, seeds, token_seeds, token_steps = SMOKE_LADDER, seeds[:1], seeds[:1], 4
     runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
     points = micro_points(ladder_shapes, base, args.overrides)
     token_base = [*base, *ladder_overrides(*ladder_shapes["s"]), *args.overrides]
@@ -233,22 +273,23 @@ def main(argv=None) -> int:
                       f"L {cfg.model.n_layers} compute {compute(cfg):.3g} -> "
                       f"{os.path.relpath(run_dir)}")
         if do_tokens:
-            for kind, cfg, run_dir in token_plan("tiny", token_base, token_steps,
-                                                 args.token_seed, runs_root):
-                print(f"tokens {kind:8s} {cfg.train.steps} steps -> {os.path.relpath(run_dir)}")
+            for kind, seed, cfg, run_dir in token_plan("tiny", token_base, token_steps,
+                                                       token_seeds, runs_root):
+                print(f"tokens {kind:8s} seed {seed} {cfg.train.steps} steps -> "
+                      f"{os.path.relpath(run_dir)}")
         return 0
     common.enable_compile_cache()
     verbose = not args.smoke
     ladder = run_ladder(points, seeds, runs_root=runs_root, verbose=verbose) if do_ladder else None
-    tokens = run_tokens("tiny", token_base, token_steps, args.token_seed, runs_root=runs_root,
+    tokens = run_tokens("tiny", token_base, token_steps, token_seeds, runs_root=runs_root,
                         verbose=verbose, window=3 if args.smoke else 10) if do_tokens else None
     os.makedirs(args.out, exist_ok=True)
     plot(ladder, tokens, os.path.join(args.out, "scaling.png"))
     read = ([job[-1] for job in ladder_plan(points, seeds, runs_root)] if do_ladder else []) + (
-        [job[-1] for job in token_plan("tiny", token_base, token_steps, args.token_seed,
+        [job[-1] for job in token_plan("tiny", token_base, token_steps, token_seeds,
                                        runs_root)] if do_tokens else [])
     meta = {**common.provenance(read), "ladder_seeds": list(seeds), "token_steps": token_steps,
-            "token_seed": args.token_seed, "overrides": [*base, *args.overrides]}
+            "token_seeds": list(token_seeds), "overrides": [*base, *args.overrides]}
     common.write_json(os.path.join(args.out, "summary.json"),
                       {"meta": meta, "ladder": ladder, "tokens": tokens})
     lines = ["# Scaling of the mHC gain", "",
@@ -259,7 +300,8 @@ def main(argv=None) -> int:
         lines += [f"## (a) model ladder (fixed steps, seeds {list(seeds)}; gap = eval loss, "
                   "paired by seed, ± std)", "", *ladder_table(ladder), ""]
     if tokens:
-        lines += [f"## (b) token scaling ({token_steps} steps, seed {args.token_seed})", "",
+        lines += [f"## (b) token scaling ({token_steps} steps, seeds {list(token_seeds)}; ± sd)",
+                  "",
                   *tokens_table(tokens), ""]
     common.write_report(os.path.join(args.out, "summary.md"), lines)
     return 0

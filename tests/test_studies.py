@@ -31,8 +31,12 @@ def test_ablation_plan_covers_every_axis_with_a_shared_default(tmp_path):
         == {"sinkhorn", "orthostochastic", "unconstrained"}
     assert m["dynamic"]["static"].dynamic is False
     assert m["sinkhorn_convention"]["deepseek_v4"].sinkhorn_convention == "deepseek_v4"
-    # every axis has the residual reference first and trains the mHC default point in one place
-    defaults = {by_axis[axis][ablations.AXES[axis][1]][1] for axis in by_axis}
+    # every axis has the residual reference first and trains the mHC default point in one place;
+    # the h_res_regime axis compares regimes without the study's, and its soft-2 point is it
+    defaults = {by_axis[axis][ablations.AXES[axis][1]][1] for axis in by_axis
+                if axis != "h_res_regime"} | {by_axis["h_res_regime"]["soft-2"][1]}
+    assert m["sinkhorn_iters"]["20"].res_offdiag_logit == -2.0
+    assert m["h_res_regime"]["identity"].res_offdiag_logit != -2.0
     residuals = {by_axis[axis]["residual"][1] for axis in by_axis}
     assert len(defaults) == 1 and len(residuals) == 1
     assert all(next(iter(d)) == "residual" for d in by_axis.values())
@@ -71,11 +75,11 @@ def test_fig6_paper_scale_builds_the_ladder_and_the_1t_pair(capsys):
     for name, width in (("3b", 1280), ("9b", 1920), ("27b", 2560)):
         for kind in ("residual", "mhc"):
             assert f"(a) {name:5s} {kind:8s} seed 0 d_model {width}" in out
-    assert "(b) 3b-1t residual steps 100000 batch 2560" in out
-    assert "(b) 3b-1t mhc      steps 100000" in out
+    assert "(b) 3b-1t residual seed 0 steps 100000 batch 2560" in out
+    assert "(b) 3b-1t mhc      seed 0 steps 100000" in out
 
 
-def test_micro_ladder_keeps_the_shape_family():
+def test_micro_ladder_keeps_the_shape_family(tmp_path):
     points = scaling.micro_points()
     cfgs = [common.make_config(r, ov).model for r, ov in points.values()]
     assert len(cfgs) >= 3
@@ -83,6 +87,11 @@ def test_micro_ladder_keeps_the_shape_family():
     assert {c.d_model // c.n_heads for c in cfgs} == {16}
     computes = [scaling.compute(common.make_config(r, ov)) for r, ov in points.values()]
     assert computes == sorted(computes) and computes[0] > 0
+    # mHC in the study regime (H_res can learn), the residual untouched, the paper as it is
+    jobs = scaling.ladder_plan(points, (0,), tmp_path)
+    assert {kind: cfg.model.res_offdiag_logit for _, kind, _, cfg, _ in jobs}["mhc"] == -2.0
+    paper = scaling.kind_config("3b", [], "mhc", 0, regime=())
+    assert paper.model.res_offdiag_logit == common.make_config("3b", []).model.res_offdiag_logit
 
 
 # ---------------------------------------------------------------------------- summary arithmetic
