@@ -24,10 +24,9 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.ad_checkpoint import checkpoint_name
 
 from mhc import manifolds
-from mhc.maps import BRANCH_OUT, KERNELS, MAP_NAMES, MAY_FUSE, Maps
+from mhc.maps import BRANCH_OUT, KERNELS, MAP_NAMES, MAY_FUSE, Maps, call_branch
 
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
 COLLAPSE = ("sum", "mean")
@@ -405,25 +404,29 @@ def write_streams(maps: Maps, streams_xNxC: jax.Array, branch_out_xC: jax.Array,
 
 
 def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Array], jax.Array],
-               spec: ConnectionSpec) -> tuple[jax.Array, Maps]:
-    """One connection site: returns (new streams `[..., N, C]`, the maps used)."""
+               spec: ConnectionSpec, *, has_aux: bool = False):
+    """One connection site: returns (new streams `[..., N, C]`, the maps used). With `has_aux`,
+    `branch` returns (output, aux) — e.g. an MoE layer's router statistics — and the site
+    returns (new streams, maps, aux)."""
     if streams_xNxC.ndim < 2 or streams_xNxC.shape[-2:] != (spec.n_streams, spec.width):
         raise ValueError(f"streams shape {tuple(streams_xNxC.shape)}; expected "
                          f"[..., n_streams={spec.n_streams}, width={spec.width}]")
     if spec.kernels in MAY_FUSE and spec.kind == "mhc":
         from mhc import kernels  # Pallas is imported only when a site may use it
         if kernels.use_fused(spec):
-            return kernels.apply_site(params, streams_xNxC, branch, spec)
+            return kernels.apply_site(params, streams_xNxC, branch, spec, has_aux=has_aux)
     maps = compute_maps(params, streams_xNxC, spec)
     if spec.kind == "residual":  # fixed maps: skip the mixing arithmetic
-        branch_out = checkpoint_name(branch(jnp.mean(streams_xNxC.astype(jnp.float32), -2)
-                                            .astype(streams_xNxC.dtype)), BRANCH_OUT)
+        branch_out, aux = call_branch(
+            branch, jnp.mean(streams_xNxC.astype(jnp.float32), -2).astype(streams_xNxC.dtype),
+            has_aux)
         new = streams_xNxC + branch_out[..., None, :].astype(streams_xNxC.dtype)
-        return new, maps
-    reference = spec.kernels == "reference"
-    branch_out = checkpoint_name(branch(read_streams(maps.pre, streams_xNxC, reference)),
-                                 BRANCH_OUT)
-    return write_streams(maps, streams_xNxC, branch_out, reference), maps
+    else:
+        reference = spec.kernels == "reference"
+        branch_out, aux = call_branch(branch, read_streams(maps.pre, streams_xNxC, reference),
+                                      has_aux)
+        new = write_streams(maps, streams_xNxC, branch_out, reference)
+    return (new, maps, aux) if has_aux else (new, maps)
 
 
 # --------------------------------------------------------------------------- streams in/out

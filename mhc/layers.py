@@ -55,10 +55,12 @@ class HyperConnection(nnx.Module):
         """The maps this site would use for these streams."""
         return connections.compute_maps(self._param_values(), streams_BxTxNxC, self.spec)
 
-    def apply(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array]
-              ) -> tuple[jax.Array, Maps]:
-        """(new streams, maps) without storing anything on the module (use inside scans)."""
-        return connections.apply_site(self._param_values(), streams_BxTxNxC, branch, self.spec)
+    def apply(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array], *,
+              has_aux: bool = False):
+        """(new streams, maps) without storing anything on the module (use inside scans); with
+        `has_aux`, `branch` returns (output, aux) and this returns (new streams, maps, aux)."""
+        return connections.apply_site(self._param_values(), streams_BxTxNxC, branch, self.spec,
+                                      has_aux=has_aux)
 
     def __call__(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array]
                  ) -> jax.Array:

@@ -6,9 +6,10 @@ A leaf module (it imports nothing from `mhc`), so that the kernels need not impo
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
+from jax.ad_checkpoint import checkpoint_name
 
 MAP_NAMES = ("pre", "post", "res")
 BRANCH_OUT = "branch_out"  # name of F's output, kept by the "mhc" remat policy
@@ -28,3 +29,10 @@ class Maps(NamedTuple):
     pre: jax.Array
     post: jax.Array
     res: jax.Array
+
+
+def call_branch(branch: Callable, h_xC: jax.Array, has_aux: bool):
+    """`branch(h)` -> (output `[..., C]` named BRANCH_OUT for the remat policies, aux or None);
+    with `has_aux` the branch returns (output, aux)."""
+    out, aux = branch(h_xC) if has_aux else (branch(h_xC), None)
+    return checkpoint_name(out, BRANCH_OUT), aux

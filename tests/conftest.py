@@ -1,12 +1,17 @@
-"""Test configuration: CPU-only JAX with 8 fake devices, no network/UI side effects, and a
-persistent compilation cache. Environment is set at import time, before jax is imported."""
+"""Test configuration: CPU-only JAX with 8 fake devices and one intra-op thread, no network/UI
+side effects, and a persistent compilation cache. Environment is set at import time, before jax
+is imported."""
 import os
 import tempfile
 
 _TMP = tempfile.mkdtemp(prefix="mhc-tests-")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One intra-op thread: XLA:CPU's multi-threaded Eigen kernels can sum in a different order from
+# call to call when the cores are busy (jax-ml/jax#39741), which breaks the bitwise-resume tests
+# under load (pytest -n 2 on 2 cores); one thread per process is bit-identical run to run.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_cpu_multi_thread_eigen=false")
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ["WANDB_MODE"] = "disabled"
 os.environ["MPLBACKEND"] = "Agg"

@@ -222,3 +222,29 @@ def test_kernel_benchmark_exits_cleanly_on_cpu(capsys):
     module_spec.loader.exec_module(module)
     assert module.main([]) == 0
     assert "needs a GPU or TPU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind,kernels_", [("residual", "xla"), ("mhc", "xla"),
+                                           ("mhc", "reference"), ("mhc", "pallas")])
+def test_a_branch_with_aux_returns_it_beside_the_same_streams(kind, kernels_):
+    """`has_aux`: the branch returns (output, aux) -- an MoE layer's router statistics -- and the
+    site returns (new streams, maps, aux) with the streams and maps of the plain call."""
+    spec = cx.ConnectionSpec(kind=kind, width=16, n_streams=1 if kind == "residual" else 4,
+                             kernels=kernels_)
+    params = cx.init_params(spec, 0)
+    streams = jax.random.normal(jax.random.key(0), (3, spec.n_streams, 16))
+
+    def branch(h):
+        return jnp.tanh(h)
+
+    def with_aux(h):
+        return jnp.tanh(h), {"load": jnp.sum(h, -1)}
+
+    new, maps = cx.apply_site(params, streams, branch, spec)
+    new_a, maps_a, aux = cx.apply_site(params, streams, with_aux, spec, has_aux=True)
+    np.testing.assert_array_equal(new_a, new)
+    for a, b in zip(maps_a, maps):
+        np.testing.assert_array_equal(a, b)
+    assert aux["load"].shape == (3,)
+    np.testing.assert_allclose(aux["load"], jnp.sum(cx.read_streams(maps.pre, streams), -1),
+                               rtol=1e-5, atol=1e-6)  # the aux saw the site's branch input

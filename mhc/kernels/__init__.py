@@ -24,10 +24,9 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 
-from mhc.maps import BRANCH_OUT, KERNELS, MAY_FUSE, Maps
+from mhc.maps import KERNELS, MAY_FUSE, Maps, call_branch
 from mhc.kernels.fused_site import Static, chunk_width, fused_input, fused_output
 from mhc.kernels.sinkhorn_kernel import TARGETS, call_options, default_target, sinkhorn
 
@@ -81,8 +80,10 @@ def _block_m(m: int, block_m: int | None) -> int:
 
 
 def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Array], jax.Array],
-               spec, *, block_m: int | None = None, target: str | None = None):
-    """`H_res·x + H_postᵀ·branch(H_pre·x)` for a fusable mHC `spec` -> (new streams, Maps).
+               spec, *, block_m: int | None = None, target: str | None = None,
+               has_aux: bool = False):
+    """`H_res·x + H_postᵀ·branch(H_pre·x)` for a fusable mHC `spec` -> (new streams, Maps), or
+    with `has_aux` (a branch returning (output, aux)) -> (new streams, Maps, aux).
 
     block_m: token rows per kernel program (multiple of 8; default min(64, M rounded up to a power
     of two)). target: "interpret" | "triton" | "mosaic" (None = the default backend's)."""
@@ -107,13 +108,13 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
                             jnp.full((n * n,), alpha[2]), jnp.zeros((s.pp - p,), jnp.float32)])
     bias = jnp.pad(params["bias"], (0, s.pp - p))
     b, pre, post, res = fused_input(s, x, phi.reshape(n * s.cp, s.pp), gate, bias)
-    branch_out = checkpoint_name(branch(b[:m, :c].reshape(*batch, c)), BRANCH_OUT)
+    branch_out, aux = call_branch(branch, b[:m, :c].reshape(*batch, c), has_aux)
     f = jnp.pad(branch_out.reshape(m, c), ((0, mp - m), (0, s.cp - c)))
     new = fused_output(s, x, f, post, res)
     new = new.reshape(mp, n, s.cp)[:m, :, :c].reshape(*batch, n, c)
     maps = Maps(pre[:m, :n].reshape(*batch, n), post[:m, :n].reshape(*batch, n),
                 res[:m, :n * n].reshape(*batch, n, n))
-    return new, maps
+    return (new, maps, aux) if has_aux else (new, maps)
 
 
 __all__ = ["AUTO_PALLAS", "KERNELS", "TARGETS", "apply_site", "call_options", "check_kernels",

@@ -67,18 +67,14 @@ class Block(nnx.Module):
 
     def __call__(self, streams_BxTxNxC: jax.Array):
         """Returns (new streams, (attention maps, FFN maps, router stats or {}))."""
-        stats = {}
-
-        def ffn_branch(h):
-            nonlocal stats
-            if self.moe:
-                y, stats = self.ffn(self.ffn_norm(h))
-                return y
-            return self.ffn(self.ffn_norm(h))
-
         streams, attn_maps = self.attn_hc.apply(streams_BxTxNxC,
                                                 lambda h: self.attn(self.attn_norm(h)))
-        streams, ffn_maps = self.ffn_hc.apply(streams, ffn_branch)
+        if self.moe:  # the MoE layer returns (output, router stats)
+            streams, ffn_maps, stats = self.ffn_hc.apply(
+                streams, lambda h: self.ffn(self.ffn_norm(h)), has_aux=True)
+        else:
+            streams, ffn_maps = self.ffn_hc.apply(streams, lambda h: self.ffn(self.ffn_norm(h)))
+            stats = {}
         return streams, (attn_maps, ffn_maps, stats)
 
 
