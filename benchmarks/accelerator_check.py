@@ -16,8 +16,8 @@ Writes benchmarks/results/accelerator_<device>.md (rewritten after every part, s
 keeps what it measured), prints progress lines and a final PASS/FAIL line; exit status 1 if any
 check failed or errored. Parts stop early, and say so, when their share of --budget-s is spent.
 
-    python benchmarks/accelerator_check.py [--parts a,d]  # < 8 min: 420 s budget + start-up
-    python benchmarks/accelerator_check.py --smoke --out /tmp/check.md  # CPU, tiny: ~1 min
+    python -m benchmarks.accelerator_check [--parts a,d]  # < 8 min: 420 s budget + start-up
+    python -m benchmarks.accelerator_check --smoke --out /tmp/check.md  # CPU, tiny: ~1 min
 
 Needs jax, flax, optax, orbax-checkpoint and grain (imported by `mhc` modules; grain is not used)
 and this repository; synthetic data only: no corpus, no wandb, no matplotlib, nothing downloaded.
@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))  # the repository root: mhc and experiments.common
 
 PARTS = ("a", "b", "c", "d")
 TITLES = {"a": "(a) Pallas kernels vs the XLA reference",
@@ -572,7 +571,7 @@ def main(argv=None) -> int:
               f"Date {datetime.datetime.now().isoformat(timespec='seconds')}; commit "
               f"{version['commit']}{' (dirty)' if version['dirty'] else ''}; {versions}.",
               f"Device: {rundir.machine()}; backend `{jax.default_backend()}`. Command: "
-              f"`python benchmarks/accelerator_check.py {' '.join(command)}`; "
+              f"`python -m benchmarks.accelerator_check {' '.join(command)}`; "
               f"parts {','.join(keys)}, budget {args.budget_s:g} s."]
     # smoke: XLA's optimisations off: 40 % less compile time on CPU (it checks wiring, not speed)
     disabled = jax.config.read("jax_disable_most_optimizations")

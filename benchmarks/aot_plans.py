@@ -3,8 +3,8 @@
 Each plan compiles the full training step in a fresh process (`mhc compile`), so the numbers are
 XLA's for that mesh. Writes benchmarks/results/aot_plans.md (and prints it).
 
-    python benchmarks/aot_plans.py            # about 3 minutes on 2 CPU cores
-    python benchmarks/aot_plans.py --smoke    # one reduced-depth plan (seconds)
+    python -m benchmarks.aot_plans            # about 3 minutes on 2 CPU cores
+    python -m benchmarks.aot_plans --smoke    # one reduced-depth plan (seconds)
 """
 from __future__ import annotations
 

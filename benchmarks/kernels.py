@@ -7,7 +7,7 @@ the `bench` config (d_model 512, 8 layers, seq 256, batch 16) with kernels="pall
 Accelerators only: on CPU the kernels run in interpret mode, which measures nothing useful, so
 the script says so and exits 0.
 
-    python benchmarks/kernels.py                 # C = 512 and 2560, 4096 tokens, bf16 streams
+    python -m benchmarks.kernels                 # C = 512 and 2560, 4096 tokens, bf16 streams
 """
 from __future__ import annotations
 

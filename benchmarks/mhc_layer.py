@@ -10,8 +10,8 @@ cotangent). Variants, timed in interleaved rounds in one run:
 Prints ms per fwd+bwd, tokens/s and ratios to the residual and to the unfused formulation.
 Writes benchmarks/results/mhc_layer.md.
 
-    python benchmarks/mhc_layer.py            # ~1 min on 2 CPU cores
-    python benchmarks/mhc_layer.py --smoke    # seconds
+    python -m benchmarks.mhc_layer            # ~1 min on 2 CPU cores
+    python -m benchmarks.mhc_layer --smoke    # seconds
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import write_report  # noqa: E402
+from experiments.common import write_report
 
 
 def build(kind: str, reference: bool, shape):

@@ -8,8 +8,8 @@ iterations, on the logits of one bench-config site (B*T = 4096 tokens, N = 4):
 Ratios printed: saved bytes at 40 vs 5 iterations (target: within 10 %, i.e. <= 1.10x) and
 backward time / forward time. Writes benchmarks/results/sinkhorn_memory.md.
 
-    python benchmarks/sinkhorn_memory.py            # ~1 min on 2 CPU cores
-    python benchmarks/sinkhorn_memory.py --smoke    # seconds
+    python -m benchmarks.sinkhorn_memory            # ~1 min on 2 CPU cores
+    python -m benchmarks.sinkhorn_memory --smoke    # seconds
 """
 from __future__ import annotations
 
@@ -25,8 +25,7 @@ import numpy as np
 
 ITERS = (5, 10, 20, 40)
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import write_report  # noqa: E402
+from experiments.common import write_report
 
 
 def saved_bytes(fn, x) -> int:

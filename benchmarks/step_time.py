@@ -9,8 +9,8 @@ the residual with the same policy and with its leanest one ("full"); every kind 
 without recompute, with its step time too: it is the configuration the paper's step-time figure
 uses. Writes benchmarks/results/step_time.md and prints it.
 
-    python benchmarks/step_time.py                 # tiny + bench configs, ~20 min on 2 CPU cores
-    python benchmarks/step_time.py --smoke         # seconds: wiring check used by the tests
+    python -m benchmarks.step_time                 # tiny + bench configs, ~20 min on 2 CPU cores
+    python -m benchmarks.step_time --smoke         # seconds: wiring check used by the tests
 """
 from __future__ import annotations
 
@@ -27,8 +27,7 @@ import numpy as np
 from flax import nnx
 
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments.common import write_report  # noqa: E402
+from experiments.common import write_report
 
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
 # (kind, remat policy) compiled for memory only (timed too with --time-remat)

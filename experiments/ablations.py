@@ -19,10 +19,10 @@ Each axis's table has the residual baseline as its reference row. Per variant: f
 same seed gives both the same data order), the max over training of the composite Amax gain
 (forward / backward) and of the doubly-stochastic column error.
 
-    python experiments/ablations.py --axis all                 # micro config, 3 seeds (CPU)
-    python experiments/ablations.py --axis n_streams --seeds 0,1,2,3,4 steps=400
-    python experiments/ablations.py --axis all --dry-run       # print the runs, train nothing
-    python experiments/ablations.py --smoke --out /tmp/abl     # seconds: wiring check
+    python -m experiments.ablations --axis all                 # micro config, 3 seeds (CPU)
+    python -m experiments.ablations --axis n_streams --seeds 0,1,2,3,4 steps=400
+    python -m experiments.ablations --axis all --dry-run       # print the runs, train nothing
+    python -m experiments.ablations --smoke --out /tmp/abl     # seconds: wiring check
 """
 from __future__ import annotations
 
@@ -34,10 +34,8 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import common  # noqa: E402
+from experiments import common
 
 BASELINE = ("residual", ("residual=residual",))
 MHC = ("residual=mhc",)

@@ -1,8 +1,9 @@
 """Shared plumbing of the studies: train a config once (or reuse a finished run with the same
 config), seeds, mean and spread, provenance of the numbers.
 
-Scripts in `experiments/` and `paper_repro/` import this as `experiments.common`; they put the
-repository root on `sys.path` themselves, so `python experiments/<study>.py` works from anywhere.
+Scripts in `experiments/` and `paper_repro/` import this as `experiments.common`; they run as
+modules from the repository root (`python -m experiments.<study>`), which puts the root on
+`sys.path`.
 """
 from __future__ import annotations
 
@@ -225,7 +226,7 @@ MICRO_OVERRIDES = ("d_model=64", "n_layers=4", "n_heads=4", "d_ff=192", "seq_len
 RUNS = os.path.join(REPO, "experiments", "results", "trained")
 
 # The H_res regime of the CPU studies that need H_res to learn (LR sensitivity, the long run):
-# chosen by measurement with `python experiments/ablations.py --axis h_res_regime` and the rule
+# chosen by measurement with `python -m experiments.ablations --axis h_res_regime` and the rule
 # in `ablations.choose_regime` (results and the reason in experiments/README.md).
 STUDY_REGIME = ("res_offdiag_logit=-2",)
 # where the finite Sinkhorn's column error is large (the ablations of t_max, convention and

@@ -13,9 +13,9 @@ Reported per kind: max composite and single-site Amax gain forward / backward ov
 sites near 1-3), loss-spike events, max grad norm, final eval loss; and the HC − mHC loss gap
 over training.
 
-    python experiments/long_run.py --lr 0.01                 # ~30 min per kind on 2 idle cores
-    python experiments/long_run.py --lr 0.01 steps=500       # shorter
-    python experiments/long_run.py --smoke --out /tmp/long
+    python -m experiments.long_run --lr 0.01                 # ~30 min per kind on 2 idle cores
+    python -m experiments.long_run --lr 0.01 steps=500       # shorter
+    python -m experiments.long_run --smoke --out /tmp/long
 """
 from __future__ import annotations
 
@@ -27,10 +27,8 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import common  # noqa: E402
+from experiments import common
 
 KINDS = ("hc", "mhc")
 WARMUP = 100  # steps; the grad-norm peak is also reported after them (spikes, not the start)

@@ -23,10 +23,10 @@ from their last checkpoint, finished ones are reused); each finished run is also
 compacted, to OUT/records/<kind>-L<depth>-lr<lr>-s<seed>.json (its config, provenance, events and
 the per-step metrics the tables use), and the tables are computed from those files alone.
 
-    python experiments/lr_sensitivity.py                     # the full grid (~6 h on 2 cores)
-    python experiments/lr_sensitivity.py --depths 6 --seeds 0
-    python experiments/lr_sensitivity.py --only-finished     # tabulate what exists, train nothing
-    python experiments/lr_sensitivity.py --smoke --out /tmp/lrs
+    python -m experiments.lr_sensitivity                     # the full grid (~6 h on 2 cores)
+    python -m experiments.lr_sensitivity --depths 6 --seeds 0
+    python -m experiments.lr_sensitivity --only-finished     # tabulate what exists, train nothing
+    python -m experiments.lr_sensitivity --smoke --out /tmp/lrs
 """
 from __future__ import annotations
 
@@ -39,10 +39,8 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import common  # noqa: E402
+from experiments import common
 
 KINDS = {"residual": ("residual=residual",), "hc": ("residual=hc",), "mhc": ("residual=mhc",),
          "mhc_lite": ("residual=mhc_lite",),

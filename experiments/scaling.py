@@ -11,10 +11,10 @@ regime (`common.STUDY_REGIME`), where H_res leaves its initialisation within the
 training loss minus the residual's at every logged step (same seed, so the same batches),
 smoothed by a moving average, plus the eval-loss gap at each evaluation, averaged over seeds.
 
-    python experiments/scaling.py                        # both parts, CPU
-    python experiments/scaling.py --part tokens --token-steps 2000
-    python experiments/scaling.py --dry-run              # print the runs
-    python experiments/scaling.py --smoke --out /tmp/sc  # seconds: wiring check
+    python -m experiments.scaling                        # both parts, CPU
+    python -m experiments.scaling --part tokens --token-steps 2000
+    python -m experiments.scaling --dry-run              # print the runs
+    python -m experiments.scaling --smoke --out /tmp/sc  # seconds: wiring check
 """
 from __future__ import annotations
 
@@ -26,10 +26,8 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import common  # noqa: E402
+from experiments import common
 
 KINDS = ("residual", "mhc")
 # name: (d_model, n_layers, n_heads); width/depth = 16, head dim 16, d_ff = 3 x width

@@ -10,11 +10,11 @@ The small scale trains the connections in the study regime (`experiments.common.
 where H_res leaves its initialisation) with gradient clipping off, so that a gradient surge is
 measured rather than clipped away.
 
-    python experiments/stability.py                      # small recipe, 9 runs, ~1.5 h on 2 cores
-    python experiments/stability.py --seeds 0            # one seed per kind (~30 min)
-    python experiments/stability.py --smoke              # seconds: wiring check used by the tests
-    python experiments/stability.py steps=1000 lr=6e-3   # any config override as key=value
-    python experiments/stability.py --scale paper mesh=fsdp=64,expert=8   # 27B on hardware
+    python -m experiments.stability                      # small recipe, 9 runs, ~1.5 h on 2 cores
+    python -m experiments.stability --seeds 0            # one seed per kind (~30 min)
+    python -m experiments.stability --smoke              # seconds: wiring check used by the tests
+    python -m experiments.stability steps=1000 lr=6e-3   # any config override as key=value
+    python -m experiments.stability --scale paper mesh=fsdp=64,expert=8   # 27B on hardware
 
 A finished run of the same config is reused, so re-running only redraws the figure.
 """
@@ -28,10 +28,8 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments.common import (SMOKE_OVERRIDES, h_res_movement, make_config,  # noqa: E402
+from experiments.common import (SMOKE_OVERRIDES, h_res_movement, make_config,
                                 STUDY_REGIME, mean_spread, provenance,
                                 regime_overrides, train_or_reuse, write_json,
                                 write_report)

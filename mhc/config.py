@@ -7,14 +7,13 @@ import os
 import typing
 
 from mhc import connections, manifolds
+from mhc.metrics import WANDB_MODES
+from mhc.remat import REMAT
 
 DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
-COLLAPSE = ("sum", "mean", "head")
-REMAT = ("none", "full", "dots", "mhc", "streams")
+COLLAPSE = (*connections.COLLAPSE, "head")  # head: a learned HyperHead (mhc.layers)
 ATTENTION = ("mha", "mla")
 FFN = ("dense", "moe")
-MOE_DISPATCH = ("auto", "capacity", "ragged")
-WANDB_MODES = ("offline", "online", "disabled")
 TOKEN_DTYPES = ("auto", "uint16", "uint32")
 LR_SCHEDULES = ("paper", "constant")  # after the linear warmup (see mhc.train_step.lr_schedule)
 
@@ -103,7 +102,10 @@ class ModelConfig:
                       "n_streams", "sinkhorn_iters")
         _choice(self, "attention", ATTENTION)
         _choice(self, "ffn", FFN)
-        _choice(self, "moe_dispatch", MOE_DISPATCH)
+        # the list lives beside the dispatch code; a module-level import would cycle through
+        # mhc.model's package (transformer imports this module)
+        from mhc.model.moe import DISPATCH
+        _choice(self, "moe_dispatch", DISPATCH)
         _check(self.mtp_depth in (0, 1), f"mtp_depth={self.mtp_depth!r}; allowed: 0, 1")
         _check(self.mtp_weight >= 0, f"mtp_weight={self.mtp_weight!r}; must be >= 0")
         if self.attention == "mha":
@@ -175,6 +177,13 @@ class ModelConfig:
             kernels=self.kernels)
 
 
+def _resume_safe(default):
+    """A TrainConfig field that `mhc train --resume` may change: it does not touch the math of the
+    run (logging, eval, checkpoints, faults), or it reshards it (`mesh`; `microbatches` changes
+    only the order of float sums, to fit the memory of another mesh)."""
+    return dataclasses.field(default=default, metadata={"resume_safe": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, data and logging. Schedule: linear warmup, then the paper's step decay
@@ -193,39 +202,41 @@ class TrainConfig:
     # learning-rate multiplier of the connection parameters (HC/mHC maps, HyperHead): the
     # short-run stand-in for the paper's 50k steps, so that H_res moves within a CPU budget
     connection_lr_mult: float = 1.0
-    microbatches: int = 1  # gradient accumulation: the batch is split into this many slices
-    mesh: str = ""  # e.g. "fsdp=4,expert=2" (axes data, fsdp, expert, tensor); "" = one device
+    # gradient accumulation: the batch is split into this many slices
+    microbatches: int = _resume_safe(1)
+    # e.g. "fsdp=4,expert=2" (axes data, fsdp, expert, tensor); "" = one device
+    mesh: str = _resume_safe("")
     seed: int = 0
     corpus: str = "kjv"
     val_fraction: float = 0.05
-    eval_every: int = 50
-    eval_batches: int = 4
-    log_every: int = 10
-    out_dir: str = "runs"
-    run_name: str = ""
-    wandb: str = "offline"
-    wandb_project: str = "mhc"
+    eval_every: int = _resume_safe(50)
+    eval_batches: int = _resume_safe(4)
+    log_every: int = _resume_safe(10)
+    out_dir: str = _resume_safe("runs")
+    run_name: str = _resume_safe("")
+    wandb: str = _resume_safe("offline")
+    wandb_project: str = _resume_safe("mhc")
     # data: `corpus` is "kjv", "shakespeare", a .txt file / directory, or a pre-tokenized .bin
     # (see `mhc data prepare`); `token_dtype` only matters for a .bin without its .json sidecar
     token_dtype: str = "auto"
     # checkpoints (orbax, async): every `checkpoint_every` steps (0 = only at the end), keep the
     # last `keep_last`, and also keep every step divisible by `keep_every` (0 = off)
-    checkpoint: bool = True
-    checkpoint_every: int = 100
-    keep_last: int = 3
-    keep_every: int = 0
-    async_checkpoint: bool = True
+    checkpoint: bool = _resume_safe(True)
+    checkpoint_every: int = _resume_safe(100)
+    keep_last: int = _resume_safe(3)
+    keep_every: int = _resume_safe(0)
+    async_checkpoint: bool = _resume_safe(True)
     # fault handling: a step whose loss or gradients are not finite is skipped (no update);
     # `nan_patience` bad steps in a row save a checkpoint and abort. A loss above
     # mean + spike_sigma * std of the last `spike_window` losses is logged as a spike (0 = off).
-    nan_patience: int = 5
-    spike_window: int = 50
-    spike_sigma: float = 6.0
+    nan_patience: int = _resume_safe(5)
+    spike_window: int = _resume_safe(50)
+    spike_sigma: float = _resume_safe(6.0)
     # MFU: peak FLOP/s per device (0 = auto: a table for known accelerators; CPU assumes
     # 32 fp32 FLOP/cycle/core at 3 GHz x all cores, i.e. AVX2 with two FMA units)
-    peak_flops: float = 0.0
+    peak_flops: float = _resume_safe(0.0)
     # DEBUG ONLY (tests of the NaN guard): steps whose loss and gradients are forced to NaN
-    debug_nan_steps: tuple[int, ...] = ()
+    debug_nan_steps: tuple[int, ...] = _resume_safe(())
 
     def __post_init__(self):
         _positive_int(self, "steps", "batch_size", "seq_len", "eval_every", "eval_batches",
@@ -336,3 +347,8 @@ def config_from_dict(d: dict) -> Config:
 def default_run_dir(cfg: Config, recipe: str) -> str:
     name = cfg.train.run_name or f"{recipe}-{cfg.model.residual}-s{cfg.train.seed}"
     return os.path.join(cfg.train.out_dir, name)
+
+
+# the TrainConfig fields `mhc train --resume` may override (marked with _resume_safe)
+RESUME_SAFE = tuple(f.name for f in dataclasses.fields(TrainConfig)
+                    if f.metadata.get("resume_safe"))

@@ -118,13 +118,14 @@ def truncate_jsonl(path: str | os.PathLike, max_step: int) -> int:
     return len(rows)
 
 
+WANDB_MODES = ("offline", "online", "disabled")  # the `wandb` option (TrainConfig.wandb)
+
+
 class WandbSink(Sink):
     """Log to Weights & Biases; any wandb failure prints one warning and turns the sink into a no-op.
 
-    ``mode`` is "offline" | "online" | "disabled"; the env var ``WANDB_MODE=disabled`` wins.
+    ``mode`` is one of WANDB_MODES; the env var ``WANDB_MODE=disabled`` wins.
     """
-
-    MODES = ("offline", "online", "disabled")
 
     def __init__(
         self,
@@ -135,8 +136,8 @@ class WandbSink(Sink):
         name: str | None = None,
         run_id: str | None = None,
     ):
-        if mode not in self.MODES:
-            raise ValueError(f"wandb mode must be one of {self.MODES}, got {mode!r}")
+        if mode not in WANDB_MODES:
+            raise ValueError(f"wandb={mode!r}; allowed: {', '.join(WANDB_MODES)}")
         if os.environ.get("WANDB_MODE") == "disabled":
             mode = "disabled"
         self.mode, self.run = mode, None

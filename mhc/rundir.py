@@ -26,17 +26,7 @@ import subprocess
 import sys
 
 from mhc import metrics
-from mhc.config import Config, ConfigError, config_from_dict
-
-# TrainConfig fields that may change on --resume: they do not touch the math of the run
-RESUME_SAFE = ("log_every", "eval_every", "eval_batches", "checkpoint", "checkpoint_every",
-               "keep_last", "keep_every", "async_checkpoint", "wandb", "wandb_project",
-               "nan_patience", "spike_window", "spike_sigma", "peak_flops", "out_dir", "run_name",
-               "debug_nan_steps",
-               # resharding: a run may continue on another mesh / device count; microbatches
-               # change only the order of float sums (to fit the memory of another mesh)
-               "mesh", "microbatches")
-
+from mhc.config import RESUME_SAFE, Config, ConfigError, config_from_dict
 
 PROVENANCE = "provenance.json"
 _SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout holding mhc/

@@ -29,7 +29,7 @@
 #    per layer and the doubly-stochastic error.
 #
 # Which runs: by default the stability study's runs `experiments/results/stability/mhc` and `.../hc`
-# (`python experiments/stability.py`; `small` recipe, 12 blocks = 24 sites, with checkpoints, kept
+# (`python -m experiments.stability`; `small` recipe, 12 blocks = 24 sites, with checkpoints, kept
 # locally only) when they hold a checkpoint. Otherwise, and always with `MHC_NOTEBOOK_SMOKE=1` in
 # the environment (the setting the CI test uses), the notebook first trains two tiny 10-step runs
 # (HC and mHC) with checkpoints into a temporary directory; that takes seconds. To look at your

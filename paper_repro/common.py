@@ -23,10 +23,8 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments.common import provenance, runs_commits  # noqa: E402
+from experiments.common import provenance, runs_commits
 
 RESULTS = os.path.join(REPO, "paper_repro", "results")
 
@@ -154,7 +152,7 @@ def write(name: str, title: str, rows: list[Row], out_dir: str, command: str,
 def command_line(script: str, argv) -> str:
     """The command that reproduces a table; `argv` None is the script's own command line."""
     args = sys.argv[1:] if argv is None else argv
-    return " ".join(["python", f"paper_repro/{script}", *args])
+    return " ".join(["python", "-m", f"paper_repro.{script.removesuffix('.py')}", *args])
 
 
 def table_parser(doc: str, smoke_help: str) -> argparse.ArgumentParser:

@@ -4,9 +4,9 @@ Paper (27B, arXiv 2512.24880 Fig. 2): HC's loss surges near step 12k, in step wi
 gradient norm; mHC stays smooth. Here: the same comparison on the stability study's runs
 (experiments/stability.py; small scale by default, trained once and reused by Figs. 2/3/5/7/8).
 
-    python paper_repro/fig2_hc_instability.py              # small scale (~25 min once, then seconds)
-    python paper_repro/fig2_hc_instability.py --smoke      # seconds (wiring check)
-    python paper_repro/fig2_hc_instability.py --scale paper mesh=fsdp=64,expert=8
+    python -m paper_repro.fig2_hc_instability              # small scale (~25 min once, then seconds)
+    python -m paper_repro.fig2_hc_instability --smoke      # seconds (wiring check)
+    python -m paper_repro.fig2_hc_instability --scale paper mesh=fsdp=64,expert=8
 """
 from __future__ import annotations
 
@@ -15,11 +15,10 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from paper_repro import common  # noqa: E402
+from paper_repro import common
 
-from experiments.common import final_metrics  # noqa: E402
-from mhc.metrics import read_jsonl  # noqa: E402
+from experiments.common import final_metrics
+from mhc.metrics import read_jsonl
 
 
 def spikes(run_dir: str) -> list[int]:

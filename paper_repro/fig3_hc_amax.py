@@ -4,9 +4,9 @@ absolute row sum) and backward (max absolute column sum), averaged over tokens.
 Paper (27B, 60 sites, arXiv 2512.24880 Fig. 3): the composite gain of HC peaks near 3000. Here: the
 HC run of the stability study (small scale by default; shared with Figs. 2/5/7/8).
 
-    python paper_repro/fig3_hc_amax.py                     # small scale
-    python paper_repro/fig3_hc_amax.py --smoke             # seconds (wiring check)
-    python paper_repro/fig3_hc_amax.py --scale paper mesh=fsdp=64,expert=8
+    python -m paper_repro.fig3_hc_amax                     # small scale
+    python -m paper_repro.fig3_hc_amax --smoke             # seconds (wiring check)
+    python -m paper_repro.fig3_hc_amax --scale paper mesh=fsdp=64,expert=8
 """
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from paper_repro import common  # noqa: E402
+from paper_repro import common
 
 PAPER_PEAK = 3000  # HC's composite Amax gain, 27B (Fig. 3b)
 

@@ -5,9 +5,9 @@ Paper (27B, arXiv 2512.24880 Fig. 5): mHC ends 0.021 below the baseline and its 
 comparable to the baseline's; HC's does not. Here: the stability study's runs (small scale by
 default; trained once and shared with Figs. 2/3/7/8).
 
-    python paper_repro/fig5_mhc_stability.py               # small scale
-    python paper_repro/fig5_mhc_stability.py --smoke       # seconds (wiring check)
-    python paper_repro/fig5_mhc_stability.py --scale paper mesh=fsdp=64,expert=8
+    python -m paper_repro.fig5_mhc_stability               # small scale
+    python -m paper_repro.fig5_mhc_stability --smoke       # seconds (wiring check)
+    python -m paper_repro.fig5_mhc_stability --scale paper mesh=fsdp=64,expert=8
 """
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from paper_repro import common  # noqa: E402
+from paper_repro import common
 
-from experiments.common import final_metrics  # noqa: E402
+from experiments.common import final_metrics
 
 PAPER_GAP = -0.021  # mHC final loss gap vs baseline, 27B (Fig. 5a)
 COLORS = {"hc": "tab:red", "mhc": "tab:blue", "residual": "tab:gray"}

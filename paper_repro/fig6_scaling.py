@@ -4,9 +4,9 @@
 Small scale: the micro ladder (d_model 48/64/96, 3/4/6 blocks, fixed steps) and a 400-step pair.
 Paper scale: 3B/9B/27B recipes (Table 5) for (a) and the 3B-1T run for (b), on a mesh.
 
-    python paper_repro/fig6_scaling.py                                   # CPU
-    python paper_repro/fig6_scaling.py --scale paper --mesh fsdp=64,expert=8 --dry-run
-    python paper_repro/fig6_scaling.py --smoke --out /tmp/f6
+    python -m paper_repro.fig6_scaling                                   # CPU
+    python -m paper_repro.fig6_scaling --scale paper --mesh fsdp=64,expert=8 --dry-run
+    python -m paper_repro.fig6_scaling --smoke --out /tmp/f6
 """
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import common, scaling  # noqa: E402
-from experiments.ablations import parse_seeds  # noqa: E402
-from mhc.metrics import read_jsonl  # noqa: E402
-from paper_repro.common import (RESULTS, Row, all_of, command_line, seeded_verdict,  # noqa: E402
+from experiments import common, scaling
+from experiments.ablations import parse_seeds
+from mhc.metrics import read_jsonl
+from paper_repro.common import (RESULTS, Row, all_of, command_line, seeded_verdict,
                                 write)
 
 PAPER_LADDER = ("3b", "9b", "27b")

@@ -5,17 +5,16 @@ Paper (27B, arXiv 2512.24880 Fig. 7): single-layer forward gain about 1 and back
 1 (truncated Sinkhorn); the composite stays at most about 1.6. Here: the mHC run of the stability
 study (small scale by default; shared with Figs. 2/3/5/8).
 
-    python paper_repro/fig7_mhc_amax.py                    # small scale
-    python paper_repro/fig7_mhc_amax.py --smoke            # seconds (wiring check)
-    python paper_repro/fig7_mhc_amax.py --scale paper mesh=fsdp=64,expert=8
+    python -m paper_repro.fig7_mhc_amax                    # small scale
+    python -m paper_repro.fig7_mhc_amax --smoke            # seconds (wiring check)
+    python -m paper_repro.fig7_mhc_amax --scale paper mesh=fsdp=64,expert=8
 """
 from __future__ import annotations
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from paper_repro import common  # noqa: E402
+from paper_repro import common
 
 PAPER_COMPOSITE_MAX = 1.6
 

@@ -6,9 +6,9 @@ Paper (27B, arXiv 2512.24880 Fig. 8): HC's composite entries reach hundreds; mHC
 with row and column sums near 1. Here: the final checkpoints of the stability study's HC and mHC
 runs (small scale by default; shared with Figs. 2/3/5/7).
 
-    python paper_repro/fig8_heatmaps.py                    # small scale
-    python paper_repro/fig8_heatmaps.py --smoke            # seconds (wiring check)
-    python paper_repro/fig8_heatmaps.py --scale paper mesh=fsdp=64,expert=8
+    python -m paper_repro.fig8_heatmaps                    # small scale
+    python -m paper_repro.fig8_heatmaps --smoke            # seconds (wiring check)
+    python -m paper_repro.fig8_heatmaps --scale paper mesh=fsdp=64,expert=8
 """
 from __future__ import annotations
 
@@ -17,8 +17,7 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from paper_repro import common  # noqa: E402
+from paper_repro import common
 
 
 def sequence_maps(run_dir: str) -> tuple[np.ndarray, int]:

@@ -7,8 +7,8 @@ small models become unstable, and compare kinds by their loss-vs-LR curves at 6 
 (the paper's 60 sites), clipping off. It reads `experiments/lr_sensitivity.py`'s compact run
 records (it trains nothing unless --smoke) and judges each claim per seed under the verdict rule.
 
-    python paper_repro/lr_proxy.py                 # after python experiments/lr_sensitivity.py
-    python paper_repro/lr_proxy.py --smoke         # seconds: trains the study's smoke grid
+    python -m paper_repro.lr_proxy                 # after python -m experiments.lr_sensitivity
+    python -m paper_repro.lr_proxy --smoke         # seconds: trains the study's smoke grid
 """
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import lr_sensitivity  # noqa: E402
-from experiments.common import RECORDS  # noqa: E402
-from paper_repro import common  # noqa: E402
+from experiments import lr_sensitivity
+from experiments.common import RECORDS
+from paper_repro import common
 
 STUDY = os.path.join(common.REPO, "experiments", "results", "lr_sensitivity")
 PAPER_COMPOSITE_MAX = 1.6
@@ -129,7 +128,7 @@ def main(argv=None) -> int:
     metrics, records = per_seed(records_dir)
     if not metrics:
         raise SystemExit(f"no LR-sensitivity records in {records_dir}; run "
-                         "python experiments/lr_sensitivity.py first")
+                         "python -m experiments.lr_sensitivity first")
     notes = (f"Reads {len(metrics)} runs of `{os.path.relpath(args.study, common.REPO)}` "
              f": kinds {sorted({k for k, *_ in metrics})}, "
              f"blocks {sorted({d for _, d, *_ in metrics})}, LRs "

@@ -4,10 +4,10 @@ Disabled maps are fixed at the residual's values (H_pre -> 1/n, H_post -> ones, 
 `residual=hc learned_maps=...`; "none" is the plain residual baseline. Gap = final eval loss of the
 variant minus the baseline's, paired by seed; mean ± std over seeds.
 
-    python paper_repro/table1_hc_ablation.py                     # micro config, 3 seeds, CPU
-    python paper_repro/table1_hc_ablation.py --seeds 0,1,2,3,4 steps=400
-    python paper_repro/table1_hc_ablation.py --scale paper --mesh fsdp=64,expert=8 --dry-run
-    python paper_repro/table1_hc_ablation.py --smoke --out /tmp/t1
+    python -m paper_repro.table1_hc_ablation                     # micro config, 3 seeds, CPU
+    python -m paper_repro.table1_hc_ablation --seeds 0,1,2,3,4 steps=400
+    python -m paper_repro.table1_hc_ablation --scale paper --mesh fsdp=64,expert=8 --dry-run
+    python -m paper_repro.table1_hc_ablation --smoke --out /tmp/t1
 """
 from __future__ import annotations
 
@@ -18,11 +18,9 @@ import sys
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import ablations, common  # noqa: E402
-from paper_repro.common import (RESULTS, Row, all_of, command_line, savefig,  # noqa: E402
+from experiments import ablations, common
+from paper_repro.common import (RESULTS, Row, all_of, command_line, savefig,
                                 seeded_verdict, seeds_note, write)
 
 # (label, overrides, paper's loss gap vs baseline) in the paper's row order

@@ -11,9 +11,9 @@ Tolerance: 1 % per kernel. The formulas count the streams and maps only; the one
 reads (phi, `nC x (n^2 + 2n)`, in compute-maps) is amortised over the T tokens of the call and
 added to the formula as phi / T, so the check is exact up to XLA's accounting.
 
-    python paper_repro/table2_io.py                # n=4, C=256, T=4096 (seconds)
-    python paper_repro/table2_io.py --scale paper  # n=4, C=2560 (27B width), T=4096
-    python paper_repro/table2_io.py --smoke        # tiny shapes, for tests
+    python -m paper_repro.table2_io                # n=4, C=256, T=4096 (seconds)
+    python -m paper_repro.table2_io --scale paper  # n=4, C=2560 (27B width), T=4096
+    python -m paper_repro.table2_io --smoke        # tiny shapes, for tests
 """
 from __future__ import annotations
 
@@ -21,10 +21,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paper_repro import common  # noqa: E402
-from paper_repro.common import Row, command_line, exact_verdict, write  # noqa: E402
+from paper_repro import common
+from paper_repro.common import Row, command_line, exact_verdict, write
 
 TOLERANCE = 0.01  # relative, per kernel (read and write separately)
 TOL_CELL = f"tolerance {TOLERANCE:.0%} per kernel"

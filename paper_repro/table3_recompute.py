@@ -21,9 +21,9 @@ Which L the paper means: the mHC update runs per sub-layer (attention and FFN ea
 and the paper counts every block as two layers in its per-layer plots (60 for 30 blocks), so we
 read L as sites, as `mhc.model.transformer.remat_group_size` (remat_group=0) does.
 
-    python paper_repro/table3_recompute.py                # A: 24 sites C=128; B: 8 blocks
-    python paper_repro/table3_recompute.py --scale paper  # formula for 27B + A at C=2560, 60 sites
-    python paper_repro/table3_recompute.py --smoke        # tiny, for tests
+    python -m paper_repro.table3_recompute                # A: 24 sites C=128; B: 8 blocks
+    python -m paper_repro.table3_recompute --scale paper  # formula for 27B + A at C=2560, 60 sites
+    python -m paper_repro.table3_recompute --smoke        # tiny, for tests
 """
 from __future__ import annotations
 
@@ -34,10 +34,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paper_repro import common  # noqa: E402
-from paper_repro.common import Row, command_line, exact_verdict, write  # noqa: E402
+from paper_repro import common
+from paper_repro.common import Row, command_line, exact_verdict, write
 
 FIT_TOLERANCE = 0.25  # relative, on each fitted coefficient b and c
 

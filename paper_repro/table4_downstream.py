@@ -6,9 +6,9 @@ is downloaded): by default this scores the stability study's checkpoints (small 
 byte-level KJV Bible models; seed 0 of experiments/stability.py) on the tiny hand-written fixture
 tasks in tests/fixtures/eval, so every benchmark row says "not bundled" and its verdict is "n/a".
 
-    python paper_repro/table4_downstream.py                  # stability checkpoints x fixtures
-    python paper_repro/table4_downstream.py --runs residual=DIR hc=DIR mhc=DIR --tasks-dir DIR
-    python paper_repro/table4_downstream.py --smoke --out /tmp/t4   # seconds: wiring check
+    python -m paper_repro.table4_downstream                  # stability checkpoints x fixtures
+    python -m paper_repro.table4_downstream --runs residual=DIR hc=DIR mhc=DIR --tasks-dir DIR
+    python -m paper_repro.table4_downstream --smoke --out /tmp/t4   # seconds: wiring check
 
 A tasks directory holds one JSONL file per task (format: mhc/tasks.py), named after the
 benchmark (bbh*.jsonl, drop*.jsonl, gsm8k*, hellaswag*, math*, mmlu*, piqa*, triviaqa*), each with
@@ -23,11 +23,9 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import common as exp  # noqa: E402
-from paper_repro import common  # noqa: E402
+from experiments import common as exp
+from paper_repro import common
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "eval")
 STABILITY = os.path.join(REPO, "experiments", "results", "stability")

@@ -6,9 +6,9 @@ A count agrees when it is within 1 % of Table 5. Also reported: the vocabulary p
 (2·V·C, untied embedding and head), the dense first-block FFN width the paper does not give
 (derived here from the active count), and the parameter overhead of mHC.
 
-    python paper_repro/table5_configs.py                 # all four recipes (seconds)
-    python paper_repro/table5_configs.py --scale paper   # the same: counting is abstract
-    python paper_repro/table5_configs.py --smoke         # 3b only, for tests
+    python -m paper_repro.table5_configs                 # all four recipes (seconds)
+    python -m paper_repro.table5_configs --scale paper   # the same: counting is abstract
+    python -m paper_repro.table5_configs --smoke         # 3b only, for tests
 """
 from __future__ import annotations
 
@@ -18,10 +18,9 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from paper_repro import common  # noqa: E402
-from paper_repro.common import Row, command_line, exact_verdict, write  # noqa: E402
+from paper_repro import common
+from paper_repro.common import Row, command_line, exact_verdict, write
 
 TOLERANCE = 0.01
 TOL_CELL = f"tolerance {TOLERANCE:.0%}"

@@ -182,8 +182,6 @@ def test_lite_logit_matches_sinkhorns_soft_identity():
 
 
 def test_choose_regime_rule():
-    import sys
-    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1]))
     from experiments.ablations import choose_regime
     row = lambda loss, dist, err: {"eval_loss": loss, "dist_init_end": dist,  # noqa: E731
                                    "ds_col_err_max": err}

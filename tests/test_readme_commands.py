@@ -3,7 +3,8 @@
 Extraction rule (`readme_commands`):
 - every line of a ```bash block is a command (a trailing backslash continues it, a `#` comment
   is dropped);
-- an inline code span in the prose is a command when it starts with `python <file>.py`, or with
+- an inline code span in the prose is a command when it starts with `python <file>.py`,
+  `python -m <package>.<script>` (a study, paper or benchmark script), or with
   `mhc <subcommand>` (or `python -m mhc <subcommand>`) followed by arguments; a bare `mhc train`
   or `python -m mhc` names a command rather than showing one, except `mhc info`, which takes no
   arguments. Flag fragments such as `--part ladder` are not commands.
@@ -23,18 +24,17 @@ import argparse
 import os
 import re
 import shlex
+import subprocess
 import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments.common import SMOKE_OVERRIDES  # noqa: E402
-from mhc import cli, recipes  # noqa: E402
-from mhc.config import apply_overrides  # noqa: E402
-from test_scripts import _load  # noqa: E402
+from experiments.common import SMOKE_OVERRIDES
+from mhc import cli, recipes
+from mhc.config import apply_overrides
+from test_scripts import _load
 
 READMES = ("README.md", "experiments/README.md", "paper_repro/README.md", "notebooks/README.md",
            "benchmarks/README.md")
@@ -54,7 +54,9 @@ RUN = {"mhc info": (), "mhc train --recipe tiny --residual mhc": SMOKE_OVERRIDES
 NO_SMOKE = {"paper_repro/collect.py": "trains nothing: it rebuilds paper_repro/README.md from the "
                                       "result tables (tests/test_scripts.py runs it)"}
 REPO_DIRS = ("mhc/", "experiments/", "paper_repro/", "benchmarks/", "notebooks/", "tests/")
-INLINE = re.compile(r"python \S+\.py( .+)?|(python -m )?mhc (\w+ .+|info)")
+SCRIPT_PACKAGES = ("experiments", "paper_repro", "benchmarks")  # run as `python -m <pkg>.<script>`
+INLINE = re.compile(r"python \S+\.py( .+)?|(python -m )?mhc (\w+ .+|info)|"
+                    r"python -m (%s)\.\w+( .+)?" % "|".join(SCRIPT_PACKAGES))
 ENV = re.compile(r"[A-Z_][A-Z0-9_]*=")
 
 
@@ -94,7 +96,18 @@ def test_extraction_finds_commands_and_every_skip_is_used():
         assert any(text in c for *_, c in CASES), f"SKIP entry {text!r} matches no command"
     assert set(RUN) <= {c for *_, c in CASES}, "a RUN command is no longer in any README"
     for path in NO_SMOKE:
-        assert any(path in c for *_, c in CASES), f"NO_SMOKE entry {path} matches no command"
+        module = path.removesuffix(".py").replace("/", ".")
+        assert any(module in c for *_, c in CASES), f"NO_SMOKE entry {path} matches no command"
+
+
+def test_a_study_runs_as_a_module_from_the_repository_root():
+    """What the READMEs show, in a fresh interpreter: `python -m experiments.<study>` finds the
+    `experiments` package and `mhc` with no sys.path edits in the script."""
+    done = subprocess.run([sys.executable, "-m", "experiments.ablations", "--axis", "dynamic",
+                           "--seeds", "0", "--dry-run"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "dynamic" in done.stdout and "static" in done.stdout
 
 
 class _Parsed(Exception):
@@ -185,8 +198,15 @@ def test_readme_command_runs(readme, lineno, command, monkeypatch, tmp_path, cap
             assert cli.main([*words[1:], *RUN[command]]) == 0, capsys.readouterr().err
             if words[1] == "train":  # the directory the README says it writes
                 assert (tmp_path / "runs" / "tiny-mhc-s0" / "metrics.jsonl").is_file()
+    elif words[:2] == ["python", "-m"] and words[2].partition(".")[0] in SCRIPT_PACKAGES:
+        path = words[2].replace(".", "/") + ".py"
+        assert os.path.exists(os.path.join(REPO, path)), f"{readme}:{lineno}: no module {path}"
+        _check_script(path, words[3:], env, monkeypatch, tmp_path)
     elif words[0] == "python" and words[1].endswith(".py"):
         assert words[1].startswith(REPO_DIRS), f"{readme}:{lineno}: not a repository script"
+        # a study script run by path has no repository root on sys.path: its imports fail
+        assert not words[1].startswith(tuple(f"{p}/" for p in SCRIPT_PACKAGES)), \
+            f"{readme}:{lineno}: run it as python -m {words[1][:-3].replace('/', '.')}"
         _check_script(words[1], words[2:], env, monkeypatch, tmp_path)
     else:
         pytest.fail(f"{readme}:{lineno}: no rule for {command!r}: add one or a SKIP entry")

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import ablations, common, scaling  # noqa: E402
-from paper_repro import fig6_scaling, table1_hc_ablation  # noqa: E402
+from experiments import ablations, common, scaling
+from paper_repro import fig6_scaling, table1_hc_ablation
 
 
 # ------------------------------------------------------------------------------ planned runs

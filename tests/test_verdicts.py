@@ -3,19 +3,16 @@ all_of), the callers that apply a tolerance, and the top-level README's reproduc
 must equal what paper_repro/collect.py generates from the committed results."""
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-from experiments import scaling  # noqa: E402
-from paper_repro import (collect, common, fig6_scaling, table1_hc_ablation,  # noqa: E402
+from experiments import scaling
+from paper_repro import (collect, common, fig6_scaling, table1_hc_ablation,
                          table3_recompute)
-from paper_repro.common import all_of, exact_verdict, seeded_verdict  # noqa: E402
+from paper_repro.common import all_of, exact_verdict, seeded_verdict
 
 
 def word(cell):
@@ -181,7 +178,7 @@ def test_fig6_judges_every_rung_and_every_eval_point():
 
 # ------------------------------------------------------------ the top-level README's table
 def test_readme_reproduced_table_is_what_collect_generates():
-    """Fails when a results table changed and `python paper_repro/collect.py` was not rerun
+    """Fails when a results table changed and `python -m paper_repro.collect` was not rerun
     (or when the README's generated region was edited by hand)."""
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read()
@@ -196,7 +193,7 @@ def test_write_region_replaces_only_the_region(tmp_path):
     collect.write_region(str(top), str(results))
     text = top.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{collect.REGION_END}\nrest\n")
-    assert "hand-typed" not in text and "not run yet: `python paper_repro/fig3_hc_amax.py`" in text
+    assert "hand-typed" not in text and "not run yet: `python -m paper_repro.fig3_hc_amax`" in text
     common.write("fig3_hc_amax", "Fig. 3", [common.Row("renamed quantity", "p", "o", "n/a")],
                  str(results), "python x")
     with pytest.raises(ValueError, match="0 rows start with"):

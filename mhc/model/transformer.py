@@ -25,6 +25,7 @@ from mhc.layers import HyperConnection, HyperHead
 from mhc.model.attention import CausalSelfAttention, MultiHeadLatentAttention, param_init
 from mhc.model.mlp import SwiGLU
 from mhc.model.moe import MoE, balance_router_bias
+from mhc.remat import remat_policy
 
 
 def _dtype(cfg: ModelConfig):
@@ -76,38 +77,6 @@ class Block(nnx.Module):
             streams, ffn_maps = self.ffn_hc.apply(streams, lambda h: self.ffn(self.ffn_norm(h)))
             stats = {}
         return streams, (attn_maps, ffn_maps, stats)
-
-
-def _stream_path_policy(n_streams: int, width: int):
-    """Saveable unless computed from stream-shaped operands `[..., N, C]`: those values (a site's
-    new streams, the read, the mix and write intermediates) are re-run from the block input."""
-    def saveable(prim, *avals, **params):
-        del prim, params
-        return not any(getattr(a, "shape", ())[-2:] == (n_streams, width) for a in avals)
-    return saveable
-
-
-def remat_policy(name: str, n_streams: int = 1, width: int = 0):
-    """Named rematerialisation policies (None = store everything for the backward).
-      full  recompute every block from its input
-      dots  keep matmul outputs, recompute element-wise work
-      mhc   keep F's weight matmuls (dots without batch dimensions) and F's output
-            `branch_out`, recompute everything else: the stream path (norms, coefficient
-            matmul's RMS scaling, maps, Sinkhorn, read/mix/write, whose einsums carry the token
-            axes as batch dimensions and so are not kept) and attention's score/value products
-            (leaner than the paper's scheme: F's element-wise work is recomputed too)
-      streams  the paper's selective recompute (Section 4.3): keep everything F keeps, recompute
-            the connection's stream path (values computed from `[..., N, C]` streams; needs
-            `n_streams` and `width`). A block stores its input streams, F's output and the
-            small maps; the FFN site's input streams are re-run from them, F is not
-    """
-    policies = jax.checkpoint_policies
-    return {"none": None, "full": policies.nothing_saveable,
-            "dots": policies.checkpoint_dots,
-            "mhc": policies.save_from_both_policies(
-                policies.checkpoint_dots_with_no_batch_dims,
-                policies.save_only_these_names(connections.BRANCH_OUT)),
-            "streams": _stream_path_policy(n_streams, width)}[name]
 
 
 def remat_group_size(cfg: ModelConfig, n_blocks: int) -> int:
