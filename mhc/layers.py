@@ -27,26 +27,25 @@ class HyperConnection(nnx.Module):
     `layer_index` places HC's one-hot read (and mHC's ±1 pre/post logits) on stream k mod n.
     """
 
-    def __init__(self, width: int, *, n_streams: int = 4, kind: str = "mhc", dynamic: bool = True,
-                 manifold: str = "sinkhorn", sinkhorn_iters: int = 20,
-                 sinkhorn_convention: str = "paper", sinkhorn_grad: str = "recompute",
-                 res_init: str = "identity", alpha_init: float = 0.01, norm_eps: float = 1e-6,
-                 layer_index=0, rngs: nnx.Rngs | None = None, **spec_options):
-        """`spec_options`: any other `ConnectionSpec` field (e.g. `learned_maps`)."""
+    def __init__(self, width: int | None = None, *, spec: ConnectionSpec | None = None,
+                 layer_index=0, rngs: nnx.Rngs | None = None, **options):
+        """From a `spec`, or from `width` and any other `ConnectionSpec` field as a keyword
+        (`n_streams`, `kind`, `sinkhorn_iters`, `learned_maps`, ...; the spec's defaults)."""
         del rngs  # deterministic init (HC/mHC start from their static maps); kept for API symmetry
-        self.spec = ConnectionSpec(
-            width=width, n_streams=n_streams, kind=kind, dynamic=dynamic, manifold=manifold,
-            sinkhorn_iters=sinkhorn_iters, sinkhorn_convention=sinkhorn_convention,
-            sinkhorn_grad=sinkhorn_grad, res_init=res_init, alpha_init=alpha_init,
-            norm_eps=norm_eps, **spec_options)
+        if spec is None:
+            spec = ConnectionSpec(width=width, **options)
+        elif width is not None or options:
+            given = ["width"] * (width is not None) + list(options)
+            raise TypeError("HyperConnection takes a spec, or width and options, not both (got "
+                            f"spec and {', '.join(given)})")
+        self.spec = spec
         self.params = nnx.data({name: nnx.Param(value) for name, value in
                                 connections.init_params(self.spec, layer_index).items()})
         self._last_maps = nnx.data(None)
 
     @classmethod
     def from_spec(cls, spec: ConnectionSpec, layer_index=0) -> "HyperConnection":
-        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-        return cls(**fields, layer_index=layer_index)
+        return cls(spec=spec, layer_index=layer_index)
 
     def _param_values(self) -> dict:
         return {name: p[...] for name, p in self.params.items()}
@@ -91,35 +90,35 @@ class HyperHead(nnx.Module):
 
 
 # ------------------------------------------------------------------------------------- Linen
-class LinenHyperConnection(linen.Module):
-    """Linen version of `HyperConnection` (same parameters, same math).
-
-    `branch` may be any callable, including a Linen submodule of the parent. The maps are sown
-    into the "intermediates" collection as `maps`.
-    """
-    width: int
-    n_streams: int = 4
-    kind: str = "mhc"
-    dynamic: bool = True
-    manifold: str = "sinkhorn"
-    sinkhorn_iters: int = 20
-    sinkhorn_convention: str = "paper"
-    sinkhorn_grad: str = "recompute"
-    res_init: str = "identity"
-    alpha_init: float = 0.01
-    norm_eps: float = 1e-6
-    learned_maps: tuple[str, ...] = connections.MAP_NAMES
-    layer_index: int = 0
+class _LinenSite(linen.Module):
+    """The call of `LinenHyperConnection`, whose attributes are `ConnectionSpec`'s fields."""
 
     @linen.compact
     def __call__(self, streams_BxTxNxC, branch):
         spec = ConnectionSpec(**{f.name: getattr(self, f.name)
-                                 for f in dataclasses.fields(ConnectionSpec) if hasattr(self, f.name)})
+                                 for f in dataclasses.fields(ConnectionSpec)})
         init = connections.init_params(spec, self.layer_index)
         params = {name: self.param(name, lambda _key, v=value: v) for name, value in init.items()}
         new, maps = connections.apply_site(params, streams_BxTxNxC, branch, spec)
         self.sow("intermediates", "maps", maps)
         return new
+
+
+# the attributes are ConnectionSpec's fields (width first, same defaults) plus layer_index, taken
+# from the spec rather than listed again, so a new connection option reaches Linen by itself
+LinenHyperConnection = type("LinenHyperConnection", (_LinenSite,), {
+    "__module__": __name__,
+    "__doc__": """Linen version of `HyperConnection` (same parameters, same math): attributes
+    `width`, every other `ConnectionSpec` field (same defaults) and `layer_index`.
+
+    `branch` may be any callable, including a Linen submodule of the parent. The maps are sown
+    into the "intermediates" collection as `maps`.
+    """,
+    "__annotations__": {**{f.name: f.type for f in dataclasses.fields(ConnectionSpec)},
+                        "layer_index": "int"},
+    **{f.name: f.default for f in dataclasses.fields(ConnectionSpec)
+       if f.default is not dataclasses.MISSING},
+    "layer_index": 0})
 
 
 class LinenHyperHead(linen.Module):

@@ -1,4 +1,5 @@
 """Invariants of connection sites and behaviour of the NNX / Linen modules (arXiv 2512.24880 Eqs. 3 and 7-9; streams in and out as in HC, arXiv 2409.19606)."""
+import dataclasses
 import re
 
 import jax
@@ -237,6 +238,26 @@ def test_linen_matches_nnx(kind):
     np.testing.assert_allclose(sown.res, hc.last_maps.res, atol=1e-7)
     assert float(jnp.abs(out_nnx - mhc.HyperConnection(C, n_streams=N, kind=kind,
                                                        layer_index=2)(x, branch)).max()) > 1e-2
+
+
+def test_every_spec_option_reaches_both_wrappers():
+    """The NNX and Linen sites take every ConnectionSpec field as a keyword with the spec's
+    default (they are derived from the spec, not listed again), and build the same site."""
+    spec_fields = {f.name: f.default for f in dataclasses.fields(mhc.ConnectionSpec)}
+    linen_fields = {f.name: f.default for f in dataclasses.fields(mhc.LinenHyperConnection)}
+    assert {k: linen_fields[k] for k in spec_fields if k != "width"} == \
+        {k: v for k, v in spec_fields.items() if k != "width"}
+    options = dict(n_streams=N, kind="mhc", res_offdiag_logit=-2.0, sinkhorn_range_cap=2.0,
+                   sinkhorn_iters=7, pre_eps=1e-3)
+    hc = mhc.HyperConnection(C, **options)
+    assert hc.spec == mhc.ConnectionSpec(width=C, **options)
+    assert mhc.HyperConnection.from_spec(hc.spec).spec == hc.spec
+    x = _streams(14)
+    out_linen = mhc.LinenHyperConnection(C, **options).init_with_output(
+        jax.random.key(0), x, branch)[0]
+    np.testing.assert_allclose(out_linen, hc(x, branch), atol=1e-6)
+    with pytest.raises(TypeError, match="not both"):
+        mhc.HyperConnection(C, spec=hc.spec)
 
 
 def test_hyper_head():
