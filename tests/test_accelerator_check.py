@@ -24,8 +24,11 @@ def test_smoke_passes_every_part_and_writes_the_report(tmp_path, capsys):
         assert re.search(rf"^## \({part}\) .*: PASS$", text, re.M), part
     assert "ERROR" not in text and "FAIL" not in printed
     # (a) every kernel comparison, values and gradients, against both references
-    for row in ("| sinkhorn paper vs mhc.manifolds | grad |",
-                "| sinkhorn deepseek_v4 vs mhc.manifolds | values |",
+    from mhc.kernels import mosaic_gpu
+    for row in ("| sinkhorn paper (interpret) vs mhc.manifolds | grad |",
+                "| sinkhorn deepseek_v4 (interpret) vs mhc.manifolds | values |",
+                *(["| sinkhorn paper (mosaic_gpu_interpret) vs mhc.manifolds | grad |"]
+                  if mosaic_gpu.available() else []),
                 "| fused site vs kernels=xla | d phi |",
                 "| fused site vs kernels=reference | d streams (bf16) |"):
         assert row in text and text.split(row)[1].split("\n")[0].endswith("| yes |"), row

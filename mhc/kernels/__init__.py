@@ -13,6 +13,9 @@ Selection (`ConnectionSpec.kernels` / `ModelConfig.kernels`):
   "xla"     always the pure-JAX path
   "reference" the pure-JAX path as plain einsums + autodiff (what the fast paths are tested against)
 Under a multi-device mesh "auto" keeps the pure-JAX path (see `use_fused`).
+Backends (`target=`, default per platform): Triton on GPU, Mosaic on TPU, interpret mode on CPU;
+on JAX >= 0.12 also Mosaic GPU for the Sinkhorn kernel (`mosaic_gpu.py`; see
+`sinkhorn_kernel.py` for what lowers where).
 Only dynamic mHC with the Sinkhorn manifold, all three maps learned, and the "recompute" or
 "autodiff" Sinkhorn gradient (both give the exact gradient of the truncated iteration, which the
 kernels compute) is fused; every other kind / option silently uses the pure-JAX path.
@@ -86,7 +89,7 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     with `has_aux` (a branch returning (output, aux)) -> (new streams, Maps, aux).
 
     block_m: token rows per kernel program (multiple of 8; default min(64, M rounded up to a power
-    of two)). target: "interpret" | "triton" | "mosaic" (None = the default backend's)."""
+    of two)). target: one of `sinkhorn_kernel.TARGETS` (None = the default backend's)."""
     if not fusable(spec):
         raise ValueError(f"connection kind={spec.kind!r} manifold={spec.manifold!r} is not "
                          "fused; allowed: dynamic mhc with the sinkhorn manifold")

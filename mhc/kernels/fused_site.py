@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mhc.kernels.sinkhorn_kernel import call_options, sinkhorn_entries, sinkhorn_entries_vjp
+from mhc.kernels.sinkhorn_kernel import pallas_call, sinkhorn_entries, sinkhorn_entries_vjp
 
 F32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -206,14 +206,14 @@ def _input_call(s: Static, x, phi, gate, bias):
     mp, d = x.shape
     shapes = [((mp, s.cp), x.dtype), ((mp, s.np_), F32), ((mp, s.np_), F32), ((mp, s.kp), F32),
               ((mp, s.pp), F32), ((mp, 1), F32)]
-    return pl.pallas_call(
+    return pallas_call(
         functools.partial(_input_kernel, s=s),
         out_shape=[jax.ShapeDtypeStruct(shape, dt) for shape, dt in shapes],
         grid=(mp // s.block_m,),
         in_specs=[_row_spec(s, d), _full_spec((d, s.pp)), _full_spec((1, s.pp)),
                   _full_spec((1, s.pp))],
         out_specs=[_row_spec(s, shape[1]) for shape, _ in shapes],
-        **call_options(s.target), name="mhc_input")(x, phi, gate[None], bias[None])
+        target=s.target, name="mhc_input")(x, phi, gate[None], bias[None])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -232,7 +232,7 @@ def _fused_input_bwd(s, saved, cts):
     x, phi, gate, bias, u, r = saved
     gb, gpre, gpost, gres = cts
     mp, d = x.shape
-    gx, glog = pl.pallas_call(
+    gx, glog = pallas_call(
         functools.partial(_input_bwd_kernel, s=s),
         out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((mp, s.pp), F32)],
         grid=(mp // s.block_m,),
@@ -240,7 +240,7 @@ def _fused_input_bwd(s, saved, cts):
                   _full_spec((1, s.pp)), _row_spec(s, s.pp), _row_spec(s, 1), _row_spec(s, s.cp),
                   _row_spec(s, s.np_), _row_spec(s, s.np_), _row_spec(s, s.kp)],
         out_specs=[_row_spec(s, d), _row_spec(s, s.pp)],
-        **call_options(s.target), name="mhc_input_bwd")(
+        target=s.target, name="mhc_input_bwd")(
             x, phi, gate[None], bias[None], u, r, gb, gpre, gpost, gres)
     # weight gradients: plain XLA matmul / reductions over tokens
     gphi = jnp.dot(x.astype(F32).T, glog * gate * r, precision=HIGHEST)
@@ -298,11 +298,11 @@ def _output_bwd_kernel(x_ref, f_ref, post_ref, res_ref, g_ref, gx_ref, gf_ref, g
 def fused_output(s: Static, x_MxD, f_MxC, post_MxN, res_MxK):
     """Padded core: `H_res·x + H_postᵀ·f` -> new streams `[Mp, N*Cp]` in the streams' dtype."""
     mp, d = x_MxD.shape
-    return pl.pallas_call(
+    return pallas_call(
         functools.partial(_output_kernel, s=s),
         out_shape=jax.ShapeDtypeStruct(x_MxD.shape, x_MxD.dtype), grid=(mp // s.block_m,),
         in_specs=[_row_spec(s, d), _row_spec(s, s.cp), _row_spec(s, s.np_), _row_spec(s, s.kp)],
-        out_specs=_row_spec(s, d), **call_options(s.target), name="mhc_output")(
+        out_specs=_row_spec(s, d), target=s.target, name="mhc_output")(
             x_MxD, f_MxC, post_MxN, res_MxK)
 
 
@@ -314,14 +314,14 @@ def _fused_output_bwd(s, saved, g):
     x, f, post, res = saved
     mp, d = x.shape
     shapes = [(x.shape, x.dtype), (f.shape, f.dtype), ((mp, s.np_), F32), ((mp, s.kp), F32)]
-    return pl.pallas_call(
+    return pallas_call(
         functools.partial(_output_bwd_kernel, s=s),
         out_shape=[jax.ShapeDtypeStruct(shape, dt) for shape, dt in shapes],
         grid=(mp // s.block_m,),
         in_specs=[_row_spec(s, d), _row_spec(s, s.cp), _row_spec(s, s.np_), _row_spec(s, s.kp),
                   _row_spec(s, d)],
         out_specs=[_row_spec(s, shape[1]) for shape, _ in shapes],
-        **call_options(s.target), name="mhc_output_bwd")(x, f, post, res, g)
+        target=s.target, name="mhc_output_bwd")(x, f, post, res, g)
 
 
 fused_output.defvjp(_fused_output_fwd, _fused_output_bwd)

@@ -18,8 +18,12 @@ steps of N² vector ops per token for t iterations; for N = 4, t = 20 about 200 
 below the cost of reading the streams), so no iterate is kept in HBM or in registers.
 
 Targets: "interpret" (CPU; what the tests run, against `mhc.manifolds.sinkhorn`), "triton" (GPU;
-jax 0.10 would otherwise pick Mosaic GPU) and "mosaic" (TPU). The Triton and Mosaic lowerings are
-produced on CPU by the tests; neither has been compiled or run on a GPU/TPU here.
+jax 0.10 would otherwise pick Mosaic GPU), "mosaic" (TPU), and on JAX >= 0.12 "mosaic_gpu" (GPU,
+JAX's supported GPU backend: `mosaic_gpu.py`) with its CPU twin "mosaic_gpu_interpret". The
+Triton, Mosaic TPU and Mosaic GPU lowerings are produced on CPU by the tests; none has been
+compiled or run on a GPU/TPU here. Mosaic GPU takes this Sinkhorn (forward and backward); the
+fused site kernels run in its interpret mode but do not lower for a GPU (phi, held whole per
+program, exceeds shared memory), so on GPU they stay on Triton.
 """
 from __future__ import annotations
 
@@ -30,7 +34,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 F32 = jnp.float32
-TARGETS = ("interpret", "triton", "mosaic")
+TARGETS = ("interpret", "triton", "mosaic", "mosaic_gpu", "mosaic_gpu_interpret")
+MOSAIC_GPU = ("mosaic_gpu", "mosaic_gpu_interpret")  # through mhc.kernels.mosaic_gpu.call
 
 
 def default_target() -> str:
@@ -46,7 +51,25 @@ def call_options(target: str | None) -> dict:
     if target == "triton":  # jax 0.10 defaults GPU pallas_call to Mosaic GPU; we write for Triton
         from jax.experimental.pallas import triton as pltriton
         return {"compiler_params": pltriton.CompilerParams(num_warps=4, num_stages=2)}
+    if target in MOSAIC_GPU:
+        from mhc.kernels import mosaic_gpu
+        if not mosaic_gpu.available():
+            raise ValueError(f"kernel target={target!r} needs jax >= 0.12 (this is "
+                             f"{jax.__version__}); allowed here: interpret, triton, mosaic")
+        return {"interpret": target == "mosaic_gpu_interpret"}
     return {"interpret": target == "interpret"}
+
+
+def pallas_call(kernel, *, out_shape, grid, in_specs, out_specs, target: str | None, name: str):
+    """`pl.pallas_call` for `target` (None = the default backend's); the Mosaic GPU targets go
+    through `mhc.kernels.mosaic_gpu.call` (same kernel body, blocks copied through SMEM)."""
+    options = call_options(target)
+    if target in MOSAIC_GPU:
+        from mhc.kernels import mosaic_gpu
+        return mosaic_gpu.call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
+                               out_specs=out_specs, interpret=options["interpret"])
+    return pl.pallas_call(kernel, out_shape=out_shape, grid=grid, in_specs=in_specs,
+                          out_specs=out_specs, name=name, **options)
 
 
 # ------------------------------------------------------------------------ entry-list math
@@ -214,11 +237,11 @@ def _bwd_kernel(x_ref, g_ref, dx_ref, *, n, iters, convention, eps):
 def _call(kernel, out_rows, args, block_m, target, **static):
     kp, mp = args[0].shape
     spec = pl.BlockSpec((kp, block_m), lambda m: (0, m))
-    return pl.pallas_call(
+    return pallas_call(
         functools.partial(kernel, **static),
         out_shape=jax.ShapeDtypeStruct((out_rows, mp), F32),
         grid=(mp // block_m,), in_specs=[spec] * len(args), out_specs=spec,
-        name=kernel.__name__.strip("_"), **call_options(target))(*args)
+        target=target, name=kernel.__name__.strip("_"))(*args)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
@@ -242,8 +265,8 @@ _sinkhorn_t.defvjp(_sinkhorn_t_fwd, _sinkhorn_t_bwd)
 def sinkhorn(logits: jax.Array, iters: int = 20, *, convention: str = "paper",
              eps: float = 1e-6, block_m: int = 128, target: str | None = None) -> jax.Array:
     """Pallas Sinkhorn of `logits[..., N, N]` -> fp32 `[..., N, N]`; same values and gradient as
-    `mhc.manifolds.sinkhorn(..., grad="recompute")`. `target`: "interpret" | "triton" | "mosaic"
-    (None = the default backend's: interpret mode on CPU)."""
+    `mhc.manifolds.sinkhorn(..., grad="recompute")`. `target`: one of TARGETS (None = the
+    default backend's: interpret mode on CPU)."""
     from mhc import manifolds  # validation and conventions shared with the reference
     if convention not in manifolds.CONVENTIONS:
         raise ValueError(f"sinkhorn convention={convention!r}; allowed: "

@@ -1,0 +1,71 @@
+"""The kernels on JAX's supported GPU backend, Mosaic GPU (Pallas' Triton backend is deprecated
+from JAX 0.12 on).
+
+`call(kernel, ...)` runs a `pl.pallas_call`-style kernel (refs in, refs out, blocks described by
+`pl.BlockSpec`s over a 1-D grid of token blocks) as a `plgpu.kernel`: one program per grid step;
+each block is copied from global memory (GMEM) into shared memory (SMEM), the unchanged kernel
+body runs on the SMEM refs, and the output blocks are copied back. The bodies in
+`sinkhorn_kernel.py` do only element-wise work on `[1, TM]` rows (the "token-minor" layout), which
+Mosaic GPU's layout inference places without annotations; the fused site kernels use `jnp.dot`
+on row blocks, which it does not (see `tests/test_kernels.py` for what lowers).
+
+No pipelining: a program copies its blocks in and out synchronously. The copies are the cost the
+kernels exist to cut, so a measured-faster version would use `plgpu.emit_pipeline` (TMA, several
+blocks in flight); this one is written to be correct first and is never chosen by "auto"
+(`mhc.kernels.AUTO_PALLAS`).
+
+Targets: "mosaic_gpu" (compiled for a GPU) and "mosaic_gpu_interpret" (Mosaic GPU's own
+interpret mode on CPU, `plgpu.InterpretGPUParams`: what the tests run). Needs JAX >= 0.12
+(`plgpu.kernel` with interpret mode).
+"""
+from __future__ import annotations
+
+import jax
+from jax.experimental import pallas as pl
+
+
+def available() -> bool:
+    """Whether this JAX has Mosaic GPU's `kernel` entry point and its interpret mode."""
+    try:
+        from jax.experimental.pallas import mosaic_gpu as plgpu
+    except ImportError:
+        return False
+    return hasattr(plgpu, "kernel") and hasattr(plgpu, "InterpretGPUParams")
+
+
+def _block(ref, spec: pl.BlockSpec, m):
+    """The slice of `ref` that `spec` maps grid step `m` to (block indices x block shape)."""
+    index = spec.index_map(m)
+    return tuple(pl.ds(i * b, b) for i, b in zip(index, spec.block_shape))
+
+
+def call(kernel, *, out_shape, grid, in_specs, out_specs, interpret: bool):
+    """`pl.pallas_call(kernel, out_shape=..., grid=(G,), in_specs=..., out_specs=...)` on Mosaic
+    GPU: returns the function of the inputs. `out_shape` / `out_specs` may be one
+    `ShapeDtypeStruct` / spec or lists of them."""
+    if not available():
+        raise ValueError(f"kernel target mosaic_gpu needs jax >= 0.12 (this is {jax.__version__})")
+    from jax.experimental.pallas import mosaic_gpu as plgpu
+    single = not isinstance(out_shape, (list, tuple))
+    o_specs = [out_specs] if single else list(out_specs)
+    in_specs = list(in_specs)
+    (steps,) = grid
+
+    def body(*gmem):
+        m = jax.lax.axis_index("m")
+        specs = [*in_specs, *o_specs]
+
+        def scoped(*smem):
+            n_in = len(in_specs)
+            for g, s, spec in zip(gmem[:n_in], smem[:n_in], in_specs):
+                s[...] = g[_block(g, spec, m)]
+            kernel(*smem)
+            for g, s, spec in zip(gmem[n_in:], smem[n_in:], o_specs):
+                g[_block(g, spec, m)] = s[...]
+
+        pl.run_scoped(scoped, *[plgpu.SMEM(spec.block_shape, g.dtype)
+                                for g, spec in zip(gmem, specs)])
+
+    return plgpu.kernel(body, out_type=out_shape if single else list(out_shape), grid=(steps,),
+                        grid_names=("m",),
+                        interpret=plgpu.InterpretGPUParams() if interpret else None)
