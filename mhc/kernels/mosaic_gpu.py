@@ -7,7 +7,9 @@ each block is copied from global memory (GMEM) into shared memory (SMEM), the un
 body runs on the SMEM refs, and the output blocks are copied back. The bodies in
 `sinkhorn_kernel.py` do only element-wise work on `[1, TM]` rows (the "token-minor" layout), which
 Mosaic GPU's layout inference places without annotations; the fused site kernels use `jnp.dot`
-on row blocks, which it does not (see `tests/test_kernels.py` for what lowers).
+on row blocks, which its warpgroup lowering does not implement (it wants `plgpu.wgmma` on
+shared-memory tiles; see `tests/test_kernels.py` for what lowers). An input whose block is the
+whole array (phi, gate, bias) is not copied: it stays in GMEM and is read where it is used.
 
 No pipelining: a program copies its blocks in and out synchronously. The copies are the cost the
 kernels exist to cut, so a measured-faster version would use `plgpu.emit_pipeline` (TMA, several
@@ -55,16 +57,23 @@ def call(kernel, *, out_shape, grid, in_specs, out_specs, interpret: bool):
         m = jax.lax.axis_index("m")
         specs = [*in_specs, *o_specs]
 
-        def scoped(*smem):
-            n_in = len(in_specs)
-            for g, s, spec in zip(gmem[:n_in], smem[:n_in], in_specs):
-                s[...] = g[_block(g, spec, m)]
-            kernel(*smem)
-            for g, s, spec in zip(gmem[n_in:], smem[n_in:], o_specs):
-                g[_block(g, spec, m)] = s[...]
+        # an input whose block is the whole array (weights) stays in GMEM, read where it is used
+        whole = [i < len(in_specs) and tuple(spec.block_shape) == tuple(g.shape)
+                 for i, (g, spec) in enumerate(zip(gmem, specs))]
+        copied = [i for i, w in enumerate(whole) if not w]
 
-        pl.run_scoped(scoped, *[plgpu.SMEM(spec.block_shape, g.dtype)
-                                for g, spec in zip(gmem, specs)])
+        def scoped(*smem):
+            refs = list(gmem)
+            for i, s in zip(copied, smem):
+                refs[i] = s
+            for i in copied[:sum(i < len(in_specs) for i in copied)]:
+                refs[i][...] = gmem[i][_block(gmem[i], specs[i], m)]
+            kernel(*refs)
+            for i in copied:
+                if i >= len(in_specs):
+                    gmem[i][_block(gmem[i], specs[i], m)] = refs[i][...]
+
+        pl.run_scoped(scoped, *[plgpu.SMEM(specs[i].block_shape, gmem[i].dtype) for i in copied])
 
     return plgpu.kernel(body, out_type=out_shape if single else list(out_shape), grid=(steps,),
                         grid_names=("m",),

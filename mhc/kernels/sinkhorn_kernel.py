@@ -22,8 +22,8 @@ jax 0.10 would otherwise pick Mosaic GPU), "mosaic" (TPU), and on JAX >= 0.12 "m
 JAX's supported GPU backend: `mosaic_gpu.py`) with its CPU twin "mosaic_gpu_interpret". The
 Triton, Mosaic TPU and Mosaic GPU lowerings are produced on CPU by the tests; none has been
 compiled or run on a GPU/TPU here. Mosaic GPU takes this Sinkhorn (forward and backward); the
-fused site kernels run in its interpret mode but do not lower for a GPU (phi, held whole per
-program, exceeds shared memory), so on GPU they stay on Triton.
+fused site kernels run in its interpret mode but do not lower for a GPU (their `jnp.dot` with
+phi needs `plgpu.wgmma` on shared-memory tiles there), so on GPU they stay on Triton.
 """
 from __future__ import annotations
 
