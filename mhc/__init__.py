@@ -1,4 +1,23 @@
-"""mhc: Manifold-Constrained Hyper-Connections (DeepSeek, arXiv 2512.24880) in JAX / Flax NNX."""
+"""mhc: Manifold-Constrained Hyper-Connections (DeepSeek, arXiv 2512.24880) in JAX / Flax NNX.
+
+Conventions of the whole package (module docstrings and shape-suffixed names such as
+`streams_BxTxNxC` use them; each module's docstring lists the letters it uses):
+
+  Dimension letters (one meaning each)
+    B batch            T tokens of a sequence     M tokens flattened (B*T rows of a kernel)
+    N streams (n)      C width (d_model)          D = N*C, the streams flattened
+    Q = N*N entries of H_res                      Z = 2N + N*N logits of a site (pre, post, res)
+    V vocabulary       L layers (blocks; 2L connection sites)
+    H attention heads  K head dim                 R rank of MLA's KV latent
+    E routed experts   A active experts per token F expert width
+    G dispatch groups  S tokens of a group        U capacity (slots per expert)
+    A trailing `p` (Qp, Zp, Mp, Cp) is that size padded for a kernel's block.
+  `P` in code is `jax.sharding.PartitionSpec`, not a dimension.
+  Mesh axes: data, fsdp, expert, tensor (`mhc.sharding`; logical parameter axes map onto them).
+  Dtypes: parameters fp32; compute dtype `ModelConfig.dtype` ("auto": bf16 on GPU/TPU, fp32 on
+  CPU); the HC/mHC coefficient path (norms, projections, sigmoid, Sinkhorn) is always fp32; the
+  loss is computed in fp32 from fp32 logits.
+"""
 from mhc import manifolds
 from mhc.connections import (ConnectionSpec, Maps, apply_site, collapse_streams, compute_maps,
                              expand_streams)

@@ -56,7 +56,7 @@ def test_sinkhorn_kernel_values_and_grad(convention, n, m, target):
 
 def test_sinkhorn_kernel_backward_holds_only_the_logits():
     """What the forward leaves for the backward does not grow with the iteration count: the
-    padded logits `[Kp, Mp]` (plus a scalar), for 2 and for 40 iterations."""
+    padded logits `[Qp, Mp]` (plus a scalar), for 2 and for 40 iterations."""
     x = jnp.ones((8, 3, 3))
 
     def held(iters):

@@ -105,12 +105,12 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     p = 2 * n + n * n
     x = jnp.pad(streams_xNxC.reshape(m, n, c), ((0, mp - m), (0, 0), (0, s.cp - c)))
     x = x.reshape(mp, n * s.cp)
-    phi = jnp.pad(params["phi"].reshape(n, c, p), ((0, 0), (0, s.cp - c), (0, s.pp - p)))
+    phi = jnp.pad(params["phi"].reshape(n, c, p), ((0, 0), (0, s.cp - c), (0, s.zp - p)))
     alpha = params["alpha"]
     gate = jnp.concatenate([jnp.full((n,), alpha[0]), jnp.full((n,), alpha[1]),
-                            jnp.full((n * n,), alpha[2]), jnp.zeros((s.pp - p,), jnp.float32)])
-    bias = jnp.pad(params["bias"], (0, s.pp - p))
-    b, pre, post, res = fused_input(s, x, phi.reshape(n * s.cp, s.pp), gate, bias)
+                            jnp.full((n * n,), alpha[2]), jnp.zeros((s.zp - p,), jnp.float32)])
+    bias = jnp.pad(params["bias"], (0, s.zp - p))
+    b, pre, post, res = fused_input(s, x, phi.reshape(n * s.cp, s.zp), gate, bias)
     branch_out, aux = call_branch(branch, b[:m, :c].reshape(*batch, c), has_aux)
     f = jnp.pad(branch_out.reshape(m, c), ((0, mp - m), (0, s.cp - c)))
     new = fused_output(s, x, f, post, res)

@@ -1,6 +1,7 @@
 """Fused mHC site as two Pallas kernels (input path, output path), each with a Pallas backward.
 
-Dimension letters: M tokens (B*T flattened), N streams, C width, D = N*C, P = 2N + N*N logits.
+Dimension letters (see `mhc`'s docstring): M tokens (B*T flattened), N streams, C width, D = N*C,
+Q = N*N, Z = 2N + N*N logits.
   input path   streams [M, N, C] -> RMS norm over vec(x) [D] + projection by phi [D, P]
                + alpha/bias -> H_pre = sigmoid + pre_eps, H_post = 2·sigmoid, H_res = Sinkhorn
                -> branch input H_pre·x [M, C]
@@ -11,16 +12,16 @@ dtype, so bf16 streams work with fp32 coefficients).
 
 Kernel layout: a grid over token tiles of TM rows (padded up in the wrapper); inside a tile the
 streams are read in chunks of TC lanes (TC a power of two in [16, 128], C padded up to a multiple
-of it when needed, never for the recipe widths). The projection is a `[TM, TC] x [TC, Pp]` matmul
-per chunk accumulated in fp32 (Pp = P rounded up to a power of two >= 16 for Triton's dot); the
+of it when needed, never for the recipe widths). The projection is a `[TM, TC] x [TC, Zp]` matmul
+per chunk accumulated in fp32 (Zp = Z rounded up to a power of two >= 16 for Triton's dot); the
 per-token coefficient math runs on `[TM, 1]` columns (one column per map entry), picked out of the
-`[TM, Pp]` logits with masked lane reductions (Triton cannot slice register tensors).
+`[TM, Zp]` logits with masked lane reductions (Triton cannot slice register tensors).
 
 Backward kernels: the input-path backward recomputes the maps from the saved scaled projection u
-and 1/rms ([M, Pp] + [M, 1] fp32; no stream-sized residual beyond the streams themselves) and
+and 1/rms ([M, Zp] + [M, 1] fp32; no stream-sized residual beyond the streams themselves) and
 writes d streams and d logits; the output-path backward writes d streams, d F_out and the per-token
 d H_post / d H_res reductions. Left to XLA on purpose: the weight gradients (d phi = vec(x)ᵀ · d
-proj, a plain [D, M] x [M, Pp] matmul, and the sums over tokens for d bias / d gate), which XLA
+proj, a plain [D, M] x [M, Zp] matmul, and the sums over tokens for d bias / d gate), which XLA
 already runs at matmul speed.
 
 What has run where: all kernels run in interpret mode on CPU in the tests (values and gradients
@@ -58,18 +59,18 @@ class Static:
     eps: float  # Sinkhorn eps (deepseek_v4)
     pre_eps: float
     norm_eps: float
-    target: str  # interpret | triton | mosaic
+    target: str  # one of sinkhorn_kernel.TARGETS
 
     @property
     def np_(self):
         return pl.next_power_of_2(self.n)
 
     @property
-    def kp(self):
+    def qp(self):
         return pl.next_power_of_2(self.n * self.n)
 
     @property
-    def pp(self):
+    def zp(self):
         """Logit columns: a power of two >= 16 (Triton's dot); 128-lane multiples on TPU."""
         p = max(16, pl.next_power_of_2(2 * self.n + self.n * self.n))
         return -(-p // 128) * 128 if self.target == "mosaic" else p
@@ -128,7 +129,7 @@ def _input_kernel(x_ref, phi_ref, gate_ref, bias_ref, b_ref, pre_ref, post_ref, 
                   u_ref, r_ref, *, s: Static):
     n, tm, nc = s.n, s.block_m, s.cp // s.tc
 
-    proj = jnp.zeros((tm, s.pp), F32)
+    proj = jnp.zeros((tm, s.zp), F32)
     ssq = jnp.zeros((tm, 1), F32)
     for i in range(n):
         def body(j, carry, i=i):
@@ -147,7 +148,7 @@ def _input_kernel(x_ref, phi_ref, gate_ref, bias_ref, b_ref, pre_ref, post_ref, 
     res = sinkhorn_entries(_nested(cols[2 * n:], n), s.iters, s.convention, s.eps)
     pre_ref[...] = _assemble(pre, s.np_)
     post_ref[...] = _assemble([2.0 * v for v in post_s], s.np_)
-    res_ref[...] = _assemble([v for row in res for v in row], s.kp)
+    res_ref[...] = _assemble([v for row in res for v in row], s.qp)
 
     def mix(j, _):
         acc = sum(pre[i] * _chunk(x_ref, s, i, j).astype(F32) for i in range(n))
@@ -174,7 +175,7 @@ def _input_bwd_kernel(x_ref, phi_ref, gate_ref, bias_ref, u_ref, r_ref, gb_ref, 
     dl_post = [2.0 * gpost[i] * v * (1.0 - v) for i, v in enumerate(post_s)]
     dl_res = sinkhorn_entries_vjp(_nested(cols[2 * n:], n), _nested(_cols(gres, n * n), n),
                                   s.iters, s.convention, s.eps)
-    glog = _assemble(dl_pre + dl_post + [v for row in dl_res for v in row], s.pp)
+    glog = _assemble(dl_pre + dl_post + [v for row in dl_res for v in row], s.zp)
     glog_ref[...] = glog
     gu = glog * gate
     gproj = gu * r
@@ -204,23 +205,23 @@ def _full_spec(shape):
 
 def _input_call(s: Static, x, phi, gate, bias):
     mp, d = x.shape
-    shapes = [((mp, s.cp), x.dtype), ((mp, s.np_), F32), ((mp, s.np_), F32), ((mp, s.kp), F32),
-              ((mp, s.pp), F32), ((mp, 1), F32)]
+    shapes = [((mp, s.cp), x.dtype), ((mp, s.np_), F32), ((mp, s.np_), F32), ((mp, s.qp), F32),
+              ((mp, s.zp), F32), ((mp, 1), F32)]
     return pallas_call(
         functools.partial(_input_kernel, s=s),
         out_shape=[jax.ShapeDtypeStruct(shape, dt) for shape, dt in shapes],
         grid=(mp // s.block_m,),
-        in_specs=[_row_spec(s, d), _full_spec((d, s.pp)), _full_spec((1, s.pp)),
-                  _full_spec((1, s.pp))],
+        in_specs=[_row_spec(s, d), _full_spec((d, s.zp)), _full_spec((1, s.zp)),
+                  _full_spec((1, s.zp))],
         out_specs=[_row_spec(s, shape[1]) for shape, _ in shapes],
         target=s.target, name="mhc_input")(x, phi, gate[None], bias[None])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def fused_input(s: Static, x_MxD, phi_DxP, gate_P, bias_P):
-    """Padded core: streams `[Mp, N*Cp]`, phi `[N*Cp, Pp]`, gate/bias `[Pp]` -> (branch input
-    `[Mp, Cp]`, pre `[Mp, Np]`, post `[Mp, Np]`, res `[Mp, Kp]` (row-major N x N))."""
-    return tuple(_input_call(s, x_MxD, phi_DxP, gate_P, bias_P)[:4])
+def fused_input(s: Static, x_MxD, phi_DxZ, gate_Z, bias_Z):
+    """Padded core: streams `[Mp, N*Cp]`, phi `[N*Cp, Zp]`, gate/bias `[Zp]` -> (branch input
+    `[Mp, Cp]`, pre `[Mp, Np]`, post `[Mp, Np]`, res `[Mp, Qp]` (row-major N x N))."""
+    return tuple(_input_call(s, x_MxD, phi_DxZ, gate_Z, bias_Z)[:4])
 
 
 def _fused_input_fwd(s, x, phi, gate, bias):
@@ -234,12 +235,12 @@ def _fused_input_bwd(s, saved, cts):
     mp, d = x.shape
     gx, glog = pallas_call(
         functools.partial(_input_bwd_kernel, s=s),
-        out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((mp, s.pp), F32)],
+        out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((mp, s.zp), F32)],
         grid=(mp // s.block_m,),
-        in_specs=[_row_spec(s, d), _full_spec((d, s.pp)), _full_spec((1, s.pp)),
-                  _full_spec((1, s.pp)), _row_spec(s, s.pp), _row_spec(s, 1), _row_spec(s, s.cp),
-                  _row_spec(s, s.np_), _row_spec(s, s.np_), _row_spec(s, s.kp)],
-        out_specs=[_row_spec(s, d), _row_spec(s, s.pp)],
+        in_specs=[_row_spec(s, d), _full_spec((d, s.zp)), _full_spec((1, s.zp)),
+                  _full_spec((1, s.zp)), _row_spec(s, s.zp), _row_spec(s, 1), _row_spec(s, s.cp),
+                  _row_spec(s, s.np_), _row_spec(s, s.np_), _row_spec(s, s.qp)],
+        out_specs=[_row_spec(s, d), _row_spec(s, s.zp)],
         target=s.target, name="mhc_input_bwd")(
             x, phi, gate[None], bias[None], u, r, gb, gpre, gpost, gres)
     # weight gradients: plain XLA matmul / reductions over tokens
@@ -291,19 +292,19 @@ def _output_bwd_kernel(x_ref, f_ref, post_ref, res_ref, g_ref, gx_ref, gf_ref, g
     zero = jnp.zeros((s.block_m, 1), F32)
     gpost, gres = jax.lax.fori_loop(0, nc, body, ([zero] * n, [zero] * (n * n)))
     gpost_ref[...] = _assemble(gpost, s.np_)
-    gres_ref[...] = _assemble(gres, s.kp)
+    gres_ref[...] = _assemble(gres, s.qp)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def fused_output(s: Static, x_MxD, f_MxC, post_MxN, res_MxK):
+def fused_output(s: Static, x_MxD, f_MxC, post_MxN, res_MxQ):
     """Padded core: `H_res·x + H_postᵀ·f` -> new streams `[Mp, N*Cp]` in the streams' dtype."""
     mp, d = x_MxD.shape
     return pallas_call(
         functools.partial(_output_kernel, s=s),
         out_shape=jax.ShapeDtypeStruct(x_MxD.shape, x_MxD.dtype), grid=(mp // s.block_m,),
-        in_specs=[_row_spec(s, d), _row_spec(s, s.cp), _row_spec(s, s.np_), _row_spec(s, s.kp)],
+        in_specs=[_row_spec(s, d), _row_spec(s, s.cp), _row_spec(s, s.np_), _row_spec(s, s.qp)],
         out_specs=_row_spec(s, d), target=s.target, name="mhc_output")(
-            x_MxD, f_MxC, post_MxN, res_MxK)
+            x_MxD, f_MxC, post_MxN, res_MxQ)
 
 
 def _fused_output_fwd(s, x, f, post, res):
@@ -313,12 +314,12 @@ def _fused_output_fwd(s, x, f, post, res):
 def _fused_output_bwd(s, saved, g):
     x, f, post, res = saved
     mp, d = x.shape
-    shapes = [(x.shape, x.dtype), (f.shape, f.dtype), ((mp, s.np_), F32), ((mp, s.kp), F32)]
+    shapes = [(x.shape, x.dtype), (f.shape, f.dtype), ((mp, s.np_), F32), ((mp, s.qp), F32)]
     return pallas_call(
         functools.partial(_output_bwd_kernel, s=s),
         out_shape=[jax.ShapeDtypeStruct(shape, dt) for shape, dt in shapes],
         grid=(mp // s.block_m,),
-        in_specs=[_row_spec(s, d), _row_spec(s, s.cp), _row_spec(s, s.np_), _row_spec(s, s.kp),
+        in_specs=[_row_spec(s, d), _row_spec(s, s.cp), _row_spec(s, s.np_), _row_spec(s, s.qp),
                   _row_spec(s, d)],
         out_specs=[_row_spec(s, shape[1]) for shape, _ in shapes],
         target=s.target, name="mhc_output_bwd")(x, f, post, res, g)

@@ -1,7 +1,7 @@
 """Sinkhorn as a Pallas kernel: forward and a backward that recomputes the iterates on chip.
 
 Layout (lane-dense, "token-minor"): the logits of M tokens are carried as `[N*N, M]`; block
-`(Kp, TM)` with Kp = N*N rounded up to a power of two (Triton needs power-of-two tensors; Mosaic
+`(Qp, TM)` with Qp = N*N rounded up to a power of two (Triton needs power-of-two tensors; Mosaic
 accepts a block dim equal to the array dim) and TM a multiple of 128 by default (TPU lane width).
 Every matrix entry (i, j) is then one `[1, TM]` row, so each normalisation is a handful of
 elementwise ops over whole vregs / warps instead of a tiny `[N, N]` reduction per token.
@@ -235,8 +235,8 @@ def _bwd_kernel(x_ref, g_ref, dx_ref, *, n, iters, convention, eps):
 
 
 def _call(kernel, out_rows, args, block_m, target, **static):
-    kp, mp = args[0].shape
-    spec = pl.BlockSpec((kp, block_m), lambda m: (0, m))
+    qp, mp = args[0].shape
+    spec = pl.BlockSpec((qp, block_m), lambda m: (0, m))
     return pallas_call(
         functools.partial(kernel, **static),
         out_shape=jax.ShapeDtypeStruct((out_rows, mp), F32),
@@ -245,17 +245,17 @@ def _call(kernel, out_rows, args, block_m, target, **static):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3, 4, 5, 6))
-def _sinkhorn_t(x_KxM, n, iters, convention, eps, block_m, target):
-    return _call(_fwd_kernel, x_KxM.shape[0], (x_KxM,), block_m, target, n=n, iters=iters,
+def _sinkhorn_t(x_QxM, n, iters, convention, eps, block_m, target):
+    return _call(_fwd_kernel, x_QxM.shape[0], (x_QxM,), block_m, target, n=n, iters=iters,
                  convention=convention, eps=eps)
 
 
-def _sinkhorn_t_fwd(x_KxM, n, iters, convention, eps, block_m, target):
-    return _sinkhorn_t(x_KxM, n, iters, convention, eps, block_m, target), x_KxM
+def _sinkhorn_t_fwd(x_QxM, n, iters, convention, eps, block_m, target):
+    return _sinkhorn_t(x_QxM, n, iters, convention, eps, block_m, target), x_QxM
 
 
-def _sinkhorn_t_bwd(n, iters, convention, eps, block_m, target, x_KxM, g_KxM):
-    return (_call(_bwd_kernel, x_KxM.shape[0], (x_KxM, g_KxM), block_m, target, n=n,
+def _sinkhorn_t_bwd(n, iters, convention, eps, block_m, target, x_QxM, g_QxM):
+    return (_call(_bwd_kernel, x_QxM.shape[0], (x_QxM, g_QxM), block_m, target, n=n,
                   iters=iters, convention=convention, eps=eps),)
 
 
@@ -281,7 +281,7 @@ def sinkhorn(logits: jax.Array, iters: int = 20, *, convention: str = "paper",
     *batch, n, _ = logits.shape
     x = jnp.asarray(logits, F32).reshape(-1, n * n).T  # [N*N, M]
     m = x.shape[1]
-    kp, mp = pl.next_power_of_2(n * n), pl.cdiv(m, block_m) * block_m
-    x = jnp.pad(x, ((0, kp - n * n), (0, mp - m)))
+    qp, mp = pl.next_power_of_2(n * n), pl.cdiv(m, block_m) * block_m
+    x = jnp.pad(x, ((0, qp - n * n), (0, mp - m)))
     h = _sinkhorn_t(x, n, iters, convention, float(eps), block_m, target)
     return h[:n * n, :m].T.reshape(*batch, n, n)

@@ -1,6 +1,7 @@
 """Causal self-attention: multi-head (MHA) and DeepSeek's Multi-head Latent Attention (MLA).
 
-Dimension letters: B batch, T tokens, C width, H heads, K head dim, R rank of the KV latent.
+Dimension letters (see `mhc`'s docstring): B batch, T tokens, C width, H heads, K head dim, R
+rank of the KV latent.
 Parameters carry logical axis names (see mhc/sharding.py) for sharding.
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """DeepSeek-V3-style mixture of experts: shared experts + routed experts with sigmoid scores,
 top-k selection with an auxiliary-loss-free balancing bias, and normalised top-k weights.
 
-Dimension letters: S tokens (B*T flattened), C width, E routed experts, F expert width,
-K active experts per token, P capacity (slots per expert).
+Dimension letters (see `mhc`'s docstring): G groups, S tokens of a group, C width, E routed
+experts, F expert width, A active experts per token, U capacity (slots per expert).
 
 Two dispatch implementations with the same result when no token is dropped:
-  capacity  scatter into per-expert buffers [E, P, C], batched matmuls, gather back (fast on CPU;
+  capacity  scatter into per-expert buffers [E, U, C], batched matmuls, gather back (fast on CPU;
             one group per sequence; assignments beyond an expert's capacity are dropped and
             counted)
   ragged    sort assignments by expert and run `jax.lax.ragged_dot` (no drops; for GPU/TPU)
@@ -48,10 +48,10 @@ def balance_router_bias(bias_E: jax.Array, load_E: jax.Array, rate: float) -> ja
     return bias_E + rate * jnp.sign(jnp.mean(load_E, -1, keepdims=True) - load_E)
 
 
-def _to_buffers(x_GxSxC, ids_GxSxK, n_experts: int, capacity: int):
-    """Scatter each (token, choice) into its expert's buffer: ([G, E, P, C], where-info)."""
-    g, s, k = ids_GxSxK.shape
-    flat_ids = ids_GxSxK.reshape(g, s * k)  # token-major within each group
+def _to_buffers(x_GxSxC, ids_GxSxA, n_experts: int, capacity: int):
+    """Scatter each (token, choice) into its expert's buffer: ([G, E, U, C], where-info)."""
+    g, s, k = ids_GxSxA.shape
+    flat_ids = ids_GxSxA.reshape(g, s * k)  # token-major within each group
     one_hot = jax.nn.one_hot(flat_ids, n_experts, dtype=jnp.int32)
     slot = jnp.sum((jnp.cumsum(one_hot, axis=1) - 1) * one_hot, axis=-1)  # position in expert
     keep = slot < capacity
@@ -63,33 +63,33 @@ def _to_buffers(x_GxSxC, ids_GxSxK, n_experts: int, capacity: int):
     return buffers, (group, flat_ids, slot, keep)
 
 
-def _from_buffers(out_GxExPxC, where, weights_GxSxK):
+def _from_buffers(out_GxExUxC, where, weights_GxSxA):
     """Gather each (token, choice)'s expert output and mix with the routing weights."""
     group, flat_ids, slot, _ = where
-    g, s, k = weights_GxSxK.shape
-    per_assignment = out_GxExPxC.at[group, flat_ids, slot].get(mode="fill", fill_value=0)
+    g, s, k = weights_GxSxA.shape
+    per_assignment = out_GxExUxC.at[group, flat_ids, slot].get(mode="fill", fill_value=0)
     return jnp.sum(per_assignment.reshape(g, s, k, -1)
-                   * weights_GxSxK[..., None].astype(out_GxExPxC.dtype), 2)
+                   * weights_GxSxA[..., None].astype(out_GxExUxC.dtype), 2)
 
 
-def _experts(buffers_GxExPxC, w_gate_up_ExCx2F, w_down_ExFxC):
-    gate, up = jnp.split(jnp.einsum("gepc,ecf->gepf", buffers_GxExPxC, w_gate_up_ExCx2F), 2, -1)
+def _experts(buffers_GxExUxC, w_gate_up_ExCx2F, w_down_ExFxC):
+    gate, up = jnp.split(jnp.einsum("gepc,ecf->gepf", buffers_GxExUxC, w_gate_up_ExCx2F), 2, -1)
     return jnp.einsum("gepf,efc->gepc", jax.nn.silu(gate) * up, w_down_ExFxC)
 
 
-def capacity_dispatch(x_GxSxC, ids_GxSxK, weights_GxSxK, w_gate_up_ExCx2F, w_down_ExFxC,
+def capacity_dispatch(x_GxSxC, ids_GxSxA, weights_GxSxA, w_gate_up_ExCx2F, w_down_ExFxC,
                       capacity: int):
     """Per-expert buffers of `capacity` slots for each of G token groups (a leading G axis is
     optional). Returns (y [G, S, C], dropped assignment count)."""
     grouped = x_GxSxC.ndim == 3
     if not grouped:
-        x_GxSxC, ids_GxSxK, weights_GxSxK = x_GxSxC[None], ids_GxSxK[None], weights_GxSxK[None]
-    buffers, where = _to_buffers(x_GxSxC, ids_GxSxK, w_gate_up_ExCx2F.shape[0], capacity)
-    y = _from_buffers(_experts(buffers, w_gate_up_ExCx2F, w_down_ExFxC), where, weights_GxSxK)
+        x_GxSxC, ids_GxSxA, weights_GxSxA = x_GxSxC[None], ids_GxSxA[None], weights_GxSxA[None]
+    buffers, where = _to_buffers(x_GxSxC, ids_GxSxA, w_gate_up_ExCx2F.shape[0], capacity)
+    y = _from_buffers(_experts(buffers, w_gate_up_ExCx2F, w_down_ExFxC), where, weights_GxSxA)
     return (y if grouped else y[0]), jnp.sum(~where[3])
 
 
-def expert_parallel_dispatch(x_BxTxC, ids_BxTxK, weights_BxTxK, w_gate_up_ExCx2F, w_down_ExFxC,
+def expert_parallel_dispatch(x_BxTxC, ids_BxTxA, weights_BxTxA, w_gate_up_ExCx2F, w_down_ExFxC,
                              capacity: int, mesh):
     """Capacity dispatch under `shard_map`: each device fills buffers for its own sequences,
     an all-to-all over `expert` sends them to the devices holding those experts, and a second
@@ -105,7 +105,7 @@ def expert_parallel_dispatch(x_BxTxC, ids_BxTxK, weights_BxTxK, w_gate_up_ExCx2F
             w1 = jax.lax.all_gather(w1, fsdp, axis=1, tiled=True)
             w2 = jax.lax.all_gather(w2, fsdp, axis=2, tiled=True)
         buffers, where = _to_buffers(x, ids, w1.shape[0] * ep, capacity)
-        if expert:  # [G, E, P, C] -> [G*ep, E/ep, P, C]: my experts, everyone's tokens
+        if expert:  # [G, E, U, C] -> [G*ep, E/ep, U, C]: my experts, everyone's tokens
             buffers = jax.lax.all_to_all(buffers, expert, 1, 0, tiled=True)
         out = _experts(buffers, w1, w2)
         if expert:
@@ -118,21 +118,21 @@ def expert_parallel_dispatch(x_BxTxC, ids_BxTxK, weights_BxTxK, w_gate_up_ExCx2F
     return jax.shard_map(local, mesh=mesh, out_specs=(tokens_spec, P()), check_vma=False,
                          in_specs=(tokens_spec, tokens_spec, tokens_spec, P(expert, fsdp),
                                    P(expert, None, fsdp)))(
-        x_BxTxC, ids_BxTxK, weights_BxTxK, w_gate_up_ExCx2F, w_down_ExFxC)
+        x_BxTxC, ids_BxTxA, weights_BxTxA, w_gate_up_ExCx2F, w_down_ExFxC)
 
 
-def ragged_dispatch(x_SxC, ids_SxK, weights_SxK, w_gate_up_ExCx2F, w_down_ExFxC):
+def ragged_dispatch(x_SxC, ids_SxA, weights_SxA, w_gate_up_ExCx2F, w_down_ExFxC):
     """Sort assignments by expert and use grouped matmuls; returns (y [S, C], 0 dropped)."""
-    s, k = ids_SxK.shape
+    s, k = ids_SxA.shape
     e, c = w_gate_up_ExCx2F.shape[0], x_SxC.shape[-1]
-    flat_ids = ids_SxK.reshape(-1)
+    flat_ids = ids_SxA.reshape(-1)
     order = jnp.argsort(flat_ids, stable=True)
     sizes = jnp.bincount(flat_ids, length=e).astype(jnp.int32)
     tokens = jnp.repeat(x_SxC, k, axis=0)[order]
     gate, up = jnp.split(jax.lax.ragged_dot(tokens, w_gate_up_ExCx2F, sizes), 2, axis=-1)
     out = jax.lax.ragged_dot(jax.nn.silu(gate) * up, w_down_ExFxC, sizes)
     per_assignment = jnp.zeros_like(out).at[order].set(out)
-    y = jnp.sum(per_assignment.reshape(s, k, c) * weights_SxK[..., None].astype(out.dtype), 1)
+    y = jnp.sum(per_assignment.reshape(s, k, c) * weights_SxA[..., None].astype(out.dtype), 1)
     return y, jnp.zeros((), jnp.int32)
 
 

@@ -4,7 +4,8 @@ Each block has two connection sites (attention, then FFN), each branch with its 
     streams = hc_attn(streams, lambda h: attn(norm1(h)));  streams = hc_ffn(streams, ...)
 Streams: the embedding is copied into N streams (N = 1 for a plain residual), collapsed at the
 end by sum / mean / a learned HyperHead, then final RMSNorm and the LM head.
-Dimension letters: B batch, T tokens, N streams, C width, V vocab, L layers (2L sites), E experts.
+Dimension letters (see `mhc`'s docstring): B batch, T tokens, N streams, C width, V vocab, L
+layers (2L sites), E experts.
 Layers are created with `nnx.vmap` and run with `nnx.scan` (compile time flat in depth): one stack
 of dense blocks, then (for `ffn="moe"`) one stack of MoE blocks.
 """
