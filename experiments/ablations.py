@@ -249,9 +249,9 @@ def main(argv=None) -> int:
     p.add_argument("--recipe", default="tiny", help="base recipe; the micro overrides apply on top")
     p.add_argument("--out", default=None, help="default experiments/results/ablations, or "
                    "ablations_<regime> with --regime frozen|stress")
-    p.add_argument("--runs", default=None, help="run directories (default: shared "
-                   "experiments/results/trained; with --smoke or another --regime: "
-                   "<out>/trained)")
+    p.add_argument("--runs", default=None, help="run directories (default: the shared "
+                   "experiments/results/trained, one per config whatever the regime; with "
+                   "--smoke: <out>/trained)")
     p.add_argument("--regime", choices=tuple(REGIMES), default=DEFAULT_REGIME,
                    help="H_res regime added to every mHC variant: study (default: "
                    f"{' '.join(common.STUDY_REGIME)}, where H_res learns in 200 steps), frozen "
@@ -271,8 +271,7 @@ def main(argv=None) -> int:
         overrides = [*common.MICRO_OVERRIDES, *common.SMOKE_OVERRIDES, *args.overrides]
     args.out = args.out or os.path.join(REPO, "experiments", "results", "ablations" + (
         "" if args.regime == DEFAULT_REGIME else f"_{args.regime}"))
-    runs_root = args.runs or (os.path.join(args.out, "trained")
-                              if args.smoke or args.regime != DEFAULT_REGIME else common.RUNS)
+    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
     if args.dry_run:
         for axis, label, seed, cfg, run_dir in plan(axes, seeds, overrides, args.recipe,
                                                     args.smoke, runs_root, args.regime):
