@@ -107,7 +107,7 @@ class _LinenSite(linen.Module):
 # the attributes are ConnectionSpec's fields (width first, same defaults) plus layer_index, taken
 # from the spec rather than listed again, so a new connection option reaches Linen by itself
 LinenHyperConnection = type("LinenHyperConnection", (_LinenSite,), {
-    "__module__": __name__,
+    "__module__": __name__, "__qualname__": "LinenHyperConnection",
     "__doc__": """Linen version of `HyperConnection` (same parameters, same math): attributes
     `width`, every other `ConnectionSpec` field (same defaults) and `layer_index`.
 
