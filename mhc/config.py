@@ -40,8 +40,10 @@ def _choice(obj, name, allowed):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Decoder-only byte-level model; the residual connection is chosen by `residual` alone."""
+class ModelConfig(connections.ConnectionOptions):
+    """Decoder-only byte-level model; the residual connection is chosen by `residual` alone. The
+    connection's options (`n_streams`, `manifold`, `sinkhorn_iters`, ...) are inherited from
+    `connections.ConnectionOptions`, defined there once and validated by `connection_spec()`."""
     vocab_size: int = 256
     d_model: int = 128
     n_layers: int = 4
@@ -54,25 +56,14 @@ class ModelConfig:
     dtype: str = "auto"  # compute dtype; the HC/mHC coefficient path is fp32 regardless
     remat: str = "none"  # none | full | dots | mhc | streams (see mhc/model/transformer.py)
     remat_group: int = 1  # blocks recomputed together (L_r of paper Eq. 20); 0 = the optimum
-    # the connection (see mhc.connections)
+    # the connection: its kind, plus the inherited ConnectionOptions (see mhc.connections)
     residual: str = "mhc"
-    n_streams: int = 4
-    dynamic: bool = True
-    manifold: str = "sinkhorn"
-    sinkhorn_iters: int = 20
-    sinkhorn_convention: str = "paper"
-    sinkhorn_grad: str = "recompute"
-    res_init: str = "identity"
-    res_offdiag_logit: float = -8.0  # off-diagonal logit of the identity init (-2: soft identity)
-    sinkhorn_range_cap: float | None = None  # range-capped Sinkhorn (None = off)
     # > 0: a learned per-stream offset [N, C], drawn N(0, std), is added to the copied streams at
     # expansion, so the streams differ from the first site on (copies make every doubly
     # stochastic H_res act as the identity until the streams diverge)
     stream_offset_std: float = 0.0
-    alpha_init: float = 0.01
     collapse: str = "sum"
     learned_maps: str = "pre,post,res"  # Table 1 ablation: the others are fixed (1/N, 1, I)
-    kernels: str = "auto"  # auto | xla | pallas: fused Pallas mHC sites (see mhc.kernels)
     # attention: "mha" (RoPE on d_model/n_heads) or "mla" (DeepSeek latent attention)
     attention: str = "mha"
     kv_lora_rank: int = 512
@@ -98,8 +89,7 @@ class ModelConfig:
     mtp_weight: float = 0.1
 
     def __post_init__(self):
-        _positive_int(self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
-                      "n_streams", "sinkhorn_iters")
+        _positive_int(self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
         _choice(self, "attention", ATTENTION)
         _choice(self, "ffn", FFN)
         # the list lives beside the dispatch code; a module-level import would cycle through
@@ -128,12 +118,7 @@ class ModelConfig:
             _check(self.n_shared_experts >= 0,
                    f"n_shared_experts={self.n_shared_experts}; must be >= 0")
             _check(self.capacity_factor > 0, f"capacity_factor={self.capacity_factor}; must be > 0")
-        _choice(self, "residual", connections.KINDS)
-        _choice(self, "manifold", manifolds.names())
-        _choice(self, "sinkhorn_convention", manifolds.CONVENTIONS)
-        _choice(self, "sinkhorn_grad", manifolds.GRADS)
         _choice(self, "dtype", DTYPES)
-        _choice(self, "kernels", connections.KERNELS)
         _choice(self, "remat", REMAT)
         _check(isinstance(self.remat_group, int) and self.remat_group >= 0,
                f"remat_group={self.remat_group!r}; must be an integer >= 0 (0 = automatic)")
@@ -142,11 +127,11 @@ class ModelConfig:
         _check(self.init_std > 0, f"init_std={self.init_std!r}; must be > 0")
         _check(self.stream_offset_std >= 0,
                f"stream_offset_std={self.stream_offset_std!r}; must be >= 0 (0 = plain copies)")
-        if self.residual != "residual":
-            try:  # validates res_init against the manifold
-                self.connection_spec()
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
+        _choice(self, "residual", connections.KINDS)  # the spec's `kind`, by its config name
+        try:  # the connection's options, validated once, where they are defined
+            self.connection_spec()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @property
     def n_moe_layers(self) -> int:
@@ -166,15 +151,14 @@ class ModelConfig:
         return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
 
     def connection_spec(self) -> connections.ConnectionSpec:
+        """The spec of every site: the inherited options as they are, plus width, kind, streams
+        carried (1 for a plain residual), norm epsilon and the learned maps."""
+        options = {f.name: getattr(self, f.name)
+                   for f in dataclasses.fields(connections.ConnectionOptions)}
         return connections.ConnectionSpec(
-            width=self.d_model, n_streams=self.streams, kind=self.residual, dynamic=self.dynamic,
-            manifold=self.manifold, sinkhorn_iters=self.sinkhorn_iters,
-            sinkhorn_convention=self.sinkhorn_convention, sinkhorn_grad=self.sinkhorn_grad,
-            res_init=self.res_init, res_offdiag_logit=self.res_offdiag_logit,
-            sinkhorn_range_cap=self.sinkhorn_range_cap, alpha_init=self.alpha_init,
+            **{**options, "n_streams": self.streams}, width=self.d_model, kind=self.residual,
             norm_eps=self.norm_eps,
-            learned_maps=tuple(m.strip() for m in self.learned_maps.split(",") if m.strip()),
-            kernels=self.kernels)
+            learned_maps=tuple(m.strip() for m in self.learned_maps.split(",") if m.strip()))
 
 
 def _resume_safe(default):

@@ -32,12 +32,12 @@ KINDS = ("residual", "hc", "mhc", "mhc_lite")
 COLLAPSE = ("sum", "mean")
 
 
-@dataclasses.dataclass(frozen=True)
-class ConnectionSpec:
-    """Static description of one connection site; validates on construction."""
-    width: int
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ConnectionOptions:
+    """The options of a connection site, defined once: `ConnectionSpec` (one site) and
+    `mhc.config.ModelConfig` (every site of a model, as `key=value` overrides) both inherit them,
+    and the NNX / Linen modules take them as keywords. Validated in `ConnectionSpec`."""
     n_streams: int = 4
-    kind: str = "mhc"
     dynamic: bool = True
     manifold: str = "sinkhorn"
     sinkhorn_iters: int = 20
@@ -51,14 +51,23 @@ class ConnectionSpec:
     # (range-capped Sinkhorn, RRCS; None = off)
     sinkhorn_range_cap: float | None = None
     alpha_init: float = 0.01
-    norm_eps: float = 1e-6
     pre_eps: float | None = None  # added to H_pre; None = 1e-6 for deepseek_v4, else 0
-    # maps that are learned; the others are fixed at the residual's values (pre = 1/N, post = 1,
-    # res = I), as in the paper's Table 1 component ablation
-    learned_maps: tuple[str, ...] = MAP_NAMES
     # the implementation of the site, one of mhc.maps.KERNELS ("reference": plain einsums +
     # autodiff, the formulation the fast paths are tested against)
     kernels: str = "auto"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionSpec(ConnectionOptions):
+    """Static description of one connection site: its width, kind, the shared options
+    (`ConnectionOptions`, keyword-only) and the site's own norm epsilon and learned maps;
+    validates on construction."""
+    width: int
+    kind: str = "mhc"
+    norm_eps: float = 1e-6
+    # maps that are learned; the others are fixed at the residual's values (pre = 1/N, post = 1,
+    # res = I), as in the paper's Table 1 component ablation
+    learned_maps: tuple[str, ...] = MAP_NAMES
 
     def __post_init__(self):
         if self.kernels not in KERNELS:

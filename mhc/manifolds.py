@@ -353,7 +353,7 @@ def get(name: str) -> Manifold:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown manifold {name!r}; allowed: {', '.join(names())}") from None
+        raise ValueError(f"manifold={name!r}; allowed: {', '.join(names())}") from None
 
 
 def names() -> list[str]:

@@ -260,6 +260,24 @@ def test_every_spec_option_reaches_both_wrappers():
         mhc.HyperConnection(C, spec=hc.spec)
 
 
+def test_connection_options_are_defined_once_and_reach_every_site():
+    """ModelConfig inherits ConnectionOptions (same fields, same defaults), a key=value override
+    of any of them reaches the spec every site of the model is built from, and a bad value is
+    refused by the spec's validation under the option's name."""
+    from mhc import recipes
+    from mhc.config import ConfigError, ModelConfig, apply_overrides
+    model_fields = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+    for f in dataclasses.fields(connections.ConnectionOptions):
+        assert model_fields[f.name] == f.default, f.name
+    cfg = apply_overrides(recipes.get("tiny"), ["sinkhorn_iters=7", "pre_eps=0.001",
+                                                "res_offdiag_logit=-2", "kernels=xla"])
+    spec = cfg.model.connection_spec()
+    assert (spec.sinkhorn_iters, spec.pre_eps, spec.res_offdiag_logit, spec.kernels) == \
+        (7, 0.001, -2.0, "xla")
+    with pytest.raises(ConfigError, match="sinkhorn_grad='exact'; allowed"):
+        apply_overrides(recipes.get("tiny"), ["sinkhorn_grad=exact"])
+
+
 def test_hyper_head():
     x = _streams(13)
     head = mhc.HyperHead(C, N)
