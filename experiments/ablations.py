@@ -296,8 +296,11 @@ def main(argv=None) -> int:
             "overrides": overrides, "axes": axes, "missing": missing}
     common.write_json(os.path.join(args.out, "summary.json"),
                       {"meta": meta, "summary": summaries, "per_seed": results})
+    regime = ("each variant's own (the h_res_regime axis adds no regime)"
+              if axes == ["h_res_regime"] else
+              f"{args.regime}: `{' '.join(REGIMES[args.regime]) or 'defaults'}`")
     lines = [f"# mHC ablations ({args.recipe} + micro overrides, seeds {list(seeds)}, H_res "
-             f"regime {args.regime}: `{' '.join(REGIMES[args.regime]) or 'defaults'}`)", "",
+             f"regime {regime})", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}; {len(read)} runs "
              f"trained at commits {meta['runs_commits']}. Overrides: "
              f"`{' '.join(overrides)}`. Gap = eval loss − residual's, paired by seed "
