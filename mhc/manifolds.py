@@ -9,6 +9,8 @@ Registry: `get(name)` returns a `Manifold`; `register(name, project, ...)` adds 
   orthostochastic  H = Q∘Q with Q = Cayley(skew(A)) orthogonal, exact, K = N*N
   identity         H = I (plain residual mixing), K = 0
   unconstrained    H = reshape(logits) (Hyper-Connections), K = N*N
+  kromhc           Kronecker product of log2(N) 2x2 doubly stochastic factors (KromHC), exact and
+                   symmetric, N a power of two, K = 2 log2(N)
 """
 from __future__ import annotations
 
@@ -303,6 +305,44 @@ def _identity_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) 
     return np.zeros(0, np.float32)
 
 
+def _kron_factors(n: int) -> int:
+    """K with n = 2^K: KromHC's number of 2x2 factors (ValueError for another n)."""
+    if not isinstance(n, int) or n < 1 or n & (n - 1):
+        raise ValueError(f"manifold='kromhc' needs n_streams a power of two (1, 2, 4, 8, ...); "
+                         f"got n_streams={n!r}")
+    return n.bit_length() - 1
+
+
+def kromhc(logits_xK: jax.Array, n: int) -> jax.Array:
+    """KromHC (arXiv 2601.21579): `H = U_1 ⊗ U_2 ⊗ ... ⊗ U_K` for n = 2^K, each factor
+    `U_k = [[p_k, 1 - p_k], [1 - p_k, p_k]]` with `p_k = softmax(logits[2k:2k+2])[0]`; U_1 is the
+    outermost factor (it acts on the most significant bit of the stream index), as in the
+    authors' code. Exactly doubly stochastic and symmetric with 2K logits per token, instead of
+    mHC-lite's n!. logits `[..., 2K]` -> H `[..., n, n]`, fp32."""
+    k = _kron_factors(n)
+    z = jnp.asarray(logits_xK, jnp.float32)
+    batch = z.shape[:-1]
+    p = jax.nn.softmax(z.reshape(*batch, k, 2), axis=-1)[..., 0]  # [..., K]
+    h = jnp.ones((*batch, 1, 1), jnp.float32)
+    for i in range(k):
+        q = p[..., i, None, None]
+        u = q * jnp.eye(2, dtype=jnp.float32) + (1 - q) * jnp.eye(2, dtype=jnp.float32)[::-1]
+        m = h.shape[-1]  # kron(h, u)[2a + c, 2b + d] = h[a, b] u[c, d]
+        h = jnp.einsum("...ab,...cd->...acbd", h, u).reshape(*batch, 2 * m, 2 * m)
+    return h
+
+
+def _kromhc_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
+    """Per factor the logits [0, offdiag_logit] (the authors' init is [0, -8]: p ≈ 0.9997,
+    H ≈ I) or [0, 0] (p = 1/2 in every factor: H = J/n)."""
+    k = _kron_factors(n)
+    if how == "identity":
+        return np.tile(np.array([0.0, offdiag_logit], np.float32), k)
+    if how == "uniform":
+        return np.zeros(2 * k, np.float32)
+    raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
+
+
 def range_cap(logits_xK: jax.Array, cap: float) -> jax.Array:
     """Range-capped logits (RRCS, range-capped Sinkhorn): per matrix (last axis, all K logits),
     `r = max - min`, `s = min(cap / (r + 1e-8), 1)`, returns `s · logits` — rescaled, not
@@ -369,3 +409,6 @@ register("identity", _project_identity, num_logits=lambda n: 0, init_logits=_ide
          exact_doubly_stochastic=True)
 register("unconstrained", lambda logits, n, **_: _as_square(logits, n),
          init_logits=_unconstrained_init)
+register("kromhc", lambda logits, n, **_: kromhc(logits, n),
+         num_logits=lambda n: 2 * _kron_factors(n), init_logits=_kromhc_init,
+         exact_doubly_stochastic=True)

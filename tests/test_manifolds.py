@@ -357,3 +357,102 @@ def test_init_logits_identity_and_uniform(name):
     np.testing.assert_allclose(h_uni, np.full((4, 4), 0.25), atol=1e-6)
     with pytest.raises(ValueError, match="'bogus'"):
         m.init_logits(4, "bogus")
+
+
+# ------------------------------------------------------------------------------- KromHC
+def _kromhc_numpy(logits, n):
+    """Independent NumPy formulation from KromHC's description (arXiv 2601.21579, the authors'
+    `KromHC` class): per factor k, p = softmax(c_k)[0], U_k = p I + (1 - p) swap; H = U_1 ⊗ ...
+    ⊗ U_K with U_1 outermost."""
+    logits = np.asarray(logits, np.float64)
+    h = np.ones((1, 1))
+    for k in range(int(np.log2(n))):
+        c = logits[2 * k:2 * k + 2]
+        p = np.exp(c[0]) / np.exp(c).sum()
+        h = np.kron(h, np.array([[p, 1 - p], [1 - p, p]]))
+    return h
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16])
+def test_kromhc_golden_and_properties(n):
+    m = manifolds.get("kromhc")
+    k = m.num_logits(n)
+    assert k == 2 * int(np.log2(n))
+    logits = 2.0 * jax.random.normal(_key(n), (5, k))
+    h = np.asarray(jax.jit(lambda z: manifolds.kromhc(z, n))(logits))
+    for z, hz in zip(np.asarray(logits), h):
+        np.testing.assert_allclose(hz, _kromhc_numpy(z, n), atol=1e-6)
+    np.testing.assert_allclose(h.sum(-1), 1.0, atol=1e-6)  # exactly doubly stochastic
+    np.testing.assert_allclose(h.sum(-2), 1.0, atol=1e-6)
+    assert (h >= 0).all()
+    np.testing.assert_allclose(h, np.swapaxes(h, -1, -2), atol=1e-7)  # symmetric
+    # vmap over a leading axis is the batched call
+    np.testing.assert_allclose(jax.vmap(lambda z: manifolds.kromhc(z, n))(logits), h, atol=1e-7)
+
+
+def test_kromhc_orientation_first_factor_is_outermost():
+    """U_1 acts on the most significant bit: with factor 1 a swap (p = 0) and factor 2 the
+    identity, H maps stream s to s XOR 2 (for n = 4)."""
+    big = 30.0
+    h = np.asarray(manifolds.kromhc(jnp.array([-big, big, big, -big]), 4))
+    np.testing.assert_allclose(h, np.eye(4)[[2, 3, 0, 1]], atol=1e-6)
+
+
+def test_kromhc_gradient_matches_finite_differences():
+    n = 8
+    logits = jax.random.normal(_key(3), (6,))
+    w = jax.random.normal(_key(4), (n, n))
+
+    def f(z):
+        return jnp.sum(w * manifolds.kromhc(z, n))
+
+    g = np.asarray(jax.grad(f)(logits))
+    assert np.isfinite(g).all()
+    eps = 1e-3
+    for i in range(logits.shape[0]):
+        e = jnp.zeros_like(logits).at[i].set(eps)
+        fd = (f(logits + e) - f(logits - e)) / (2 * eps)
+        np.testing.assert_allclose(g[i], fd, atol=2e-3, rtol=2e-3)
+
+
+def test_kromhc_init_and_bad_n():
+    m = manifolds.get("kromhc")
+    h_id = np.asarray(m.project(jnp.asarray(m.init_logits(4, "identity")), 4))
+    np.testing.assert_allclose(np.diag(h_id), 1.0, atol=1e-3)  # the authors' [0, -8] per factor
+    soft = np.asarray(m.project(jnp.asarray(m.init_logits(4, "identity", -2.0)), 4))
+    np.testing.assert_allclose(np.diag(soft), jax.nn.sigmoid(2.0) ** 2, rtol=1e-6)
+    np.testing.assert_allclose(m.project(jnp.asarray(m.init_logits(8, "uniform")), 8),
+                               np.full((8, 8), 1 / 8), atol=1e-7)
+    with pytest.raises(ValueError, match="power of two.*n_streams=3"):
+        mhc.ConnectionSpec(width=8, n_streams=3, manifold="kromhc")
+    from mhc import recipes
+    from mhc.config import ConfigError, apply_overrides
+    with pytest.raises(ConfigError, match="power of two"):
+        apply_overrides(recipes.get("tiny"), ["manifold=kromhc", "n_streams=6"])
+
+
+def test_kromhc_site_trains_in_the_model():
+    """manifold=kromhc through the whole model: one training step on the XLA path, finite
+    gradients that reach the residual logits, H_res exactly doubly stochastic."""
+    from flax import nnx
+    from mhc import recipes, train_step
+    from mhc.config import apply_overrides
+    from mhc.model import Decoder
+    cfg = apply_overrides(recipes.get("tiny"), ["manifold=kromhc", "n_layers=2", "d_model=32",
+                                                "n_heads=2", "d_ff=64", "seq_len=16",
+                                                "batch_size=2", "res_offdiag_logit=-2",
+                                                "warmup_steps=0"])  # lr > 0 at step 1
+    model = Decoder(cfg.model, rngs=nnx.Rngs(0))
+    optimizer = train_step.make_optimizer(model, cfg)
+    tokens = jax.random.randint(_key(5), (2, 17), 0, 256)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    # block 0's FFN site: at the first site the n copies are identical, and under the sum
+    # collapse the last site's H_res is invisible (its columns sum to 1), so neither gets a
+    # gradient; a middle site does
+    before = np.asarray(model.dense_blocks.ffn_hc.params["bias"][...]).copy()
+    out, _ = nnx.jit(train_step.train_step_body)(model, optimizer, batch)
+    assert bool(out["finite"]) and np.isfinite(float(out["loss"]))
+    after = np.asarray(model.dense_blocks.ffn_hc.params["bias"][...])
+    assert np.abs(after[0, -4:] - before[0, -4:]).max() > 0  # its 4 residual logits moved
+    res = model(batch["inputs"])[1].res
+    np.testing.assert_allclose(np.asarray(res).sum(-2), 1.0, atol=1e-5)
