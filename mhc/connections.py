@@ -52,6 +52,7 @@ class ConnectionOptions:
     sinkhorn_range_cap: float | None = None
     alpha_init: float = 0.01
     pre_eps: float | None = None  # added to H_pre; None = 1e-6 for deepseek_v4, else 0
+    go_block: int = manifolds.GO_BLOCK  # manifold go_mhc: block size s of its orthogonal Q
     # the implementation of the site, one of mhc.maps.KERNELS ("reference": plain einsums +
     # autodiff, the formulation the fast paths are tested against)
     kernels: str = "auto"
@@ -82,7 +83,8 @@ class ConnectionSpec(ConnectionOptions):
             object.__setattr__(self, "manifold", "mhc_lite")
         manifold = manifolds.get(self.manifold)  # raises on an unknown name
         if self.kind in ("mhc", "mhc_lite"):  # raises on an unknown res_init / offdiag logit
-            manifold.init_logits(self.n_streams, self.res_init, self.res_offdiag_logit)
+            manifold.init_logits(self.n_streams, self.res_init, self.res_offdiag_logit,
+                                 **self.manifold_options)
         if self.sinkhorn_range_cap is not None:
             cap = self.sinkhorn_range_cap
             if not isinstance(cap, (int, float)) or isinstance(cap, bool) or not cap > 0:
@@ -101,6 +103,9 @@ class ConnectionSpec(ConnectionOptions):
         if self.sinkhorn_grad not in manifolds.GRADS:
             raise ValueError(f"sinkhorn_grad={self.sinkhorn_grad!r}; allowed: "
                              f"{', '.join(manifolds.GRADS)}")
+        if not isinstance(self.go_block, int) or isinstance(self.go_block, bool) \
+                or self.go_block < 1:
+            raise ValueError(f"go_block={self.go_block!r}; must be an integer >= 1")
         if not isinstance(self.sinkhorn_iters, int) or self.sinkhorn_iters < 1:
             raise ValueError(f"sinkhorn_iters={self.sinkhorn_iters!r}; must be an integer >= 1")
         learned = tuple(self.learned_maps)
@@ -114,7 +119,12 @@ class ConnectionSpec(ConnectionOptions):
 
     @property
     def num_res_logits(self) -> int:
-        return manifolds.get(self.manifold).num_logits(self.n_streams)
+        return manifolds.get(self.manifold).num_logits(self.n_streams, **self.manifold_options)
+
+    @property
+    def manifold_options(self) -> dict:
+        """The options this site's manifold takes besides n (`Manifold.options`)."""
+        return {o: getattr(self, o) for o in manifolds.get(self.manifold).options}
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -142,8 +152,8 @@ def init_params(spec: ConnectionSpec, layer_index=0) -> dict[str, jax.Array]:
                        "theta_res": jnp.zeros((n, c), jnp.float32), "alpha": alpha}
         return params
     k = spec.num_res_logits
-    res_bias = jnp.asarray(manifolds.get(spec.manifold).init_logits(n, spec.res_init,
-                                                                     spec.res_offdiag_logit))
+    res_bias = jnp.asarray(manifolds.get(spec.manifold).init_logits(
+        n, spec.res_init, spec.res_offdiag_logit, **spec.manifold_options))
     pre_post = 2.0 * one_hot - 1.0
     params = {"bias": jnp.concatenate([pre_post, pre_post, res_bias])}
     if spec.dynamic:
@@ -280,7 +290,7 @@ def mhc_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) -> Map
     post = 2.0 * jax.nn.sigmoid(logits[..., n:2 * n])
     res = manifolds.get(spec.manifold).project(
         logits[..., 2 * n:], n, iters=spec.sinkhorn_iters, convention=spec.sinkhorn_convention,
-        grad=spec.sinkhorn_grad, range_cap_to=spec.sinkhorn_range_cap)
+        grad=spec.sinkhorn_grad, range_cap_to=spec.sinkhorn_range_cap, **spec.manifold_options)
     return Maps(pre, post, res)
 
 

@@ -11,6 +11,8 @@ Registry: `get(name)` returns a `Manifold`; `register(name, project, ...)` adds 
   unconstrained    H = reshape(logits) (Hyper-Connections), K = N*N
   kromhc           Kronecker product of log2(N) 2x2 doubly stochastic factors (KromHC), exact and
                    symmetric, N a power of two, K = 2 log2(N)
+  go_mhc           generalized orthostochastic (go-mHC): block sums of Q∘Q for a Cayley-orthogonal
+                   Q of size N·s (s = go_block), exact, K = Ns(Ns - 1)/2
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 
 CONVENTIONS = ("paper", "deepseek_v4")
 GRADS = ("recompute", "implicit", "autodiff")
+GO_BLOCK = 2  # go-mHC's block size s (the authors recommend 2)
 OFF_DIAGONAL_LOGIT = -8.0  # identity-like init used by mHC-lite's code: exp(-8) ~ 3e-4 off-diagonal
 
 
@@ -239,6 +242,9 @@ class Manifold:
     num_logits: Callable[[int], int]
     init_logits: Callable[..., np.ndarray]
     exact_doubly_stochastic: bool  # every output is doubly stochastic up to rounding
+    # connection options (ConnectionOptions fields) that num_logits, init_logits and project
+    # take as keywords, e.g. go_mhc's block size
+    options: tuple[str, ...] = ()
 
 
 def _square_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
@@ -343,6 +349,49 @@ def _kromhc_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) ->
     raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
 
 
+def _go_size(n: int, block: int) -> int:
+    if not isinstance(block, int) or block < 1:
+        raise ValueError(f"go_block={block!r}; must be an integer >= 1")
+    return n * block
+
+
+def go_mhc(logits_xK: jax.Array, n: int, block: int = GO_BLOCK) -> jax.Array:
+    """go-mHC, the generalized orthostochastic map (arXiv 2604.02309): with m = n·s (s = `block`),
+    Θ `[m, m]` holds the logits in its strict upper triangle (row-major, `np.triu_indices(m, 1)`),
+    `A = Θ - Θᵀ` and `Q = (I - A)(I + A)⁻¹` (Cayley: orthogonal); then
+    `H[i, j] = (1/s) Σ_{k,l<s} Q[i·s + k, j·s + l]²`. Exactly doubly stochastic and non-negative;
+    s = 1 is the plain orthostochastic map. Sign convention: this is the Cayley transform of
+    A = Θ - Θᵀ as written in the paper; the authors' notebook solves (I - X)⁻¹(I + X) with
+    X = Θ - Θᵀ, which is Qᵀ and so gives Hᵀ (tested). logits `[..., m(m-1)/2]` -> `[..., n, n]`."""
+    m = _go_size(n, block)
+    z = jnp.asarray(logits_xK, jnp.float32)
+    batch = z.shape[:-1]
+    rows, cols = np.triu_indices(m, 1)
+    theta = jnp.zeros((*batch, m, m), jnp.float32).at[..., rows, cols].set(z)
+    a = theta - jnp.swapaxes(theta, -1, -2)
+    eye = jnp.eye(m, dtype=jnp.float32)
+    # Q = (I - A)(I + A)^-1; as A is skew, Qᵀ = (I - A)^-1 (I + A): one solve, then transpose
+    q = jnp.swapaxes(jnp.linalg.solve(eye - a, eye + a), -1, -2)
+    sq = (q * q).reshape(*batch, n, block, n, block)
+    return sq.sum((-3, -1)) / block
+
+
+def _go_num_logits(n: int, go_block: int = GO_BLOCK) -> int:
+    m = _go_size(n, go_block)
+    return m * (m - 1) // 2
+
+
+def _go_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT,
+             go_block: int = GO_BLOCK) -> np.ndarray:
+    """Θ = 0: A = 0, Q = I, H = I exactly (the init a port of the authors' code uses). At Θ = 0
+    H's derivative is zero (every entry of H is a sum of squares of entries of Q that are 0
+    there), so gradient descent cannot leave it: a saddle, like the orthostochastic map's."""
+    _no_offdiag_logit("go_mhc", offdiag_logit)
+    if how == "identity":
+        return np.zeros(_go_num_logits(n, go_block), np.float32)
+    raise ValueError(f"res_init={how!r} is not available for go_mhc; allowed: identity")
+
+
 def range_cap(logits_xK: jax.Array, cap: float) -> jax.Array:
     """Range-capped logits (RRCS, range-capped Sinkhorn): per matrix (last axis, all K logits),
     `r = max - min`, `s = min(cap / (r + 1e-8), 1)`, returns `s · logits` — rescaled, not
@@ -375,7 +424,8 @@ _REGISTRY: dict[str, Manifold] = {}
 def register(name: str, project: Callable[..., jax.Array], *,
              num_logits: Callable[[int], int] = lambda n: n * n,
              init_logits: Callable[..., np.ndarray] = _square_init,
-             exact_doubly_stochastic: bool = False) -> Manifold:
+             exact_doubly_stochastic: bool = False,
+             options: tuple[str, ...] = ()) -> Manifold:
     """Add a projection `project(logits[..., K], n, **options) -> [..., n, n]` under `name`.
 
     Options passed by the connection layer: iters, convention, grad, range_cap_to (ignore what
@@ -383,7 +433,8 @@ def register(name: str, project: Callable[..., jax.Array], *,
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"manifold name {name!r} must be a non-empty string")
-    manifold = Manifold(name, project, num_logits, init_logits, exact_doubly_stochastic)
+    manifold = Manifold(name, project, num_logits, init_logits, exact_doubly_stochastic,
+                        tuple(options))
     _REGISTRY[name] = manifold
     return manifold
 
@@ -409,6 +460,9 @@ register("identity", _project_identity, num_logits=lambda n: 0, init_logits=_ide
          exact_doubly_stochastic=True)
 register("unconstrained", lambda logits, n, **_: _as_square(logits, n),
          init_logits=_unconstrained_init)
+register("go_mhc", lambda logits, n, go_block=GO_BLOCK, **_: go_mhc(logits, n, go_block),
+         num_logits=_go_num_logits, init_logits=_go_init, exact_doubly_stochastic=True,
+         options=("go_block",))
 register("kromhc", lambda logits, n, **_: kromhc(logits, n),
          num_logits=lambda n: 2 * _kron_factors(n), init_logits=_kromhc_init,
          exact_doubly_stochastic=True)

@@ -456,3 +456,72 @@ def test_kromhc_site_trains_in_the_model():
     assert np.abs(after[0, -4:] - before[0, -4:]).max() > 0  # its 4 residual logits moved
     res = model(batch["inputs"])[1].res
     np.testing.assert_allclose(np.asarray(res).sum(-2), 1.0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------- go-mHC
+def _go_mhc_numpy(logits, n, s, notebook=False):
+    """Independent NumPy formulation from go-mHC (arXiv 2604.02309): Θ's strict upper triangle
+    (row-major) holds the logits, A = Θ - Θᵀ, Q = (I - A)(I + A)⁻¹ (the paper), or the authors'
+    notebook's `solve(I - X, I + X)` with X = Θ - Θᵀ; H[i, j] = (1/s) Σ_{k,l} Q[is+k, js+l]²."""
+    m = n * s
+    theta = np.zeros((m, m))
+    theta[np.triu_indices(m, 1)] = np.asarray(logits, np.float64)
+    a, eye = theta - theta.T, np.eye(m)
+    q = np.linalg.solve(eye - a, eye + a) if notebook else (eye - a) @ np.linalg.inv(eye + a)
+    return (q ** 2).reshape(n, s, n, s).sum((1, 3)) / s
+
+
+@pytest.mark.parametrize("n,s", [(4, 2), (4, 1), (2, 3), (8, 2)])
+def test_go_mhc_golden_properties_and_sign_convention(n, s):
+    m = manifolds.get("go_mhc")
+    k = m.num_logits(n, go_block=s)
+    assert k == n * s * (n * s - 1) // 2
+    logits = 0.7 * jax.random.normal(_key(n * s), (3, k))
+    h = np.asarray(jax.jit(lambda z: manifolds.go_mhc(z, n, s))(logits))
+    for z, hz in zip(np.asarray(logits), h):
+        np.testing.assert_allclose(hz, _go_mhc_numpy(z, n, s), atol=2e-5)
+        # the notebook's solve(I - X, I + X) is Qᵀ: it gives the transpose
+        np.testing.assert_allclose(hz.T, _go_mhc_numpy(z, n, s, notebook=True), atol=2e-5)
+    np.testing.assert_allclose(h.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(h.sum(-2), 1.0, atol=1e-5)
+    assert (h >= 0).all()
+    np.testing.assert_allclose(jax.vmap(lambda z: manifolds.go_mhc(z, n, s))(logits), h,
+                               atol=1e-6)
+
+
+def test_go_mhc_gradient_and_the_identity_saddle():
+    n, s = 4, 2
+    k = manifolds.get("go_mhc").num_logits(n, go_block=s)
+    w = jax.random.normal(_key(8), (n, n))
+
+    def f(z):
+        return jnp.sum(w * manifolds.go_mhc(z, n, s))
+
+    z = 0.5 * jax.random.normal(_key(9), (k,))
+    g = np.asarray(jax.grad(f)(z))
+    eps = 1e-2
+    for i in range(0, k, 5):
+        e = jnp.zeros_like(z).at[i].set(eps)
+        np.testing.assert_allclose(g[i], (f(z + e) - f(z - e)) / (2 * eps), atol=3e-3, rtol=3e-3)
+    # the zero init is exactly H = I, and its gradient is exactly zero there (a saddle)
+    z0 = jnp.asarray(manifolds.get("go_mhc").init_logits(n, "identity", go_block=s))
+    np.testing.assert_allclose(manifolds.go_mhc(z0, n, s), np.eye(n), atol=1e-7)
+    assert np.abs(np.asarray(jax.grad(f)(z0))).max() == 0.0
+
+
+def test_go_mhc_through_the_connection_and_config():
+    from mhc import recipes
+    from mhc.config import ConfigError, apply_overrides
+    hc = mhc.HyperConnection(8, n_streams=4, manifold="go_mhc", go_block=2)
+    assert hc.params["bias"].shape == (2 * 4 + 28,)  # 28 logits for n = 4, s = 2 (the paper)
+    streams = jax.random.normal(_key(10), (2, 3, 4, 8))
+    hc(streams, jnp.tanh)
+    np.testing.assert_allclose(hc.last_maps.res, np.broadcast_to(np.eye(4), (2, 3, 4, 4)),
+                               atol=1e-6)
+    cfg = apply_overrides(recipes.get("tiny"), ["manifold=go_mhc", "go_block=1"])
+    assert cfg.model.connection_spec().num_res_logits == 6
+    for bad, needle in ((["manifold=go_mhc", "go_block=0"], "go_block=0"),
+                        (["manifold=go_mhc", "res_init=uniform"], "not available for go_mhc"),
+                        (["manifold=go_mhc", "res_offdiag_logit=-2"], "no meaning")):
+        with pytest.raises(ConfigError, match=needle):
+            apply_overrides(recipes.get("tiny"), bad)
