@@ -1,7 +1,8 @@
 """Hyper-connection math as pure functions over arrays (usable from NNX, Linen, Equinox, plain JAX).
 
-Dimension letters (see `mhc`'s docstring): B batch, T tokens, N streams, C width, Z logits. A site turns streams `[..., N, C]` and a
-branch F into `H_res·x + H_postᵀ·F(H_pre·x)` (paper Eq. 3). Three maps per token:
+Dimension letters (see `mhc`'s docstring): B batch, T tokens, N streams, C width, Z logits.
+A site turns streams `[..., N, C]` and a branch F into `H_res·x + H_postᵀ·F(H_pre·x)` (paper
+Eq. 3). Three maps per token:
   pre  [..., N]      reads the N streams into F's input
   post [..., N]      writes F's output back to each stream
   res  [..., N, N]   mixes the streams (row i = output stream i)
@@ -189,11 +190,11 @@ def _rms_project_fwd(x, w_DxZ, eps, n_axes):
     return out, (x, w_DxZ, out, inv_rms)
 
 
-def _rms_project_bwd(eps, n_axes, saved, g_xK):
+def _rms_project_bwd(eps, n_axes, saved, g_xZ):
     x, w, out, inv_rms = saved
     rows = _rows(x, n_axes)
     out = out.reshape(rows.shape[0], -1)
-    g = g_xK.reshape(out.shape)
+    g = g_xZ.reshape(out.shape)
     g_raw = g * inv_rms
     # d/dx of rsqrt(mean(x²) + eps) = -inv_rms³ x / D, weighted by sum_k g_k raw_k, where
     # raw = out / inv_rms
@@ -210,7 +211,7 @@ _rms_project.defvjp(_rms_project_fwd, _rms_project_bwd)
 
 
 def rms_project(x: jax.Array, w_DxZ: jax.Array, eps: float, n_axes: int = 1) -> jax.Array:
-    """`RMSNorm(x) @ w` as `(x @ w) · rsqrt(mean(x²) + eps)`, fp32 `[..., K]`.
+    """`RMSNorm(x) @ w` as `(x @ w) · rsqrt(mean(x²) + eps)`, fp32 `[..., Z]`.
 
     The norm and the matmul run over the last `n_axes` axes of x flattened (D = their product):
     `n_axes=2` on streams `[..., N, C]` is mHC's norm over vec(x). One read of x forward; the

@@ -114,8 +114,10 @@ LinenHyperConnection = type("LinenHyperConnection", (_LinenSite,), {
     `branch` may be any callable, including a Linen submodule of the parent. The maps are sown
     into the "intermediates" collection as `maps`.
     """,
-    "__annotations__": {"width": "int", **{f.name: f.type for f in dataclasses.fields(ConnectionSpec)
-                                           if f.name != "width"}, "layer_index": "int"},
+    "__annotations__": {"width": "int",
+                        **{f.name: f.type for f in dataclasses.fields(ConnectionSpec)
+                           if f.name != "width"},
+                        "layer_index": "int"},
     **{f.name: f.default for f in dataclasses.fields(ConnectionSpec)
        if f.default is not dataclasses.MISSING},
     "layer_index": 0})

@@ -350,7 +350,7 @@ def _kromhc_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) ->
 
 
 def _go_size(n: int, block: int) -> int:
-    if not isinstance(block, int) or block < 1:
+    if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"go_block={block!r}; must be an integer >= 1")
     return n * block
 

@@ -2,11 +2,11 @@
 
 Dimension letters (see `mhc`'s docstring): M tokens (B*T flattened), N streams, C width, D = N*C,
 Q = N*N, Z = 2N + N*N logits.
-  input path   streams [M, N, C] -> RMS norm over vec(x) [D] + projection by phi [D, P]
+  input path   streams [M, N, C] -> RMS norm over vec(x) [D] + projection by phi [D, Z]
                + alpha/bias -> H_pre = sigmoid + pre_eps, H_post = 2·sigmoid, H_res = Sinkhorn
                -> branch input H_pre·x [M, C]
   output path  H_res·x + H_postᵀ·F_out -> new streams [M, N, C]
-Same parameter layout and semantics as `mhc.connections` (phi [D, P], bias [P], alpha [3],
+Same parameter layout and semantics as `mhc.connections` (phi [D, Z], bias [Z], alpha [3],
 segments [pre, post, res]; fp32 coefficient path; branch input and new streams in the streams'
 dtype, so bf16 streams work with fp32 coefficients).
 

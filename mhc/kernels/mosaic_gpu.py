@@ -44,9 +44,8 @@ def _block(ref, spec: pl.BlockSpec, m):
 def call(kernel, *, out_shape, grid, in_specs, out_specs, interpret: bool):
     """`pl.pallas_call(kernel, out_shape=..., grid=(G,), in_specs=..., out_specs=...)` on Mosaic
     GPU: returns the function of the inputs. `out_shape` / `out_specs` may be one
-    `ShapeDtypeStruct` / spec or lists of them."""
-    if not available():
-        raise ValueError(f"kernel target mosaic_gpu needs jax >= 0.12 (this is {jax.__version__})")
+    `ShapeDtypeStruct` / spec or lists of them. The caller checks the target first
+    (`sinkhorn_kernel.call_options`: JAX >= 0.12)."""
     from jax.experimental.pallas import mosaic_gpu as plgpu
     single = not isinstance(out_shape, (list, tuple))
     o_specs = [out_specs] if single else list(out_specs)
@@ -55,23 +54,22 @@ def call(kernel, *, out_shape, grid, in_specs, out_specs, interpret: bool):
 
     def body(*gmem):
         m = jax.lax.axis_index("m")
-        specs = [*in_specs, *o_specs]
-
-        # an input whose block is the whole array (weights) stays in GMEM, read where it is used
-        whole = [i < len(in_specs) and tuple(spec.block_shape) == tuple(g.shape)
-                 for i, (g, spec) in enumerate(zip(gmem, specs))]
-        copied = [i for i, w in enumerate(whole) if not w]
+        specs, n_in = [*in_specs, *o_specs], len(in_specs)
+        # every block goes through SMEM except an input whose block is the whole array (weights):
+        # that one stays in GMEM, read where it is used
+        copied = [i for i, (g, spec) in enumerate(zip(gmem, specs))
+                  if i >= n_in or tuple(spec.block_shape) != tuple(g.shape)]
 
         def scoped(*smem):
             refs = list(gmem)
             for i, s in zip(copied, smem):
                 refs[i] = s
-            for i in copied[:sum(i < len(in_specs) for i in copied)]:
-                refs[i][...] = gmem[i][_block(gmem[i], specs[i], m)]
+                if i < n_in:
+                    s[...] = gmem[i][_block(gmem[i], specs[i], m)]
             kernel(*refs)
-            for i in copied:
-                if i >= len(in_specs):
-                    gmem[i][_block(gmem[i], specs[i], m)] = refs[i][...]
+            for i, s in zip(copied, smem):
+                if i >= n_in:
+                    gmem[i][_block(gmem[i], specs[i], m)] = s[...]
 
         pl.run_scoped(scoped, *[plgpu.SMEM(specs[i].block_shape, gmem[i].dtype) for i in copied])
 
