@@ -63,6 +63,10 @@ class ModelConfig(connections.ConnectionOptions):
     # stochastic H_res act as the identity until the streams diverge)
     stream_offset_std: float = 0.0
     collapse: str = "sum"
+    # DeepSeek-V4.1's single-pass mHC: each site reads its streams with the previous site's
+    # H_pre (the first with a one-hot on stream 0) and the final merge uses the last site's
+    # H_pre in place of `collapse`; post and res stay at their own site (mhc.model.transformer)
+    single_pass: bool = False
     learned_maps: str = "pre,post,res"  # Table 1 ablation: the others are fixed (1/N, 1, I)
     # attention: "mha" (RoPE on d_model/n_heads) or "mla" (DeepSeek latent attention)
     attention: str = "mha"
@@ -128,6 +132,15 @@ class ModelConfig(connections.ConnectionOptions):
         _check(self.stream_offset_std >= 0,
                f"stream_offset_std={self.stream_offset_std!r}; must be >= 0 (0 = plain copies)")
         _choice(self, "residual", connections.KINDS)  # the spec's `kind`, by its config name
+        _check(isinstance(self.single_pass, bool), f"single_pass={self.single_pass!r}; must be "
+               f"true or false")
+        if self.single_pass:
+            _check(self.residual in ("mhc", "mhc_lite"), f"single_pass=true needs residual=mhc "
+                   f"(or mhc_lite); got residual={self.residual!r}")
+            _check(self.collapse == "sum", f"collapse={self.collapse!r} with single_pass=true: "
+                   f"the final merge is the last site's H_pre; leave collapse=sum")
+            _check("pre" in self.learned_maps, f"learned_maps={self.learned_maps!r} with "
+                   f"single_pass=true: the carried pre-mix must be learned")
         try:  # the connection's options, validated once, where they are defined
             self.connection_spec()
         except ValueError as e:

@@ -424,13 +424,29 @@ def write_streams(maps: Maps, streams_xNxC: jax.Array, branch_out_xC: jax.Array,
 
 
 def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Array], jax.Array],
-               spec: ConnectionSpec, *, has_aux: bool = False):
+               spec: ConnectionSpec, *, has_aux: bool = False, read_with: jax.Array | None = None):
     """One connection site: returns (new streams `[..., N, C]`, the maps used). With `has_aux`,
     `branch` returns (output, aux) — e.g. an MoE layer's router statistics — and the site
-    returns (new streams, maps, aux)."""
+    returns (new streams, maps, aux).
+
+    read_with: the pre-mix `[..., N]` (fp32) that collapses the streams into F's input; None =
+    this site's own H_pre. DeepSeek-V4.1's single-pass mHC passes the previous site's H_pre
+    (`maps.pre` of that site), so the read needs nothing computed from these streams; the maps
+    returned still hold this site's own H_pre, to be carried to the next site. Such a site takes
+    the pure-JAX path (the fused kernels apply a site's own H_pre)."""
     if streams_xNxC.ndim < 2 or streams_xNxC.shape[-2:] != (spec.n_streams, spec.width):
         raise ValueError(f"streams shape {tuple(streams_xNxC.shape)}; expected "
                          f"[..., n_streams={spec.n_streams}, width={spec.width}]")
+    if read_with is not None:
+        if spec.kind not in ("mhc", "mhc_lite"):
+            raise ValueError(f"read_with (single-pass mHC) needs kind 'mhc' or 'mhc_lite'; got "
+                             f"kind={spec.kind!r}")
+        maps = compute_maps(params, streams_xNxC, spec)
+        reference = spec.kernels == "reference"
+        branch_out, aux = call_branch(branch, read_streams(read_with, streams_xNxC, reference),
+                                      has_aux)
+        new = write_streams(maps, streams_xNxC, branch_out, reference)
+        return (new, maps, aux) if has_aux else (new, maps)
     if spec.kernels in MAY_FUSE and spec.kind == "mhc":
         from mhc import kernels  # Pallas is imported only when a site may use it
         if kernels.use_fused(spec):

@@ -42,6 +42,13 @@ def doubly_stochastic_error(h_xNxN: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.abs(h.sum(-1) - 1).max(-1), jnp.abs(h.sum(-2) - 1).max(-1)
 
 
+def negative_mass(h_xNxN: jax.Array) -> jax.Array:
+    """Sum of the negative entries' magnitudes per matrix `[...]`: 0 on the Birkhoff polytope.
+    With exact row and column sums (sHC's spectral sphere) it is the whole of the distance from
+    being doubly stochastic, which the row / column errors do not see."""
+    return jnp.sum(jnp.maximum(-jnp.asarray(h_xNxN, jnp.float32), 0.0), axis=(-2, -1))
+
+
 def res_learning(res_xNxN: jax.Array, res0_NxN: jax.Array | None = None,
                  token_axes: tuple[int, ...] = ()) -> dict[str, jax.Array]:
     """How far H_res has learned away from its start, over the tokens in `token_axes`.
@@ -77,7 +84,8 @@ def map_stats(pre_LxBxTxN, post_LxBxTxN, res_LxBxTxNxN, res0_NxN=None) -> dict[s
 
     Returns arrays of shape `[L]`: Amax gain of each layer's H_res (mean over tokens) and of the
     composite up to that layer (fwd/bwd), doubly-stochastic error (max over tokens), mean of H_pre,
-    H_post and of H_res's diagonal, the min entry of H_res (negative means unconstrained), and how
+    H_post and of H_res's diagonal, the min entry of H_res (negative means not doubly
+    stochastic), the negative mass of H_res (max over tokens, `negative_mass`), and how
     far H_res has learned from `res0` (its initial map, default I; see `res_learning`):
     `res_offdiag`, `res_dist_init`, `res_entropy`, `res_token_std`.
     """
@@ -93,6 +101,7 @@ def map_stats(pre_LxBxTxN, post_LxBxTxN, res_LxBxTxNxN, res0_NxN=None) -> dict[s
         "amax_fwd": fwd.mean(layer_axes), "amax_bwd": bwd.mean(layer_axes),
         "composite_fwd": cfwd.mean(layer_axes), "composite_bwd": cbwd.mean(layer_axes),
         "ds_row_err": row_err.max(layer_axes), "ds_col_err": col_err.max(layer_axes),
+        "ds_neg_mass": negative_mass(res_LxBxTxNxN).max(layer_axes),
         "pre_mean": pre_LxBxTxN.mean(tuple(range(1, pre_LxBxTxN.ndim))),
         "post_mean": post_LxBxTxN.mean(tuple(range(1, post_LxBxTxN.ndim))),
         "res_diag_mean": diag.mean(tuple(range(1, diag.ndim))),
@@ -118,6 +127,7 @@ def summarize(stats: dict[str, jax.Array]) -> dict[str, jax.Array]:
         "amax_fwd_max": stats["composite_fwd"].max(), "amax_bwd_max": stats["composite_bwd"].max(),
         "layer_amax_fwd_max": stats["amax_fwd"].max(), "layer_amax_bwd_max": stats["amax_bwd"].max(),
         "ds_col_err_max": stats["ds_col_err"].max(), "ds_row_err_max": stats["ds_row_err"].max(),
+        "ds_neg_mass_max": stats["ds_neg_mass"].max(),
         **{name: reduce[how](stats[key]) for name, key, how in RES_LEARNING_SUMMARY
            if key in stats},
     }

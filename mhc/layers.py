@@ -55,11 +55,13 @@ class HyperConnection(nnx.Module):
         return connections.compute_maps(self._param_values(), streams_BxTxNxC, self.spec)
 
     def apply(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array], *,
-              has_aux: bool = False):
+              has_aux: bool = False, read_with: jax.Array | None = None):
         """(new streams, maps) without storing anything on the module (use inside scans); with
-        `has_aux`, `branch` returns (output, aux) and this returns (new streams, maps, aux)."""
+        `has_aux`, `branch` returns (output, aux) and this returns (new streams, maps, aux).
+        `read_with`: the pre-mix `[B, T, N]` that reads the streams (single-pass mHC: the previous
+        site's H_pre; see `connections.apply_site`)."""
         return connections.apply_site(self._param_values(), streams_BxTxNxC, branch, self.spec,
-                                      has_aux=has_aux)
+                                      has_aux=has_aux, read_with=read_with)
 
     def __call__(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array]
                  ) -> jax.Array:

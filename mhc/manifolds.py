@@ -13,6 +13,9 @@ Registry: `get(name)` returns a `Manifold`; `register(name, project, ...)` adds 
                    symmetric, N a power of two, K = 2 log2(N)
   go_mhc           generalized orthostochastic (go-mHC): block sums of Q∘Q for a Cayley-orthogonal
                    Q of size N·s (s = go_block), exact, K = Ns(Ns - 1)/2
+  spectral_sphere  sHC: J/N + a Cayley-parametrised SVD on the complement of 1; row and column sums
+                   exactly 1 and spectral norm exactly 1, but entries may be negative (NOT doubly
+                   stochastic), K = (N - 1)²
 """
 from __future__ import annotations
 
@@ -242,6 +245,9 @@ class Manifold:
     num_logits: Callable[[int], int]
     init_logits: Callable[..., np.ndarray]
     exact_doubly_stochastic: bool  # every output is doubly stochastic up to rounding
+    # meant to be (approximately) doubly stochastic; False where entries may be negative (HC's
+    # unconstrained map, sHC's spectral sphere), whose diagnostics are read as such
+    doubly_stochastic: bool = True
     # connection options (ConnectionOptions fields) that num_logits, init_logits and project
     # take as keywords, e.g. go_mhc's block size
     options: tuple[str, ...] = ()
@@ -286,7 +292,7 @@ def _no_offdiag_logit(name: str, offdiag_logit: float) -> None:
     """Manifolds whose identity init has no tunable off-diagonal logits refuse a custom one."""
     if offdiag_logit != OFF_DIAGONAL_LOGIT:
         raise ValueError(f"res_offdiag_logit={offdiag_logit!r} has no meaning for manifold "
-                         f"{name!r}; it applies to sinkhorn and mhc_lite")
+                         f"{name!r}; it applies to sinkhorn, mhc_lite, kromhc and spectral_sphere")
 
 
 def _ortho_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
@@ -349,6 +355,15 @@ def _kromhc_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) ->
     raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
 
 
+def _cayley_from_triangle(z_xK: jax.Array, m: int) -> jax.Array:
+    """`(I + A)⁻¹(I - A)` with A skew, its strict upper triangle (row-major) from z `[..., K]`."""
+    rows, cols = np.triu_indices(m, 1)
+    a = jnp.zeros((*z_xK.shape[:-1], m, m), jnp.float32).at[..., rows, cols].set(z_xK)
+    a = a - jnp.swapaxes(a, -1, -2)
+    eye = jnp.eye(m, dtype=jnp.float32)
+    return jnp.linalg.solve(eye + a, jnp.broadcast_to(eye - a, a.shape))
+
+
 def _go_size(n: int, block: int) -> int:
     if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"go_block={block!r}; must be an integer >= 1")
@@ -366,12 +381,7 @@ def go_mhc(logits_xK: jax.Array, n: int, block: int = GO_BLOCK) -> jax.Array:
     m = _go_size(n, block)
     z = jnp.asarray(logits_xK, jnp.float32)
     batch = z.shape[:-1]
-    rows, cols = np.triu_indices(m, 1)
-    theta = jnp.zeros((*batch, m, m), jnp.float32).at[..., rows, cols].set(z)
-    a = theta - jnp.swapaxes(theta, -1, -2)
-    eye = jnp.eye(m, dtype=jnp.float32)
-    # Q = (I - A)(I + A)^-1; as A is skew, Qᵀ = (I - A)^-1 (I + A): one solve, then transpose
-    q = jnp.swapaxes(jnp.linalg.solve(eye - a, eye + a), -1, -2)
+    q = _cayley_from_triangle(z, m)  # (I + A)⁻¹(I - A) = (I - A)(I + A)⁻¹: the factors commute
     sq = (q * q).reshape(*batch, n, block, n, block)
     return sq.sum((-3, -1)) / block
 
@@ -390,6 +400,60 @@ def _go_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT,
     if how == "identity":
         return np.zeros(_go_num_logits(n, go_block), np.float32)
     raise ValueError(f"res_init={how!r} is not available for go_mhc; allowed: identity")
+
+
+def helmert_basis(n: int) -> np.ndarray:
+    """`[n, n - 1]` orthonormal basis of the complement of 1 (the Helmert basis as sHC builds it:
+    column i - 1 holds 1/sqrt(i(i+1)) in rows 0..i-1 and -i/sqrt(i(i+1)) in row i)."""
+    u = np.zeros((n, n - 1), np.float64)
+    for i in range(1, n):
+        u[:i, i - 1] = 1.0 / math.sqrt(i * (i + 1))
+        u[i, i - 1] = -i / math.sqrt(i * (i + 1))
+    return u.astype(np.float32)
+
+
+def spectral_sphere(logits_xK: jax.Array, n: int) -> jax.Array:
+    """sHC's residual map (arXiv 2603.20896): with J = 11ᵀ/n and U_z the Helmert basis,
+    `H_auth = J + U_z · U diag(σ) Vᵀ · U_zᵀ`, U and V Cayley-orthogonal `(I + A)⁻¹(I - A)` of
+    (n-1)x(n-1) skew matrices. Logits, in the authors' order: k = (n-1)(n-2)/2 for A_U's strict
+    upper triangle (tanh), k for A_V's (tanh), n - 1 for σ (tanh). The authors apply H_auth
+    transposed (`new[t] = Σ_s H_auth[s, t] x[s]`), so this returns `H = H_authᵀ` for our
+    `new_i = Σ_j H[i, j] x_j`. Row and column sums are exactly 1 and the singular values are
+    {1} ∪ {|σ_i|}: spectral norm exactly 1. Entries may be negative: it is NOT doubly stochastic.
+    The authors also learn a scale γ on each tanh of the rotations (initialised 1); here γ = 1.
+    logits `[..., (n-1)²]` -> `[..., n, n]`, fp32."""
+    z = jnp.asarray(logits_xK, jnp.float32)
+    if n == 1:
+        return jnp.ones((*z.shape[:-1], 1, 1), jnp.float32)
+    m = n - 1
+    k = m * (m - 1) // 2
+    u = _cayley_from_triangle(jnp.tanh(z[..., :k]), m)
+    v = _cayley_from_triangle(jnp.tanh(z[..., k:2 * k]), m)
+    sigma = jnp.tanh(z[..., 2 * k:])
+    helmert = jnp.asarray(helmert_basis(n))
+    core = jnp.einsum("...ab,...b,...cb->...ca", u, sigma, v)  # (U diag σ Vᵀ)ᵀ = V diag σ Uᵀ
+    return 1.0 / n + jnp.einsum("ia,...ab,jb->...ij", helmert, core, helmert)
+
+
+SHC_SIGMA_LOGIT = 4.0  # the authors' identity init: σ = tanh(4), H ≈ I to 2e-4
+
+
+def _shc_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
+    """Rotation logits 0 (U = V = I), so `H = J + tanh(b)(I - J)` with b the σ logits:
+    "identity" takes the authors' b = 4; with another `offdiag_logit` L, b is chosen so that H
+    equals Sinkhorn's symmetric start of that logit (diagonal 1 / (1 + (n-1)e^L)), the soft
+    identity of the CPU studies; "uniform" is b = 0, H = J."""
+    m = n - 1
+    k = m * (m - 1) // 2
+    if how == "uniform":
+        return np.zeros(m * m, np.float32)
+    if how != "identity":
+        raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
+    b = SHC_SIGMA_LOGIT
+    if offdiag_logit != OFF_DIAGONAL_LOGIT:
+        diag = 1.0 / (1.0 + (n - 1) * math.exp(offdiag_logit))
+        b = math.atanh((diag - 1.0 / n) / (1.0 - 1.0 / n))
+    return np.concatenate([np.zeros(2 * k, np.float32), np.full(m, b, np.float32)])
 
 
 def range_cap(logits_xK: jax.Array, cap: float) -> jax.Array:
@@ -424,7 +488,7 @@ _REGISTRY: dict[str, Manifold] = {}
 def register(name: str, project: Callable[..., jax.Array], *,
              num_logits: Callable[[int], int] = lambda n: n * n,
              init_logits: Callable[..., np.ndarray] = _square_init,
-             exact_doubly_stochastic: bool = False,
+             exact_doubly_stochastic: bool = False, doubly_stochastic: bool = True,
              options: tuple[str, ...] = ()) -> Manifold:
     """Add a projection `project(logits[..., K], n, **options) -> [..., n, n]` under `name`.
 
@@ -434,7 +498,7 @@ def register(name: str, project: Callable[..., jax.Array], *,
     if not name or not isinstance(name, str):
         raise ValueError(f"manifold name {name!r} must be a non-empty string")
     manifold = Manifold(name, project, num_logits, init_logits, exact_doubly_stochastic,
-                        tuple(options))
+                        doubly_stochastic, tuple(options))
     _REGISTRY[name] = manifold
     return manifold
 
@@ -459,10 +523,12 @@ register("orthostochastic", lambda logits, n, **_: orthostochastic(_as_square(lo
 register("identity", _project_identity, num_logits=lambda n: 0, init_logits=_identity_init,
          exact_doubly_stochastic=True)
 register("unconstrained", lambda logits, n, **_: _as_square(logits, n),
-         init_logits=_unconstrained_init)
+         init_logits=_unconstrained_init, doubly_stochastic=False)
 register("go_mhc", lambda logits, n, go_block=GO_BLOCK, **_: go_mhc(logits, n, go_block),
          num_logits=_go_num_logits, init_logits=_go_init, exact_doubly_stochastic=True,
          options=("go_block",))
+register("spectral_sphere", lambda logits, n, **_: spectral_sphere(logits, n),
+         num_logits=lambda n: (n - 1) ** 2, init_logits=_shc_init, doubly_stochastic=False)
 register("kromhc", lambda logits, n, **_: kromhc(logits, n),
          num_logits=lambda n: 2 * _kron_factors(n), init_logits=_kromhc_init,
          exact_doubly_stochastic=True)

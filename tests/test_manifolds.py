@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mhc
-from mhc import manifolds
+from mhc import diagnostics, manifolds
 
 CONVENTIONS = ("paper", "deepseek_v4")
 
@@ -431,30 +431,35 @@ def test_kromhc_init_and_bad_n():
         apply_overrides(recipes.get("tiny"), ["manifold=kromhc", "n_streams=6"])
 
 
-def test_kromhc_site_trains_in_the_model():
-    """manifold=kromhc through the whole model: one training step on the XLA path, finite
-    gradients that reach the residual logits, H_res exactly doubly stochastic."""
+def _one_model_step(overrides):
+    """One training step of a 2-block model with `overrides`: (model, FFN site 0's bias before,
+    after). Block 0's FFN site: at the first site the n copies are identical, and under the sum
+    collapse the last site's H_res is invisible (its columns sum to 1), so neither gets a
+    gradient; a middle site does."""
     from flax import nnx
     from mhc import recipes, train_step
     from mhc.config import apply_overrides
     from mhc.model import Decoder
-    cfg = apply_overrides(recipes.get("tiny"), ["manifold=kromhc", "n_layers=2", "d_model=32",
+    cfg = apply_overrides(recipes.get("tiny"), [*overrides, "n_layers=2", "d_model=32",
                                                 "n_heads=2", "d_ff=64", "seq_len=16",
-                                                "batch_size=2", "res_offdiag_logit=-2",
-                                                "warmup_steps=0"])  # lr > 0 at step 1
+                                                "batch_size=2", "warmup_steps=0"])  # lr > 0
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
     optimizer = train_step.make_optimizer(model, cfg)
     tokens = jax.random.randint(_key(5), (2, 17), 0, 256)
     batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
-    # block 0's FFN site: at the first site the n copies are identical, and under the sum
-    # collapse the last site's H_res is invisible (its columns sum to 1), so neither gets a
-    # gradient; a middle site does
     before = np.asarray(model.dense_blocks.ffn_hc.params["bias"][...]).copy()
     out, _ = nnx.jit(train_step.train_step_body)(model, optimizer, batch)
     assert bool(out["finite"]) and np.isfinite(float(out["loss"]))
-    after = np.asarray(model.dense_blocks.ffn_hc.params["bias"][...])
+    return model, before, np.asarray(model.dense_blocks.ffn_hc.params["bias"][...])
+
+
+def test_kromhc_site_trains_in_the_model():
+    """manifold=kromhc through the whole model: one training step on the XLA path, finite
+    gradients that reach the residual logits, H_res exactly doubly stochastic."""
+    model, before, after = _one_model_step(["manifold=kromhc", "res_offdiag_logit=-2"])
     assert np.abs(after[0, -4:] - before[0, -4:]).max() > 0  # its 4 residual logits moved
-    res = model(batch["inputs"])[1].res
+    tokens = jax.random.randint(_key(5), (2, 16), 0, 256)
+    res = model(tokens)[1].res
     np.testing.assert_allclose(np.asarray(res).sum(-2), 1.0, atol=1e-5)
 
 
@@ -525,3 +530,107 @@ def test_go_mhc_through_the_connection_and_config():
                         (["manifold=go_mhc", "res_offdiag_logit=-2"], "no meaning")):
         with pytest.raises(ConfigError, match=needle):
             apply_overrides(recipes.get("tiny"), bad)
+
+
+# ---------------------------------------------------------------------- sHC (spectral sphere)
+def _shc_numpy(logits, n):
+    """Independent NumPy formulation of sHC's residual map, written from the authors'
+    `SHyperConnections.width_connection` (arXiv 2603.20896): Helmert basis Uz, Cayley
+    U = solve(I + A_U, I - A_U) from the strict upper triangle (torch.triu_indices order),
+    H_auth = J + Uz · U diag(σ) Vᵀ · Uzᵀ, applied as `new[t] = Σ_s H_auth[s, t] x[s]`. Returns
+    the matrix that acts as `new = M x`, i.e. H_authᵀ."""
+    z = np.asarray(logits, np.float64)
+    m = n - 1
+    k = m * (m - 1) // 2
+    uz = np.zeros((n, m))
+    for i in range(1, n):
+        uz[:i, i - 1] = 1 / np.sqrt(i * (i + 1))
+        uz[i, i - 1] = -i / np.sqrt(i * (i + 1))
+
+    def cayley(t):
+        a = np.zeros((m, m))
+        a[np.triu_indices(m, 1)] = t
+        a = a - a.T
+        return np.linalg.solve(np.eye(m) + a, np.eye(m) - a)
+
+    u, v = cayley(np.tanh(z[:k])), cayley(np.tanh(z[k:2 * k]))
+    h_auth = np.ones((n, n)) / n + uz @ (u @ np.diag(np.tanh(z[2 * k:])) @ v.T) @ uz.T
+    x = np.random.default_rng(0).normal(size=(n, 5))
+    new = np.einsum("st,sd->td", h_auth, x)  # the authors' mix
+    np.testing.assert_allclose(h_auth.T @ x, new, atol=1e-12)
+    return h_auth.T
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 8])
+def test_spectral_sphere_golden_and_properties(n):
+    m = manifolds.get("spectral_sphere")
+    assert m.num_logits(n) == (n - 1) ** 2 and not m.doubly_stochastic
+    logits = 1.5 * jax.random.normal(_key(20 + n), (4, m.num_logits(n)))
+    h = np.asarray(jax.jit(lambda z: manifolds.spectral_sphere(z, n))(logits))
+    for z, hz in zip(np.asarray(logits), h):
+        np.testing.assert_allclose(hz, _shc_numpy(z, n), atol=2e-6)
+        sv = np.linalg.svd(hz.astype(np.float64), compute_uv=False)
+        k = (n - 1) * (n - 2) // 2
+        expected = np.sort(np.concatenate([[1.0], np.abs(np.tanh(z[2 * k:]))]))[::-1]
+        np.testing.assert_allclose(sv, expected, atol=2e-6)  # {1} ∪ |σ|: spectral norm 1
+    np.testing.assert_allclose(h.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(h.sum(-2), 1.0, atol=1e-6)
+    if n >= 3:  # not doubly stochastic: some entries are negative, which the diagnostics see
+        assert h.min() < -0.05
+        assert float(diagnostics.negative_mass(h).max()) > 0.05
+    assert float(diagnostics.negative_mass(manifolds.sinkhorn(logits[..., :1, None]
+                                                              * jnp.ones((n, n)))).max()) == 0
+    np.testing.assert_allclose(jax.vmap(lambda z: manifolds.spectral_sphere(z, n))(logits), h,
+                               atol=1e-6)
+
+
+def test_spectral_sphere_is_not_symmetric_and_orientation_is_the_authors():
+    """A rotation in U alone (V = I) makes H_auth = J + Uz U diag σ Uzᵀ non-symmetric; ours is
+    its transpose, so the golden's orientation check is not vacuous."""
+    n = 4
+    z = np.zeros(9, np.float32)
+    z[0], z[6:] = 1.0, 0.5
+    h = np.asarray(manifolds.spectral_sphere(jnp.asarray(z), n))
+    assert np.abs(h - h.T).max() > 0.05
+    np.testing.assert_allclose(h, _shc_numpy(z, n), atol=2e-6)
+
+
+def test_spectral_sphere_gradient_and_inits():
+    n = 4
+    m = manifolds.get("spectral_sphere")
+    w = jax.random.normal(_key(30), (n, n))
+
+    def f(z):
+        return jnp.sum(w * manifolds.spectral_sphere(z, n))
+
+    z = 0.5 * jax.random.normal(_key(31), (9,))
+    g = np.asarray(jax.grad(f)(z))
+    eps = 1e-2
+    for i in range(9):
+        e = jnp.zeros_like(z).at[i].set(eps)
+        np.testing.assert_allclose(g[i], (f(z + e) - f(z - e)) / (2 * eps), atol=3e-3, rtol=3e-3)
+    # the authors' init: σ logits 4, H = tanh(4)·I + (1 - tanh(4))·J
+    t = np.tanh(4.0)
+    np.testing.assert_allclose(m.project(jnp.asarray(m.init_logits(n, "identity")), n),
+                               t * np.eye(n) + (1 - t) / n, atol=1e-6)
+    np.testing.assert_allclose(m.project(jnp.asarray(m.init_logits(n, "uniform")), n),
+                               np.full((n, n), 1 / n), atol=1e-7)
+    # a soft identity: exactly Sinkhorn's start of the same off-diagonal logit
+    soft = m.project(jnp.asarray(m.init_logits(n, "identity", -2.0)), n)
+    sink = manifolds.get("sinkhorn")
+    np.testing.assert_allclose(soft, sink.project(jnp.asarray(sink.init_logits(n, "identity",
+                                                                               -2.0)), n),
+                               atol=1e-6)
+    np.testing.assert_allclose(manifolds.spectral_sphere(jnp.zeros((2, 0)), 1), np.ones((2, 1, 1)))
+
+
+def test_spectral_sphere_site_trains_in_the_model():
+    """manifold=spectral_sphere through the whole model: one step, finite, the residual logits
+    move, and H_res keeps unit row and column sums (but not non-negativity)."""
+    model, before, after = _one_model_step(["manifold=spectral_sphere", "res_offdiag_logit=-2"])
+    assert before.shape[-1] == 2 * 4 + 9
+    assert np.abs(after[0, -9:] - before[0, -9:]).max() > 0
+    tokens = jax.random.randint(_key(5), (2, 16), 0, 256)
+    res = np.asarray(model(tokens)[1].res)
+    np.testing.assert_allclose(res.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(res.sum(-2), 1.0, atol=1e-5)

@@ -4,6 +4,10 @@ Each block has two connection sites (attention, then FFN), each branch with its 
     streams = hc_attn(streams, lambda h: attn(norm1(h)));  streams = hc_ffn(streams, ...)
 Streams: the embedding is copied into N streams (N = 1 for a plain residual), collapsed at the
 end by sum / mean / a learned HyperHead, then final RMSNorm and the LM head.
+Single-pass mHC (`single_pass=true`, DeepSeek-V4.1): the carry through the blocks is (streams,
+pre-mix `[B, T, N]` fp32); site k reads its streams with site k-1's H_pre (site 0 with a one-hot
+on stream 0) and the final merge uses the last site's H_pre, so the pre slice of site k gets its
+gradient from site k + 1 (the last one's from the head).
 Dimension letters (see `mhc`'s docstring): B batch, T tokens, N streams, C width, V vocab, L
 layers (2L sites), E experts.
 Layers are created with `nnx.vmap` and run with `nnx.scan` (compile time flat in depth): one stack
@@ -64,20 +68,26 @@ class Block(nnx.Module):
             self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, init_std=cfg.init_std, out_std=out_std,
                               dtype=dtype, rngs=rngs)
         self.moe = moe
+        self.single_pass = cfg.single_pass
         self.attn_hc = _connection(cfg, 2 * block_index)
         self.ffn_hc = _connection(cfg, 2 * block_index + 1)
 
-    def __call__(self, streams_BxTxNxC: jax.Array):
-        """Returns (new streams, (attention maps, FFN maps, router stats or {}))."""
-        streams, attn_maps = self.attn_hc.apply(streams_BxTxNxC,
-                                                lambda h: self.attn(self.attn_norm(h)))
+    def __call__(self, carry):
+        """carry: streams `[B, T, N, C]`, or with single_pass (streams, the previous site's pre-mix
+        `[B, T, N]` fp32). Returns (new carry, (attention maps, FFN maps, router stats or {}))."""
+        streams, pre = carry if self.single_pass else (carry, None)
+        streams, attn_maps = self.attn_hc.apply(streams, lambda h: self.attn(self.attn_norm(h)),
+                                                read_with=pre)
+        pre = attn_maps.pre if self.single_pass else None
         if self.moe:  # the MoE layer returns (output, router stats)
             streams, ffn_maps, stats = self.ffn_hc.apply(
-                streams, lambda h: self.ffn(self.ffn_norm(h)), has_aux=True)
+                streams, lambda h: self.ffn(self.ffn_norm(h)), has_aux=True, read_with=pre)
         else:
-            streams, ffn_maps = self.ffn_hc.apply(streams, lambda h: self.ffn(self.ffn_norm(h)))
+            streams, ffn_maps = self.ffn_hc.apply(streams, lambda h: self.ffn(self.ffn_norm(h)),
+                                                  read_with=pre)
             stats = {}
-        return streams, (attn_maps, ffn_maps, stats)
+        carry = (streams, ffn_maps.pre) if self.single_pass else streams
+        return carry, (attn_maps, ffn_maps, stats)
 
 
 def remat_group_size(cfg: ModelConfig, n_blocks: int) -> int:
@@ -149,7 +159,8 @@ class Decoder(nnx.Module):
                 self.mtp_block = None
 
     def _run_stack(self, blocks, n_blocks: int, streams):
-        """Scan the `n_blocks` stacked blocks; with remat, recompute in groups of `remat_group`."""
+        """Scan the `n_blocks` stacked blocks over the carry (streams, or with single_pass
+        (streams, pre-mix)); with remat, recompute in groups of `remat_group`."""
         policy = remat_policy(self.cfg.remat, self.cfg.streams, self.cfg.d_model)
         group = remat_group_size(self.cfg, n_blocks)
 
@@ -190,10 +201,29 @@ class Decoder(nnx.Module):
         return jnp.asarray(connections.initial_res(self.cfg.connection_spec())
                            if self.cfg.residual != "residual" else jnp.eye(1))
 
+    def _first_carry(self, streams_BxTxNxC: jax.Array):
+        """The carry into the first block: the streams, or with single_pass (streams, the fixed
+        pre-mix of site 0, one-hot on stream 0, fp32)."""
+        if not self.cfg.single_pass:
+            return streams_BxTxNxC
+        pre = jnp.zeros(streams_BxTxNxC.shape[:-1], jnp.float32).at[..., 0].set(1.0)
+        return streams_BxTxNxC, sharding.constrain(pre, ("batch", None, None))
+
+    def _merge(self, carry) -> jax.Array:
+        """Streams -> `[B, T, C]`: the HyperHead, sum or mean; with single_pass the last site's
+        pre-mix (DeepSeek-V4.1's final merge)."""
+        if self.cfg.single_pass:
+            streams, pre = carry
+            return connections.read_streams(pre, streams)
+        if self.head_collapse is not None:
+            return self.head_collapse(carry)
+        return connections.collapse_streams(carry, "mean" if self.cfg.collapse == "mean"
+                                            else "sum")
+
     def forward(self, tokens_BxT: jax.Array) -> ModelOutput:
         cfg = self.cfg
         streams = self._expand(self.embed(tokens_BxT))
-        streams = sharding.constrain(streams, ("batch", None, None, None))
+        streams = self._first_carry(sharding.constrain(streams, ("batch", None, None, None)))
         attn_maps, ffn_maps, router = [], [], {}
         stacks = ((self.dense_blocks, cfg.n_layers - cfg.n_moe_layers),
                   (self.moe_blocks, cfg.n_moe_layers))
@@ -204,10 +234,7 @@ class Decoder(nnx.Module):
             attn_maps.append(attn)
             ffn_maps.append(ffn)
             router = stats or router
-        if self.head_collapse is not None:
-            x = self.head_collapse(streams)
-        else:
-            x = connections.collapse_streams(streams, "mean" if cfg.collapse == "mean" else "sum")
+        x = self._merge(streams)
         logits = self.lm_head(self.final_norm(x)).astype(jnp.float32)
         mtp_logits = self._mtp(x, tokens_BxT) if self.mtp_block is not None else None
         attn = jax.tree.map(lambda *a: jnp.concatenate(a), *attn_maps)
@@ -223,8 +250,11 @@ class Decoder(nnx.Module):
         next_tokens = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
         h = self.mtp_proj(jnp.concatenate([self.mtp_norm_hidden(hidden_BxTxC),
                                            self.mtp_norm_embed(self.embed(next_tokens))], -1))
-        streams, _ = self.mtp_block(self._expand(h))
-        x = connections.collapse_streams(streams, "mean" if cfg.collapse == "mean" else "sum")
+        carry, _ = self.mtp_block(self._first_carry(self._expand(h)))
+        if cfg.single_pass:  # the MTP block's own carried pre-mix, from its one-hot start
+            x = self._merge(carry)
+        else:
+            x = connections.collapse_streams(carry, "mean" if cfg.collapse == "mean" else "sum")
         return self.lm_head(self.final_norm(x)).astype(jnp.float32)
 
     def __call__(self, tokens_BxT: jax.Array) -> tuple[jax.Array, Maps]:
