@@ -50,13 +50,14 @@ def configs(smoke: bool):
     return {"tiny": recipes.get("tiny"), "bench": bench}
 
 
-def build(cfg, kind, remat=None):
-    """(jitted pure step, state, batch) for one kind (and remat policy, default the config's)."""
+def build(cfg, kind=None, remat=None):
+    """(jitted pure step, state, batch) for one kind (default the config's) and remat policy
+    (default the config's)."""
     from mhc import train_step
     from mhc.config import Config
     from mhc.model import Decoder
 
-    model_cfg = dataclasses.replace(cfg.model, residual=kind)
+    model_cfg = cfg.model if kind is None else dataclasses.replace(cfg.model, residual=kind)
     if remat is not None:
         model_cfg = dataclasses.replace(model_cfg, remat=remat)
     cfg = Config(model_cfg, cfg.train)
@@ -85,18 +86,30 @@ def measure(cfg, rounds: int, steps: int, time_remat: bool = False) -> dict:
         start = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         results[kind, remat] = {"compile_s": time.perf_counter() - start,
-                                "temp_mb": compiled.memory_analysis().temp_size_in_bytes / 2**20,
-                                "times": []}
+                                "temp_mb": compiled.memory_analysis().temp_size_in_bytes / 2**20}
         if remat != "none" and not time_remat and (kind, remat) not in TIMED_REMAT:
             continue
-        state, loss = compiled(state, batch)  # warm-up
-        jax.block_until_ready(loss)
         runs[kind, remat] = [compiled, state, batch]
+    for key, ms in time_interleaved(runs, rounds, steps).items():
+        results[key]["step_ms"] = ms
+    for r in results.values():
+        r.setdefault("step_ms", None)
+    return results
+
+
+def time_interleaved(runs: dict, rounds: int, steps: int) -> dict:
+    """{key: median milliseconds per step} of compiled steps `runs[key] = [step, state, batch]`
+    (`step(state, batch) -> (state, loss)`, state donated), timed in interleaved rounds so that
+    machine noise hits every variant alike; a warm-up step first."""
+    for run in runs.values():
+        step, state, batch = run
+        run[1], loss = step(state, batch)
+        jax.block_until_ready(loss)
+    times = {key: [] for key in runs}
     order = list(runs)
-    for r in range(rounds):  # interleaved: every kind sees the same machine conditions; the
-        # order is shuffled per round: with a fixed order, the variant timed right after the
-        # residual read slowest in three paired runs (an HC variant each time, with and
-        # without a change to it), which confounds an A/B comparison
+    for r in range(rounds):  # the order is shuffled per round: with a fixed order, the variant
+        # timed right after the residual read slowest in three paired runs (an HC variant each
+        # time, with and without a change to it), which confounds an A/B comparison
         np.random.default_rng(r).shuffle(order)
         for key in order:
             step, state, batch = run = runs[key]
@@ -104,12 +117,9 @@ def measure(cfg, rounds: int, steps: int, time_remat: bool = False) -> dict:
             for _ in range(steps):
                 state, loss = step(state, batch)
             jax.block_until_ready(loss)
-            results[key]["times"].append((time.perf_counter() - start) / steps)
+            times[key].append((time.perf_counter() - start) / steps)
             run[1] = state
-    for r in results.values():
-        times = r.pop("times")
-        r["step_ms"] = 1e3 * float(np.median(times)) if times else None
-    return results
+    return {key: 1e3 * float(np.median(t)) for key, t in times.items()}
 
 
 def compile_scaling(cfg, kind="mhc") -> tuple[float, float]:

@@ -364,6 +364,16 @@ def _cayley_from_triangle(z_xK: jax.Array, m: int) -> jax.Array:
     return jnp.linalg.solve(eye + a, jnp.broadcast_to(eye - a, a.shape))
 
 
+def kromhc_logit_matching_sinkhorn(n: int, offdiag_logit: float) -> float:
+    """The KromHC per-factor logit L' (factor init [0, L']) whose initial H_res has the diagonal of
+    Sinkhorn's soft identity with logits 0 / `offdiag_logit`: the diagonal of a Kronecker product
+    of K factors with p = 1 / (1 + e^L') is p^K, so p = a^(1/K), a = 1 / (1 + (n-1)·e^L)."""
+    k = _kron_factors(n)
+    a = 1.0 / (1.0 + (n - 1) * math.exp(offdiag_logit))
+    p = a ** (1.0 / max(k, 1))
+    return math.log((1.0 - p) / p)
+
+
 def _go_size(n: int, block: int) -> int:
     if not isinstance(block, int) or isinstance(block, bool) or block < 1:
         raise ValueError(f"go_block={block!r}; must be an integer >= 1")
