@@ -26,7 +26,6 @@ import threading
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -38,49 +37,49 @@ from mhc.train_step import (evaluate, flops_per_token, lr_schedule, make_optimiz
 
 
 class Stepper:
-    """Runs training steps: the one place that owns the compiled step. On one device it is
-    `train_step_body` under `nnx.jit` with the state donated; with `train.mesh` set it is
-    `mhc.sharding.shard_step` (explicit shardings; multi-process when `jax.distributed` was
-    initialised: each process feeds its own rows of the batch). The model and optimizer then
-    hold the mesh-placed state after `sync()`, so a checkpoint restores straight onto the mesh
-    (`reload()` hands the restored state back to the step)."""
+    """Runs training steps and owns the training state: the (model, optimizer) state pytree,
+    placed on a mesh (`train.mesh`; without one, this process's first device as a one-device
+    mesh) and advanced by `mhc.sharding.shard_step` (explicit shardings, state donated;
+    multi-process when `jax.distributed` was initialised: each process feeds its own rows of the
+    batch). `modules()` gives a model and optimizer that hold the current state, for eval and
+    checkpoints; `restore` reads a checkpoint straight into the state's shardings."""
 
     def __init__(self, model: Decoder, optimizer: nnx.Optimizer, cfg: Config):
-        self.model, self.optimizer = model, optimizer
-        self.microbatches = cfg.train.microbatches
-        self.mesh = sharding.make_mesh(cfg.train.mesh) if cfg.train.mesh else None
-        if self.mesh is None:
-            # an async checkpoint has copied the state to host memory when `save` returns
-            self._jit = nnx.jit(train_step_body, static_argnames="microbatches",
-                                donate_argnums=(0, 1))
-            return
-        if cfg.train.debug_nan_steps:
-            raise ConfigError("debug_nan_steps is a single-device debug option; unset mesh")
-        sharding.check_batch(cfg.train.batch_size, self.mesh)
-        self._step, self._state = sharding.shard_step(
-            functools.partial(train_step_body, microbatches=self.microbatches), model,
-            optimizer, self.mesh)
-        self.sync()
+        t = cfg.train
+        if t.mesh:
+            self.mesh = sharding.make_mesh(t.mesh)
+        elif jax.process_count() > 1:  # every process's devices, data-parallel
+            self.mesh = sharding.make_mesh(None)
+        else:
+            self.mesh = sharding.make_mesh(None, devices=jax.local_devices()[:1])
+        sharding.check_batch(t.batch_size, self.mesh)
+        self._graphdef = nnx.graphdef((model, optimizer))
+        self._step, self.state = sharding.shard_step(
+            functools.partial(train_step_body, microbatches=t.microbatches,
+                              schedule=lr_schedule(cfg)), model, optimizer, self.mesh)
 
-    def __call__(self, batch: dict, poison=None):
-        if self.mesh is None:
-            return self._jit(self.model, self.optimizer, batch, self.microbatches,
-                             *(() if poison is None else (poison,)))
+    def __call__(self, batch: dict, poison: bool | None = None):
+        """One step on this process's rows of `batch` -> (metrics, per-layer stats). `poison`
+        (debug only, `debug_nan_steps`) rides in the batch as one flag per row."""
         rows = batch["inputs"].shape[0] // jax.process_count()
         local = {k: v[jax.process_index() * rows:(jax.process_index() + 1) * rows]
                  for k, v in batch.items()}
-        self._state, out = self._step(self._state, sharding.global_batch(local, self.mesh))
+        if poison is not None:
+            local["poison"] = np.full((rows,), bool(poison))
+        self.state, out = self._step(self.state, sharding.global_batch(local, self.mesh))
         return out
 
-    def sync(self):
-        """Make `model` and `optimizer` hold the latest state (before eval or saving)."""
-        if self.mesh is not None:
-            nnx.update((self.model, self.optimizer), self._state)
+    def modules(self) -> tuple[Decoder, nnx.Optimizer]:
+        """(model, optimizer) holding the current state (valid until the next step, which
+        donates it)."""
+        return nnx.merge(self._graphdef, self.state)
 
-    def reload(self):
-        """Continue from what `model` and `optimizer` hold now (after a restore)."""
-        if self.mesh is not None:
-            self._state = nnx.state((self.model, self.optimizer))
+    def restore(self, mngr, step: int | None = None) -> checkpoint.Restored:
+        """Continue from a checkpoint: read it onto the state's shardings and take it."""
+        modules = self.modules()
+        restored = checkpoint.restore(mngr, *modules, step=step)
+        self.state = nnx.state(modules)
+        return restored
 
 
 @dataclasses.dataclass
@@ -174,7 +173,6 @@ class _Loop:
         self.cfg, self.t, self.run_dir = cfg, cfg.train, run_dir
         self.stepper, self.train_iter, self.val_tokens = stepper, train_iter, val_tokens
         self.mngr, self.sink, self.events, self.verbose = mngr, sink, events, verbose
-        self.schedule = lr_schedule(cfg)
         self.tokens_per_step = self.t.batch_size * self.t.seq_len
         self.flops = flops_per_token(cfg) * self.tokens_per_step
         self.peak = peak_flops(self.t.peak_flops)
@@ -207,9 +205,8 @@ class _Loop:
         if self.mngr is None:
             return
         start = time.perf_counter()
-        self.stepper.sync()
         self.checkpoint_path = checkpoint.save(
-            self.mngr, step, self.stepper.model, self.stepper.optimizer, self.cfg.to_dict(),
+            self.mngr, step, *self.stepper.modules(), self.cfg.to_dict(),
             data=self.data_state, meta=self.meta(), wait=wait)
         self.events.write(step, {"event": "checkpoint", "path": self.checkpoint_path,
                                  "blocking_s": time.perf_counter() - start})
@@ -223,9 +220,7 @@ class _Loop:
             self.step_times.append(elapsed)
         step_s = float(np.median(self.step_times)) if self.step_times else elapsed
         finite = bool(out.pop("finite"))
-        updates_done = int(out.pop("updates_done"))
         record = {k: float(v) for k, v in out.items()}
-        record["lr"] = float(self.schedule(updates_done))
         record["tokens"] = step * self.tokens_per_step
         record["step_time_s"] = elapsed
         record["tokens_per_s"] = self.tokens_per_step / step_s  # median of the last 20 steps
@@ -261,15 +256,15 @@ class _Loop:
         batch = next(self.train_iter)
         self.last_time = time.perf_counter()
         for step in range(start + 1, t.steps + 1):
-            poison = jnp.asarray(step in poison_steps) if poison_steps else None
+            poison = step in poison_steps if poison_steps else None
             out, per_layer = self.stepper(batch, poison)
             self.data_state = self.train_iter.get_state()  # the position after this step
             if step < t.steps:  # load the next batch while the device computes this step
                 batch = next(self.train_iter)
             extra = {}
             if step % t.eval_every == 0 or step == t.steps:
-                self.stepper.sync()
-                extra["eval_loss"] = evaluate(self.stepper.model, self.val_tokens, self.cfg)
+                extra["eval_loss"] = evaluate(self.stepper.modules()[0], self.val_tokens,
+                                              self.cfg)
             self.finish(step, out, per_layer, extra)
             if self.abort:
                 self.save(step, wait=True)
@@ -310,10 +305,10 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
             mngr = checkpoint.manager(run_dir, keep_last=t.keep_last, keep_every=t.keep_every,
                                       async_save=t.async_checkpoint)
         stepper = Stepper(model, optimizer, cfg)
+        del model, optimizer  # the stepper owns the state from here on
         start, restored = 0, None
         if resume and mngr is not None and mngr.latest_step() is not None:
-            restored = checkpoint.restore(mngr, model, optimizer)  # onto the mesh, if any
-            stepper.reload()
+            restored = stepper.restore(mngr)
             start = restored.step
             if restored.data is not None:
                 train_iter.set_state(restored.data)

@@ -139,7 +139,7 @@ def _loss_and_grads(model: Decoder, batch: dict, microbatches: int):
 
 
 def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
-                    microbatches: int = 1, poison=None):
+                    microbatches: int = 1, schedule: optax.Schedule | None = None):
     """One update, in place: loss, gradients (Params only; accumulated over `microbatches`),
     AdamW, then the MoE routers' aux-loss-free balancing from this batch's load.
     Returns (scalar metrics, per-layer stats). Plain function so it can be jitted as is
@@ -147,12 +147,16 @@ def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
 
     If a loss or the gradient norm is not finite the update is discarded inside the step:
     parameters, router biases and optimizer state (including its step count, hence the lr
-    schedule) are unchanged and `metrics["finite"]` is False. `poison` (debug only,
-    TrainConfig.debug_nan_steps) forces that case by making the losses and gradients NaN.
+    schedule) are unchanged and `metrics["finite"]` is False. A `batch["poison"]` entry (one
+    flag per row; debug only, TrainConfig.debug_nan_steps) forces that case by making the losses
+    and gradients NaN. With the optimizer's `schedule` (`lr_schedule(cfg)`), `metrics["lr"]` is
+    the learning rate this update used.
     """
+    batch = dict(batch)
+    poison = batch.pop("poison", None)
     losses, out, grads = _loss_and_grads(model, batch, microbatches)
     if poison is not None:
-        nan_or_one = jnp.where(poison, jnp.nan, 1.0)
+        nan_or_one = jnp.where(jnp.any(poison), jnp.nan, 1.0)
         losses, grads = jax.tree.map(lambda v: v * nan_or_one, (losses, grads))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(losses))))
@@ -164,7 +168,8 @@ def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
     nnx.update((model, optimizer), jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                                 nnx.state((model, optimizer)), before))
     scalars, per_layer = _map_metrics(out.maps, model.initial_res())
-    return {**losses, "grad_norm": grad_norm, "finite": finite, "updates_done": updates_done,
+    lr = {} if schedule is None else {"lr": schedule(updates_done)}
+    return {**losses, "grad_norm": grad_norm, "finite": finite, **lr,
             **scalars, **_router_metrics(out.router)}, per_layer
 
 

@@ -25,15 +25,16 @@ def test_nonfinite_step_leaves_parameters_and_optimizer_untouched():
     model = Decoder(cfg.model, rngs=nnx.Rngs(0))
     optimizer = train_step.make_optimizer(model, cfg)
     batch = {"inputs": jnp.zeros((2, 8), jnp.int32), "targets": jnp.ones((2, 8), jnp.int32)}
-    step = train.Stepper(model, optimizer, cfg)
     before = _state(model, optimizer)
-    out, _ = step(batch, jnp.asarray(True))
-    assert not out["finite"] and np.isnan(out["loss"]) and int(optimizer.step[...]) == 0
-    for a, b in zip(before, _state(model, optimizer), strict=True):
+    step = train.Stepper(model, optimizer, cfg)
+    out, _ = step(batch, poison=True)
+    assert not out["finite"] and np.isnan(out["loss"])
+    for a, b in zip(before, _state(*step.modules()), strict=True):
         np.testing.assert_array_equal(a, b)  # bitwise: nothing moved, not even Adam's count
-    out, _ = step(batch, jnp.asarray(False))
-    assert out["finite"] and int(optimizer.step[...]) == 1
-    assert any(not np.array_equal(a, b) for a, b in zip(before, _state(model, optimizer)))
+    assert int(step.modules()[1].step[...]) == 0
+    out, _ = step(batch, poison=False)
+    assert out["finite"] and int(step.modules()[1].step[...]) == 1
+    assert any(not np.array_equal(a, b) for a, b in zip(before, _state(*step.modules())))
 
 
 def test_injected_nan_steps_are_skipped_and_reported(tmp_path):
