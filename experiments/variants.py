@@ -118,6 +118,24 @@ def costs(cfgs: dict, rounds: int = 5, steps: int = 5) -> dict:
     return out
 
 
+def learns(label: str, s: dict) -> str:
+    """Whether the mechanism under study is active: H_res's mean distance from its initial map
+    at the end is at least `ablations.MOVED` (the residual has no H_res)."""
+    if label == "residual":
+        return "–"
+    return "yes" if s["dist_init_end"] >= ablations.MOVED else "**no**"
+
+
+def frozen_note(summary: dict) -> list[str]:
+    frozen = [label for label, s in summary.items() if learns(label, s) == "**no**"]
+    if not frozen:
+        return []
+    return [f"H_res did not learn (distance from its initial map < {ablations.MOVED}) for: "
+            f"{', '.join(frozen)}. Their rows compare learned H_pre / H_post with an H_res that "
+            f"stayed at its start, not the variant's mixing; go-mHC's zero init is an exact "
+            f"saddle (zero gradient, `tests/test_manifolds.py`).", ""]
+
+
 def lite_note(width: int) -> str:
     """What mHC-lite would cost at the widths KromHC is run at (its n! residual logits)."""
     from mhc import manifolds
@@ -139,9 +157,9 @@ def table(summary: dict, cost: dict, sources: dict) -> list[str]:
     res_mb = cost.get("residual", {}).get("temp_mb")
     lines = ["| variant | source | seeds | final eval loss | gap vs residual | verdict: below "
              "the residual | gap vs mHC | verdict: below mHC | H_res off-diagonal start → end "
-             "| distance from init | max composite Amax fwd / bwd | max DS column error / "
+             "| distance from init | H_res learns? | max composite Amax fwd / bwd | max DS column error / "
              "negative mass | connection params | step time / memory vs residual |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, s in summary.items():
         n = len(s["seeds"])
         c = cost.get(label, {})
@@ -156,7 +174,7 @@ def table(summary: dict, cost: dict, sources: dict) -> list[str]:
             f" | {_fmt(s['gap'], s['gap_std'], n)} | {vs_res} | "
             f"{_fmt(s['gap_mhc'], s['gap_mhc_std'], n)} | {vs_mhc} | "
             f"{s['offdiag_start']:.3f} → {_fmt(s['offdiag_end'], s['offdiag_end_std'], n)} | "
-            f"{_fmt(s['dist_init_end'], s['dist_init_end_std'], n)} | "
+            f"{_fmt(s['dist_init_end'], s['dist_init_end_std'], n)} | {learns(label, s)} | "
             f"{s['amax_fwd_max']:.3g} / {s['amax_bwd_max']:.3g} | "
             f"{s['ds_col_err_max']:.2g} / {'–' if not np.isfinite(neg) else f'{neg:.2g}'} | "
             f"{c.get('params', '–')} | {ratio} |")
@@ -247,7 +265,7 @@ def main(argv=None) -> int:
              "Negative mass: the largest sum of negative H_res entries over tokens and steps "
              "(0 on the Birkhoff polytope; \"–\" for runs that predate the metric). sHC keeps "
              "row and column sums exactly 1 but is not doubly stochastic by design.", ""]
-    lines += table(summary, cost, sources) + [""]
+    lines += table(summary, cost, sources) + [""] + frozen_note(summary)
     lines += [lite_note(cfgs["residual"].model.d_model), ""]
     if missing:
         lines += ["Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
