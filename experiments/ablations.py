@@ -310,9 +310,7 @@ def main(argv=None) -> int:
         if axis == "h_res_regime":
             choice, rule = choose_regime(summaries[axis])
             lines += [f"Study regime by the rule ({rule}): **{choice or 'none qualifies'}**.", ""]
-    if missing:
-        lines += ["Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
-    common.write_report(os.path.join(args.out, "summary.md"), lines)
+    common.write_report(os.path.join(args.out, "summary.md"), lines, missing)
     return 0
 
 

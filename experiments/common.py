@@ -292,8 +292,11 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def write_report(path: str, lines) -> str:
-    """Write a Markdown report (lines joined by newlines) to `path`, print it, return the text."""
+def write_report(path: str, lines, missing=()) -> str:
+    """Write a Markdown report (lines joined by newlines) to `path`, print it, return the text.
+    `missing`: runs an `--only-finished` table left out, listed under it."""
+    if missing:
+        lines = [*lines, "Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:

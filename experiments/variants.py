@@ -267,9 +267,7 @@ def main(argv=None) -> int:
              "row and column sums exactly 1 but is not doubly stochastic by design.", ""]
     lines += table(summary, cost, sources) + [""] + frozen_note(summary)
     lines += [lite_note(cfgs["residual"].model.d_model), ""]
-    if missing:
-        lines += ["Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
-    common.write_report(os.path.join(args.out, "summary.md"), lines)
+    common.write_report(os.path.join(args.out, "summary.md"), lines, missing)
     return 0
 
 

@@ -246,3 +246,50 @@ def test_lr_sensitivity_and_long_run_smoke(tmp_path):
     summary = json.loads((lo / "summary.json").read_text())["summary"]
     assert set(summary) == {"hc", "mhc"} and summary["mhc"]["amax_fwd_max"] == pytest.approx(1.0)
     assert (lo / "long_run.png").stat().st_size > 0
+
+
+def test_variants_plan_regimes_and_smoke(tmp_path):
+    """Every successor is planned on the micro config in the study regime where its
+    parametrisation has an off-diagonal logit (KromHC's translated to Sinkhorn's starting
+    diagonal, go-mHC without one); the smoke run writes the table, the figure and the costs."""
+    from mhc import manifolds
+    from experiments import variants
+    jobs = variants.plan((0, 1), common.MICRO_OVERRIDES, runs_root=str(tmp_path))
+    labels = {label for label, *_ in jobs}
+    assert labels == {v[0] for v in variants.VARIANTS} | {v[0] for v in variants.WIDE}
+    assert len(jobs) == 2 * len(labels)
+    by_label = {label: cfg.model for label, seed, cfg, _ in jobs if seed == 0}
+    assert by_label["kromhc"].res_offdiag_logit == pytest.approx(
+        manifolds.kromhc_logit_matching_sinkhorn(4, -2.0), abs=1e-5)
+    assert by_label["go_mhc"].res_offdiag_logit == manifolds.OFF_DIAGONAL_LOGIT
+    assert by_label["shc"].res_offdiag_logit == -2.0 and by_label["mhc"].res_offdiag_logit == -2
+    assert by_label["single_pass"].single_pass and by_label["kromhc n=16"].n_streams == 16
+    assert by_label["hc"].residual == "hc"
+    out = tmp_path / "variants"
+    assert variants.main(["--smoke", "--out", str(out)]) == 0
+    text = (out / "summary.md").read_text()
+    for label in ("residual", "mhc", "shc", "single_pass"):
+        assert f"| {label} |" in text
+    assert (out / "variants.png").stat().st_size > 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["costs"]["mhc"]["params"] > summary["costs"]["shc"]["params"] > 0
+    assert summary["costs"]["residual"]["params"] == 0
+
+
+def test_variants_summary_pairs_by_seed_and_flags_a_frozen_h_res():
+    from experiments import variants
+    run = {"eval_loss": 2.0, "tail_loss": 2.0, "amax_fwd_max": 1.0, "amax_bwd_max": 1.0,
+           "ds_col_err_max": 0.0, "offdiag_start": 0.3, "offdiag_end": 0.3,
+           "offdiag_end_max": 0.3, "dist_init_end": 0.5, "entropy_end": 0.1,
+           "token_std_end": 0.0}
+    per_seed = {"residual": {0: {**run, "dist_init_end": 0.0}, 1: {**run, "eval_loss": 2.1}},
+                "mhc": {0: {**run, "eval_loss": 1.9}, 1: {**run, "eval_loss": 2.05}},
+                "go_mhc": {0: {**run, "dist_init_end": 0.0, "ds_neg_mass_max": 0.0},
+                           1: {**run, "dist_init_end": 0.0}}}
+    s = variants.summarize(per_seed)
+    assert s["mhc"]["gaps_vs_residual"] == pytest.approx([-0.1, -0.05])
+    assert s["go_mhc"]["gaps_vs_mhc"] == pytest.approx([0.1, -0.05])
+    assert s["go_mhc"]["ds_neg_mass_max"] == 0.0 and np.isnan(s["mhc"]["ds_neg_mass_max"])
+    assert variants.learns("mhc", s["mhc"]) == "yes"
+    assert variants.learns("go_mhc", s["go_mhc"]) == "**no**"
+    assert "go_mhc" in " ".join(variants.frozen_note(s))
