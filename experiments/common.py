@@ -246,7 +246,7 @@ def regime_overrides(kind_overrides, regime=STUDY_REGIME) -> tuple[str, ...]:
     the unconstrained map, a Sinkhorn range cap for mHC-lite) is left out, a plain residual
     (no connection parameters) gets none, and mHC-lite's and KromHC's off-diagonal logits are
     translated so that they start from Sinkhorn's H_res (mHC-lite) or its diagonal (KromHC;
-    `MATCHING_SINKHORN_START`). sHC's init makes the same translation itself.
+    `MATCHING_SINKHORN_START`). sHC's and go-mHC's inits make that translation themselves.
     """
     from mhc import manifolds
     from mhc.config import ConfigError

@@ -1,9 +1,10 @@
 """Every published successor of mHC under one model, data, seeds and diagnostics.
 
 Variants (each one flag on top of the micro config, `common.MICRO_OVERRIDES`), all in the CPU
-studies' H_res regime `common.STUDY_REGIME` where the variant has an off-diagonal logit (mHC-lite
-and KromHC translated to start from Sinkhorn's H_res or its diagonal, sHC's σ logit chosen to give
-Sinkhorn's start exactly; go-mHC has none: its zero init is exact, and a saddle):
+studies' H_res regime `common.STUDY_REGIME`, a soft identity: mHC-lite and KromHC translated to
+start from Sinkhorn's H_res or its diagonal, sHC's σ logit chosen to give Sinkhorn's start
+exactly, go-mHC a constant Θ with Sinkhorn's starting diagonal (its zero init, H = I exactly, is
+an exact saddle; it is run too, as "go_mhc zero init", without the regime):
   residual      the baseline (x + F(x))
   hc            Hyper-Connections, unconstrained H_res (arXiv 2409.19606)
   mhc           mHC, Sinkhorn 20 iterations (arXiv 2512.24880)
@@ -48,12 +49,14 @@ VARIANTS = (
     ("mhc_lite", ("residual=mhc_lite",), "mHC-lite, arXiv 2601.05732"),
     ("kromhc", (*MHC, "manifold=kromhc"), "KromHC, arXiv 2601.21579"),
     ("go_mhc", (*MHC, "manifold=go_mhc"), "go-mHC, arXiv 2604.02309"),
+    ("go_mhc zero init", (*MHC, "manifold=go_mhc"), "go-mHC, the zero init of a port"),
     ("shc", (*MHC, "manifold=spectral_sphere"), "sHC, arXiv 2603.20896"),
     ("sinkhorn_cap2", (*MHC, "sinkhorn_range_cap=2"), "range-capped Sinkhorn (RRCS)"),
     ("single_pass", (*MHC, "single_pass=true"), "DeepSeek-V4.1 single-pass mHC"),
 )
 WIDE = tuple((f"{label} n={n}", (*ov, f"n_streams={n}"), source)
              for n in (8, 16) for label, ov, source in VARIANTS if label in ("mhc", "kromhc"))
+NO_REGIME = ("go_mhc zero init",)  # run at the variant's own init
 DEFAULT_SEEDS = (0, 1, 2)
 METRICS = (*ablations.METRICS, "ds_neg_mass_max")
 
@@ -65,7 +68,8 @@ def plan(seeds, base_overrides, runs_root=common.RUNS, smoke=False):
         variants = [v for v in VARIANTS if v[0] in ("residual", "mhc", "shc", "single_pass")]
     out = []
     for label, ov, _ in variants:
-        ov = (*ov, *common.regime_overrides((*base_overrides, *ov)))
+        if label not in NO_REGIME:
+            ov = (*ov, *common.regime_overrides((*base_overrides, *ov)))
         for seed in seeds:
             cfg = common.make_config("tiny", [*base_overrides, *ov, f"seed={seed}"])
             out.append((label, seed, cfg, common.run_dir_for(cfg, runs_root)))

@@ -270,6 +270,12 @@ def _lite_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> n
     raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
 
 
+def soft_identity_diagonal(n: int, offdiag_logit: float) -> float:
+    """The diagonal of Sinkhorn's symmetric start with logits 0 / `offdiag_logit`:
+    `1 / (1 + (n-1)·e^L)`, the start the other manifolds' inits are matched to."""
+    return 1.0 / (1.0 + (n - 1) * math.exp(offdiag_logit))
+
+
 def lite_logit_matching_sinkhorn(n: int, offdiag_logit: float) -> float:
     """The mHC-lite off-diagonal logit whose initial H_res equals Sinkhorn's soft identity with
     logits 0 / `offdiag_logit` (so that the two manifolds start from the same map).
@@ -278,7 +284,7 @@ def lite_logit_matching_sinkhorn(n: int, offdiag_logit: float) -> float:
     `w·I + (1-w)·P̄`, P̄ the mean of the n! - 1 other permutations, which has diagonal
     c = ((n-1)! - 1) / (n! - 1) and equal off-diagonal entries; matching the diagonal gives
     w = (a - c) / (1 - c) and the logit log((1 - w) / (w·(n! - 1)))."""
-    a = 1.0 / (1.0 + (n - 1) * math.exp(offdiag_logit))
+    a = soft_identity_diagonal(n, offdiag_logit)
     k = math.factorial(n)
     c = (math.factorial(n - 1) - 1) / (k - 1)
     w = (a - c) / (1 - c)
@@ -292,7 +298,7 @@ def _no_offdiag_logit(name: str, offdiag_logit: float) -> None:
     """Manifolds whose identity init has no tunable off-diagonal logits refuse a custom one."""
     if offdiag_logit != OFF_DIAGONAL_LOGIT:
         raise ValueError(f"res_offdiag_logit={offdiag_logit!r} has no meaning for manifold "
-                         f"{name!r}; it applies to sinkhorn, mhc_lite, kromhc and spectral_sphere")
+                         f"{name!r}; it applies to sinkhorn, mhc_lite, kromhc, go_mhc and spectral_sphere")
 
 
 def _ortho_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np.ndarray:
@@ -369,7 +375,7 @@ def kromhc_logit_matching_sinkhorn(n: int, offdiag_logit: float) -> float:
     Sinkhorn's soft identity with logits 0 / `offdiag_logit`: the diagonal of a Kronecker product
     of K factors with p = 1 / (1 + e^L') is p^K, so p = a^(1/K), a = 1 / (1 + (n-1)·e^L)."""
     k = _kron_factors(n)
-    a = 1.0 / (1.0 + (n - 1) * math.exp(offdiag_logit))
+    a = soft_identity_diagonal(n, offdiag_logit)
     p = a ** (1.0 / max(k, 1))
     return math.log((1.0 - p) / p)
 
@@ -401,15 +407,46 @@ def _go_num_logits(n: int, go_block: int = GO_BLOCK) -> int:
     return m * (m - 1) // 2
 
 
+def _go_mean_diagonal(c: float, n: int, block: int) -> float:
+    """Mean diagonal of go-mHC's H when every logit (Θ's strict upper triangle) is `c` (NumPy)."""
+    m = n * block
+    a = np.triu(np.full((m, m), c), 1)
+    a = a - a.T
+    q = np.linalg.solve(np.eye(m) + a, np.eye(m) - a)
+    return float(np.trace((q * q).reshape(n, block, n, block).sum((1, 3))) / block / n)
+
+
+def _go_constant_for_diagonal(n: int, block: int, target: float) -> float:
+    """The smallest c > 0 whose constant-Θ H has mean diagonal `target` (grid, then bisection)."""
+    grid = np.linspace(0.0, 2.0, 201)
+    diag = [_go_mean_diagonal(c, n, block) for c in grid]
+    below = [i for i, d in enumerate(diag) if d <= target]
+    if not below or below[0] == 0:
+        raise ValueError(f"go_mhc cannot start from a mean diagonal of {target:.3g} with a "
+                         f"constant Θ at n={n}, go_block={block} (its smallest is "
+                         f"{min(diag):.3g}); use a smaller res_offdiag_logit")
+    lo, hi = grid[below[0] - 1], grid[below[0]]
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _go_mean_diagonal(mid, n, block) > target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 def _go_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT,
              go_block: int = GO_BLOCK) -> np.ndarray:
     """Θ = 0: A = 0, Q = I, H = I exactly (the init a port of the authors' code uses). At Θ = 0
     H's derivative is zero (every entry of H is a sum of squares of entries of Q that are 0
-    there), so gradient descent cannot leave it: a saddle, like the orthostochastic map's."""
-    _no_offdiag_logit("go_mhc", offdiag_logit)
-    if how == "identity":
-        return np.zeros(_go_num_logits(n, go_block), np.float32)
-    raise ValueError(f"res_init={how!r} is not available for go_mhc; allowed: identity")
+    there), so gradient descent cannot leave it: a saddle, like the orthostochastic map's.
+    With another `offdiag_logit` L, every logit is the constant c > 0 whose H has the mean
+    diagonal of Sinkhorn's soft identity of logit L (`soft_identity_diagonal`): a start off the
+    saddle, chosen here (the authors' init is not published)."""
+    if how != "identity":
+        raise ValueError(f"res_init={how!r} is not available for go_mhc; allowed: identity")
+    k = _go_num_logits(n, go_block)
+    if offdiag_logit == OFF_DIAGONAL_LOGIT:
+        return np.zeros(k, np.float32)
+    c = _go_constant_for_diagonal(n, go_block, soft_identity_diagonal(n, offdiag_logit))
+    return np.full(k, c, np.float32)
 
 
 def helmert_basis(n: int) -> np.ndarray:
@@ -461,7 +498,7 @@ def _shc_init(n: int, how: str, offdiag_logit: float = OFF_DIAGONAL_LOGIT) -> np
         raise ValueError(f"res_init={how!r}; allowed: identity, uniform")
     b = SHC_SIGMA_LOGIT
     if offdiag_logit != OFF_DIAGONAL_LOGIT:
-        diag = 1.0 / (1.0 + (n - 1) * math.exp(offdiag_logit))
+        diag = soft_identity_diagonal(n, offdiag_logit)
         b = math.atanh((diag - 1.0 / n) / (1.0 - 1.0 / n))
     return np.concatenate([np.zeros(2 * k, np.float32), np.full(m, b, np.float32)])
 

@@ -94,7 +94,7 @@ def test_map_stats_shapes_and_values():
     res = manifolds.mhc_lite(jax.random.normal(jax.random.key(5), (L, B, T, 24)), N)
     stats = map_stats(pre, post, res)
     expected_keys = {"amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd", "ds_row_err",
-                     "ds_col_err", "pre_mean", "post_mean", "res_diag_mean", "res_min",
+                     "ds_col_err", "ds_neg_mass", "pre_mean", "post_mean", "res_diag_mean", "res_min",
                      "res_offdiag", "res_dist_init", "res_entropy", "res_token_std"}
     assert set(stats) == expected_keys
     for key, value in stats.items():
@@ -106,6 +106,7 @@ def test_map_stats_shapes_and_values():
     diag = np.diagonal(np.asarray(res), axis1=-2, axis2=-1)
     np.testing.assert_allclose(stats["res_diag_mean"], diag.reshape(L, -1).mean(-1), rtol=1e-5)
     assert (np.asarray(stats["res_min"]) >= 0).all()
+    np.testing.assert_array_equal(stats["ds_neg_mass"], 0.0)  # mHC-lite is non-negative
 
     summary = diagnostics.summarize(stats)
     np.testing.assert_allclose(summary["amax_fwd"], 1.0, atol=1e-5)
@@ -119,3 +120,15 @@ def test_map_stats_unconstrained_gain_grows():
     np.testing.assert_allclose(stats["amax_fwd"], 3.0, rtol=1e-6)
     np.testing.assert_allclose(stats["composite_fwd"], 3.0 ** np.arange(1, L + 1), rtol=1e-5)
     np.testing.assert_allclose(stats["ds_col_err"], 2.0, rtol=1e-6)
+
+
+def test_negative_mass_sees_what_row_and_column_errors_do_not():
+    """A map with unit row and column sums and a negative entry (like sHC's): zero DS row and
+    column errors, negative mass = the sum of the negative entries' magnitudes, max over tokens."""
+    h = np.array([[1.2, -0.2], [-0.2, 1.2]], np.float32)
+    row, col = diagnostics.doubly_stochastic_error(h)
+    assert float(row) == float(col) == 0.0
+    np.testing.assert_allclose(diagnostics.negative_mass(h), 0.4, atol=1e-6)
+    stats = map_stats(jnp.ones((1, 2, 1, 2)), jnp.ones((1, 2, 1, 2)),
+                      jnp.stack([jnp.eye(2), jnp.asarray(h)])[None, :, None])
+    np.testing.assert_allclose(stats["ds_neg_mass"], [0.4], atol=1e-6)

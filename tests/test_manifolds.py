@@ -527,7 +527,7 @@ def test_go_mhc_through_the_connection_and_config():
     assert cfg.model.connection_spec().num_res_logits == 6
     for bad, needle in ((["manifold=go_mhc", "go_block=0"], "go_block=0"),
                         (["manifold=go_mhc", "res_init=uniform"], "not available for go_mhc"),
-                        (["manifold=go_mhc", "res_offdiag_logit=-2"], "no meaning")):
+                        (["manifold=go_mhc", "res_offdiag_logit=5"], "cannot start")):
         with pytest.raises(ConfigError, match=needle):
             apply_overrides(recipes.get("tiny"), bad)
 
@@ -634,3 +634,21 @@ def test_spectral_sphere_site_trains_in_the_model():
     res = np.asarray(model(tokens)[1].res)
     np.testing.assert_allclose(res.sum(-1), 1.0, atol=1e-5)
     np.testing.assert_allclose(res.sum(-2), 1.0, atol=1e-5)
+
+
+def test_go_mhc_soft_init_leaves_the_saddle():
+    """With res_offdiag_logit=L, go-mHC starts from a constant Θ whose H has the mean diagonal
+    of Sinkhorn's soft identity of logit L, exactly doubly stochastic, with a non-zero gradient."""
+    n, s = 4, 2
+    m = manifolds.get("go_mhc")
+    z = jnp.asarray(m.init_logits(n, "identity", -2.0, go_block=s))
+    assert np.unique(np.asarray(z)).size == 1 and float(z[0]) > 0
+    h = np.asarray(manifolds.go_mhc(z, n, s))
+    np.testing.assert_allclose(np.diag(h).mean(), manifolds.soft_identity_diagonal(n, -2.0),
+                               atol=1e-5)
+    np.testing.assert_allclose(h.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(h.sum(-2), 1.0, atol=1e-5)
+    assert (h >= 0).all()
+    w = jax.random.normal(_key(12), (n, n))
+    g = jax.grad(lambda z: jnp.sum(w * manifolds.go_mhc(z, n, s)))(z)
+    assert float(jnp.abs(g).max()) > 1e-2

@@ -261,7 +261,8 @@ def test_variants_plan_regimes_and_smoke(tmp_path):
     by_label = {label: cfg.model for label, seed, cfg, _ in jobs if seed == 0}
     assert by_label["kromhc"].res_offdiag_logit == pytest.approx(
         manifolds.kromhc_logit_matching_sinkhorn(4, -2.0), abs=1e-5)
-    assert by_label["go_mhc"].res_offdiag_logit == manifolds.OFF_DIAGONAL_LOGIT
+    assert by_label["go_mhc"].res_offdiag_logit == -2.0
+    assert by_label["go_mhc zero init"].res_offdiag_logit == manifolds.OFF_DIAGONAL_LOGIT
     assert by_label["shc"].res_offdiag_logit == -2.0 and by_label["mhc"].res_offdiag_logit == -2
     assert by_label["single_pass"].single_pass and by_label["kromhc n=16"].n_streams == 16
     assert by_label["hc"].residual == "hc"
