@@ -305,7 +305,9 @@ def _parse_value(field: dataclasses.Field, raw: str, hints: dict):
 
 
 def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
-    """Apply `key=value` strings (model or train field names; `model.x`/`train.x` also accepted)."""
+    """Apply `key=value` strings (model or train field names; `model.x`/`train.x` also accepted,
+    and `connection.x` for the connection options, `connections.ConnectionOptions`, which the
+    model config holds)."""
     sections = {"model": ModelConfig, "train": TrainConfig}
     changes: dict[str, dict] = {"model": {}, "train": {}}
     for item in overrides:
@@ -313,10 +315,17 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
             raise ConfigError(f"override {item!r} is not key=value")
         key, raw = item.split("=", 1)
         section, _, name = key.rpartition(".")
+        if section == "connection":
+            options = [f.name for f in dataclasses.fields(connections.ConnectionOptions)]
+            if name not in options:
+                raise ConfigError(f"unknown connection option {key!r}; allowed: "
+                                  f"{', '.join(f'connection.{o}' for o in options)}")
+            section = "model"
         candidates = [section] if section else [s for s, c in sections.items()
                                                  if name in {f.name for f in dataclasses.fields(c)}]
         if section and section not in sections:
-            raise ConfigError(f"unknown config section {section!r}; allowed: model, train")
+            raise ConfigError(f"unknown config section {section!r}; allowed: model, train, "
+                              f"connection")
         fields = {f.name: f for s in candidates for f in dataclasses.fields(sections[s])}
         if not candidates or name not in fields:
             allowed = sorted({f.name for c in sections.values() for f in dataclasses.fields(c)})

@@ -77,6 +77,12 @@ def test_overrides():
     assert cfg.train.seed == 3
     with pytest.raises(ConfigError, match="unknown config key 'lrate'"):
         apply_overrides(cfg, ["lrate=1"])
+    # the connection options by their own section, the same fields as the flat names
+    via_section = apply_overrides(cfg, ["connection.sinkhorn_iters=10", "connection.n_streams=2"])
+    assert via_section == apply_overrides(cfg, ["sinkhorn_iters=10", "n_streams=2"])
+    assert via_section.model.connection_spec().sinkhorn_iters == 10
+    with pytest.raises(ConfigError, match="unknown connection option 'connection.lr'"):
+        apply_overrides(cfg, ["connection.lr=1"])
     with pytest.raises(ConfigError, match="lr='fast'; expected float"):
         apply_overrides(cfg, ["lr=fast"])
     with pytest.raises(ConfigError, match="not key=value"):
