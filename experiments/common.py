@@ -285,8 +285,11 @@ def run_dir_for(cfg, root: str = RUNS) -> str:
 
 
 def enable_compile_cache() -> None:
-    """Persistent XLA cache in `.jax_cache` (gitignored): seeds of one config compile once."""
+    """Persistent XLA cache in `.jax_cache` (gitignored): seeds of one config compile once. A
+    cache the process has already chosen (the tests' own, `tests/conftest.py`) is kept.""")
     import jax
+    if jax.config.jax_compilation_cache_dir:
+        return
     os.makedirs(os.path.join(REPO, ".jax_cache"), exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", os.path.join(REPO, ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

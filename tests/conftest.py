@@ -24,6 +24,10 @@ for _var, _sub in (("MPLCONFIGDIR", "mpl"), ("WANDB_DIR", "wandb"),
 
 import jax  # noqa: E402
 
-os.makedirs(os.path.join(_REPO, ".jax_cache"), exist_ok=True)
-jax.config.update("jax_compilation_cache_dir", os.path.join(_REPO, ".jax_cache"))
+# The tests' own persistent compilation cache, apart from the studies' (.jax_cache): programs
+# compiled in other processes and configurations never mix into a bitwise comparison.
+# Subprocesses get it via MHC_TEST_JAX_CACHE.
+os.environ["MHC_TEST_JAX_CACHE"] = os.path.join(_REPO, ".jax_cache", "tests")
+os.makedirs(os.environ["MHC_TEST_JAX_CACHE"], exist_ok=True)
+jax.config.update("jax_compilation_cache_dir", os.environ["MHC_TEST_JAX_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -56,7 +56,7 @@ def kernel_env():
     mp.setenv("JAX_PLATFORMS", "cpu")
     mp.delenv("MPLBACKEND", raising=False)  # ipykernel then selects the inline backend
     # the same persistent compilation cache as the test process (tests/conftest.py)
-    mp.setenv("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".jax_cache"))
+    mp.setenv("JAX_COMPILATION_CACHE_DIR", os.environ["MHC_TEST_JAX_CACHE"])
     mp.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     yield
     mp.undo()

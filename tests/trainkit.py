@@ -34,6 +34,6 @@ def subprocess_env():
     """The test environment (8 fake devices, wandb off) plus the persistent compilation cache,
     caching every program so a child process does not recompile the model's small init ops."""
     env = dict(os.environ)
-    env.update(JAX_COMPILATION_CACHE_DIR=os.path.join(REPO, ".jax_cache"),
+    env.update(JAX_COMPILATION_CACHE_DIR=os.environ["MHC_TEST_JAX_CACHE"],
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", PYTHONUNBUFFERED="1")
     return env
