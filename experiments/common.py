@@ -286,7 +286,7 @@ def run_dir_for(cfg, root: str = RUNS) -> str:
 
 def enable_compile_cache() -> None:
     """Persistent XLA cache in `.jax_cache` (gitignored): seeds of one config compile once. A
-    cache the process has already chosen (the tests' own, `tests/conftest.py`) is kept.""")
+    cache the process has already chosen (the tests' own, `tests/conftest.py`) is kept."""
     import jax
     if jax.config.jax_compilation_cache_dir:
         return
