@@ -437,17 +437,10 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     if streams_xNxC.ndim < 2 or streams_xNxC.shape[-2:] != (spec.n_streams, spec.width):
         raise ValueError(f"streams shape {tuple(streams_xNxC.shape)}; expected "
                          f"[..., n_streams={spec.n_streams}, width={spec.width}]")
-    if read_with is not None:
-        if spec.kind not in ("mhc", "mhc_lite"):
-            raise ValueError(f"read_with (single-pass mHC) needs kind 'mhc' or 'mhc_lite'; got "
-                             f"kind={spec.kind!r}")
-        maps = compute_maps(params, streams_xNxC, spec)
-        reference = spec.kernels == "reference"
-        branch_out, aux = call_branch(branch, read_streams(read_with, streams_xNxC, reference),
-                                      has_aux)
-        new = write_streams(maps, streams_xNxC, branch_out, reference)
-        return (new, maps, aux) if has_aux else (new, maps)
-    if spec.kernels in MAY_FUSE and spec.kind == "mhc":
+    if read_with is not None and spec.kind not in ("mhc", "mhc_lite"):
+        raise ValueError(f"read_with (single-pass mHC) needs kind 'mhc' or 'mhc_lite'; got "
+                         f"kind={spec.kind!r}")
+    if spec.kernels in MAY_FUSE and spec.kind == "mhc" and read_with is None:
         from mhc import kernels  # Pallas is imported only when a site may use it
         if kernels.use_fused(spec):
             return kernels.apply_site(params, streams_xNxC, branch, spec, has_aux=has_aux)
@@ -459,8 +452,8 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
         new = streams_xNxC + branch_out[..., None, :].astype(streams_xNxC.dtype)
     else:
         reference = spec.kernels == "reference"
-        branch_out, aux = call_branch(branch, read_streams(maps.pre, streams_xNxC, reference),
-                                      has_aux)
+        pre = maps.pre if read_with is None else read_with
+        branch_out, aux = call_branch(branch, read_streams(pre, streams_xNxC, reference), has_aux)
         new = write_streams(maps, streams_xNxC, branch_out, reference)
     return (new, maps, aux) if has_aux else (new, maps)
 

@@ -416,6 +416,7 @@ def _go_mean_diagonal(c: float, n: int, block: int) -> float:
     return float(np.trace((q * q).reshape(n, block, n, block).sum((1, 3))) / block / n)
 
 
+@functools.lru_cache(maxsize=64)  # every config built validates its init: solve once
 def _go_constant_for_diagonal(n: int, block: int, target: float) -> float:
     """The smallest c > 0 whose constant-Θ H has mean diagonal `target` (grid, then bisection)."""
     grid = np.linspace(0.0, 2.0, 201)

@@ -209,13 +209,13 @@ class Decoder(nnx.Module):
         pre = jnp.zeros(streams_BxTxNxC.shape[:-1], jnp.float32).at[..., 0].set(1.0)
         return streams_BxTxNxC, sharding.constrain(pre, ("batch", None, None))
 
-    def _merge(self, carry) -> jax.Array:
-        """Streams -> `[B, T, C]`: the HyperHead, sum or mean; with single_pass the last site's
-        pre-mix (DeepSeek-V4.1's final merge)."""
+    def _merge(self, carry, use_head: bool = True) -> jax.Array:
+        """Streams -> `[B, T, C]`: the HyperHead (unless `use_head` is False: the MTP block), sum
+        or mean; with single_pass the last site's pre-mix (DeepSeek-V4.1's final merge)."""
         if self.cfg.single_pass:
             streams, pre = carry
             return connections.read_streams(pre, streams)
-        if self.head_collapse is not None:
+        if use_head and self.head_collapse is not None:
             return self.head_collapse(carry)
         return connections.collapse_streams(carry, "mean" if self.cfg.collapse == "mean"
                                             else "sum")
@@ -246,15 +246,12 @@ class Decoder(nnx.Module):
     def _mtp(self, hidden_BxTxC, tokens_BxT):
         """One extra block on [norm(h_t); norm(embed(token_{t+1}))]; the last position has no
         next token (its prediction is masked out of the loss)."""
-        cfg = self.cfg
         next_tokens = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
         h = self.mtp_proj(jnp.concatenate([self.mtp_norm_hidden(hidden_BxTxC),
                                            self.mtp_norm_embed(self.embed(next_tokens))], -1))
+        # with single_pass the MTP block carries its own pre-mix, from its one-hot start
         carry, _ = self.mtp_block(self._first_carry(self._expand(h)))
-        if cfg.single_pass:  # the MTP block's own carried pre-mix, from its one-hot start
-            x = self._merge(carry)
-        else:
-            x = connections.collapse_streams(carry, "mean" if cfg.collapse == "mean" else "sum")
+        x = self._merge(carry, use_head=False)
         return self.lm_head(self.final_norm(x)).astype(jnp.float32)
 
     def __call__(self, tokens_BxT: jax.Array) -> tuple[jax.Array, Maps]:
