@@ -29,10 +29,13 @@ def test_smoke_passes_every_part_and_writes_the_report(tmp_path, capsys):
                 "| sinkhorn deepseek_v4 (interpret) vs mhc.manifolds | values |",
                 *(["| sinkhorn paper (mosaic_gpu_interpret) vs mhc.manifolds | grad |"]
                   if mosaic_gpu.available() else []),
-                "| fused site vs kernels=xla | d phi |",
-                "| fused site vs kernels=reference | d streams (bf16) |"):
+                "| fused site (interpret) vs kernels=xla | d phi |",
+                "| fused site (interpret) vs kernels=reference | d streams (bf16) |",
+                *(["| fused site (mosaic_gpu_interpret) vs kernels=xla | H_res |",
+                   "| fused site (mosaic_gpu_interpret) vs kernels=reference | d phi |"]
+                  if mosaic_gpu.available() else [])):
         assert row in text and text.split(row)[1].split("\n")[0].endswith("| yes |"), row
-    assert "| mHC site, F = tanh, [40, 2, 32] bf16 |" in text  # the kernel / XLA timing
+    assert "| mHC site (interpret), F = tanh, [40, 2, 32] bf16 |" in text  # kernel / XLA time
     # (b) the baseline, both mHC implementations and the recompute variant, with ratios
     for row in ("| residual | – | none |", "| mhc | xla | none |", "| mhc | pallas | none |",
                 "| mhc | xla | streams |"):

@@ -97,8 +97,9 @@ def test_fused_site_values_and_grads(n, c, batch, convention, dtype, target):
         return (jnp.sum(new.astype(jnp.float32) * cot) + jnp.sum(maps.res ** 2)
                 + jnp.sum(maps.pre * maps.post)), (new, maps)
 
-    def fused(*a):
-        return kernels.apply_site(*a, block_m=8, target=target)
+    def fused(*a):  # Mosaic GPU takes 64 rows per program (wgmma's M)
+        return kernels.apply_site(*a, block_m=None if target.startswith("mosaic_gpu") else 8,
+                                  target=target)
 
     grad = jax.value_and_grad(loss, argnums=(1, 2, 3), has_aux=True)
     (_, (new_r, maps_r)), g_r = jax.jit(lambda *a: grad(cx.apply_site, *a))(params, streams, z)
@@ -193,22 +194,22 @@ def test_bad_kernel_options_are_named():
                            cx.ConnectionSpec(width=8, n_streams=2, kind="hc"))
 
 
-@pytest.mark.parametrize("target,platform", [
-    ("triton", "cuda"), ("mosaic", "tpu"), pytest.param("mosaic_gpu", "cuda", marks=MOSAIC_GPU)])
-def test_kernels_lower_for_gpu_and_tpu(target, platform):
-    """Lowering only (no hardware here): block shapes and primitives pass Pallas' Triton / Mosaic
-    TPU / Mosaic GPU lowering for the standalone Sinkhorn (forward + backward) and, on Triton and
-    Mosaic TPU, the full site. On Mosaic GPU the site's kernels do not lower yet: their matmul
-    with phi is a register-level `jnp.dot`, which Mosaic GPU's warpgroup lowering does not
-    implement (it wants `plgpu.wgmma` on shared-memory tiles)."""
-    n, c = 4, 256
+@pytest.mark.parametrize("target,platform,c", [
+    ("triton", "cuda", 256), ("mosaic", "tpu", 256),
+    pytest.param("mosaic_gpu", "cuda", 256, marks=MOSAIC_GPU),
+    pytest.param("mosaic_gpu", "cuda", 2560, marks=MOSAIC_GPU)])  # the paper's width
+def test_kernels_lower_for_gpu_and_tpu(target, platform, c):
+    """Lowering only (no hardware here): block shapes, layouts and primitives pass Pallas'
+    Triton / Mosaic TPU / Mosaic GPU lowering (Mosaic GPU's includes its layout inference and
+    the wgmma shape checks) for the standalone Sinkhorn (forward + backward) and the full site
+    (both paths, forward + backward)."""
+    n = 4
     spec = cx.ConnectionSpec(width=c, n_streams=n, sinkhorn_iters=20)
     params = cx.init_params(spec, 1)
     streams = jnp.ones((2, 64, n, c), jnp.bfloat16)
 
     def site(params, streams):
-        new, _ = kernels.apply_site(params, streams, lambda h: h * 2, spec, block_m=64,
-                                    target=target)
+        new, _ = kernels.apply_site(params, streams, lambda h: h * 2, spec, target=target)
         return jnp.sum(new.astype(jnp.float32))
 
     def sinkhorn(x):
@@ -223,13 +224,45 @@ def test_kernels_lower_for_gpu_and_tpu(target, platform):
             stack.enter_context(jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh(
                 (1,), ("x",), (jax.sharding.AxisType.Explicit,), abstract_device=device)))
         jax.jit(jax.grad(sinkhorn)).trace(logits).lower(lowering_platforms=(platform,))
-        if target == "mosaic_gpu":
-            with pytest.raises(NotImplementedError, match="dot_general"):
-                jax.jit(jax.grad(site, argnums=(0, 1))).trace(params, streams).lower(
-                    lowering_platforms=(platform,))
-        else:
-            jax.jit(jax.grad(site, argnums=(0, 1))).trace(params, streams).lower(
-                lowering_platforms=(platform,))
+        jax.jit(jax.grad(site, argnums=(0, 1))).trace(params, streams).lower(
+            lowering_platforms=(platform,))
+
+
+@MOSAIC_GPU
+def test_mosaic_gpu_site_rows_and_smem_budget():
+    """Mosaic GPU: 64 token rows per program (one warpgroup's wgmma), a bad block_m is named,
+    and every kernel's pipeline buffers fit the SMEM budget at the paper's shape."""
+    from mhc.kernels import fused_site_mgpu as fm
+    from mhc.kernels.fused_site import Static, chunk_width
+    spec = cx.ConnectionSpec(width=32, n_streams=2)
+    with pytest.raises(ValueError, match="block_m=8.*64 token rows"):
+        kernels.apply_site(cx.init_params(spec, 1), jnp.zeros((4, 2, 32)), jnp.tanh, spec,
+                           block_m=8, target="mosaic_gpu_interpret")
+    with pytest.raises(ValueError, match="n_streams=16.*at most 256 logits"):
+        spec16 = cx.ConnectionSpec(width=16, n_streams=16)
+        kernels.apply_site(cx.init_params(spec16, 1), jnp.zeros((4, 16, 16)), jnp.tanh, spec16,
+                           target="mosaic_gpu_interpret")
+    c = 2560
+    s = Static(n=4, c=c, cp=c, tc=chunk_width(c), block_m=fm.TM, iters=20, convention="paper",
+               eps=1e-6, pre_eps=0.0, norm_eps=1e-6, target="mosaic_gpu")
+    for chunks in (2, 5, 13, 14):  # the kernels' [TM, TC] buffers per pipeline step
+        tc = fm._chunk(s, chunks, 2)
+        assert s.cp % tc == 0 and tc >= 16
+        assert chunks * fm.STEPS_IN_FLIGHT * fm.TM * tc * 2 <= fm.SMEM_BUDGET
+
+
+def test_tensor_core_operand_split_keeps_16_bits():
+    """bf16 hi + lo parts of an fp32 array reconstruct it to 2^-16 relative (the Mosaic GPU
+    site's phi and d proj operands); fp32 operands pass through whole (tf32 on the GPU)."""
+    from mhc.kernels.fused_site_mgpu import _split
+    a = jax.random.normal(jax.random.key(0), (64, 32)) * jnp.logspace(-3, 3, 32)
+    hi, lo = _split(a, jnp.bfloat16)
+    assert hi.dtype == lo.dtype == jnp.bfloat16
+    back = hi.astype(jnp.float32) + lo.astype(jnp.float32)
+    assert float(jnp.max(jnp.abs(back - a) / jnp.abs(a))) <= 2.0 ** -16
+    assert float(jnp.max(jnp.abs(hi.astype(jnp.float32) - a) / jnp.abs(a))) > 2.0 ** -10
+    (whole,) = _split(a, jnp.float32)
+    assert whole is a
 
 
 def test_kernel_benchmark_exits_cleanly_on_cpu(capsys):

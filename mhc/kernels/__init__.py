@@ -13,9 +13,10 @@ Selection (`ConnectionSpec.kernels` / `ModelConfig.kernels`):
   "xla"     always the pure-JAX path
   "reference" the pure-JAX path as plain einsums + autodiff (what the fast paths are tested against)
 Under a multi-device mesh "auto" keeps the pure-JAX path (see `use_fused`).
-Backends (`target=`, default per platform): Triton on GPU, Mosaic on TPU, interpret mode on CPU;
-on JAX >= 0.12 also Mosaic GPU for the Sinkhorn kernel (`mosaic_gpu.py`; see
-`sinkhorn_kernel.py` for what lowers where).
+Backends (`target=`; `backend_targets()` lists a platform's, its default first): on GPU Mosaic GPU
+(JAX >= 0.12: the Sinkhorn through `mosaic_gpu.py`, the site through `fused_site_mgpu.py`), else
+the deprecated Triton; Mosaic on TPU; interpret modes on CPU. See `sinkhorn_kernel.py` for what
+lowers and runs where.
 Only dynamic mHC with the Sinkhorn manifold, all three maps learned, and the "recompute" or
 "autodiff" Sinkhorn gradient (both give the exact gradient of the truncated iteration, which the
 kernels compute) is fused; every other kind / option silently uses the pure-JAX path.
@@ -30,8 +31,10 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mhc.maps import KERNELS, MAY_FUSE, Maps, call_branch
+from mhc.kernels import fused_site_mgpu
 from mhc.kernels.fused_site import Static, chunk_width, fused_input, fused_output
-from mhc.kernels.sinkhorn_kernel import TARGETS, call_options, default_target, sinkhorn
+from mhc.kernels.sinkhorn_kernel import (MOSAIC_GPU, TARGETS, backend_targets, call_options,
+                                         default_target, sinkhorn)
 
 # The platforms (`jax.default_backend()`) on which "auto" takes the kernels: only where
 # benchmarks/accelerator_check.py measured them ahead of the XLA path (benchmarks/README.md records
@@ -74,7 +77,12 @@ def use_fused(spec) -> bool:
     return spec.kernels == "pallas" or (pallas_selected("auto") and not _sharded())
 
 
-def _block_m(m: int, block_m: int | None) -> int:
+def _block_m(m: int, block_m: int | None, target: str) -> int:
+    if target in MOSAIC_GPU:  # one warpgroup's wgmma takes 64 rows
+        if block_m not in (None, fused_site_mgpu.TM):
+            raise ValueError(f"block_m={block_m!r}; the Mosaic GPU kernels take "
+                             f"{fused_site_mgpu.TM} token rows per program")
+        return fused_site_mgpu.TM
     if block_m is not None:
         if not isinstance(block_m, int) or block_m < 8 or block_m % 8:
             raise ValueError(f"block_m={block_m!r}; must be a multiple of 8")
@@ -94,13 +102,17 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
         raise ValueError(f"connection kind={spec.kind!r} manifold={spec.manifold!r} is not "
                          "fused; allowed: dynamic mhc with the sinkhorn manifold")
     call_options(target)  # validates
+    target = target or default_target()
     *batch, n, c = streams_xNxC.shape
     m = math.prod(batch)
     tc = chunk_width(c)
-    s = Static(n=n, c=c, cp=-(-c // tc) * tc, tc=tc, block_m=_block_m(m, block_m),
+    s = Static(n=n, c=c, cp=-(-c // tc) * tc, tc=tc, block_m=_block_m(m, block_m, target),
                iters=spec.sinkhorn_iters, convention=spec.sinkhorn_convention, eps=1e-6,
                pre_eps=float(spec.pre_eps), norm_eps=float(spec.norm_eps),
-               target=target or default_target())
+               target=target)
+    if target in MOSAIC_GPU and s.zp > fused_site_mgpu.MAX_LOGITS:
+        raise ValueError(f"n_streams={n}; the Mosaic GPU site kernels take at most "
+                         f"{fused_site_mgpu.MAX_LOGITS} logits 2n + n^2 (n <= 15)")
     mp = -(-m // s.block_m) * s.block_m
     p = 2 * n + n * n
     x = jnp.pad(streams_xNxC.reshape(m, n, c), ((0, mp - m), (0, 0), (0, s.cp - c)))
@@ -120,5 +132,5 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     return (new, maps, aux) if has_aux else (new, maps)
 
 
-__all__ = ["AUTO_PALLAS", "KERNELS", "TARGETS", "apply_site", "call_options", "check_kernels",
-           "default_target", "fusable", "pallas_selected", "sinkhorn", "use_fused"]
+__all__ = ["AUTO_PALLAS", "KERNELS", "TARGETS", "apply_site", "backend_targets", "call_options",
+           "check_kernels", "default_target", "fusable", "pallas_selected", "sinkhorn", "use_fused"]

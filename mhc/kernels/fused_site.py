@@ -26,7 +26,9 @@ already runs at matmul speed.
 
 What has run where: all kernels run in interpret mode on CPU in the tests (values and gradients
 against `mhc.connections`); their Triton (GPU) and Mosaic (TPU) lowerings are produced on CPU in
-`tests/test_kernels.py` (lowering only: neither was compiled or timed on hardware here). Known TPU
+`tests/test_kernels.py` (lowering only: neither was compiled or timed on hardware here). On the
+"mosaic_gpu" targets the same custom VJPs call the kernels of `fused_site_mgpu.py` instead (a
+different schedule for Hopper's SMEM; same arrays in and out). Known TPU
 inefficiency: the `[TM, 1]` coefficient columns use one lane of each vreg (the standalone
 `mhc.kernels.sinkhorn` uses the lane-dense `[N*N, M]` layout instead). Block sizes (TM = 64,
 TC <= 128, Triton num_warps = 4) are untuned guesses until measured on hardware.
@@ -40,7 +42,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mhc.kernels.sinkhorn_kernel import pallas_call, sinkhorn_entries, sinkhorn_entries_vjp
+from mhc.kernels import fused_site_mgpu
+from mhc.kernels.sinkhorn_kernel import (MOSAIC_GPU, pallas_call, sinkhorn_entries,
+                                         sinkhorn_entries_vjp)
 
 F32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -204,6 +208,8 @@ def _full_spec(shape):
 
 
 def _input_call(s: Static, x, phi, gate, bias):
+    if s.target in MOSAIC_GPU:
+        return fused_site_mgpu.input_fwd(s, x, phi, gate, bias)
     mp, d = x.shape
     shapes = [((mp, s.cp), x.dtype), ((mp, s.np_), F32), ((mp, s.np_), F32), ((mp, s.qp), F32),
               ((mp, s.zp), F32), ((mp, 1), F32)]
@@ -232,8 +238,19 @@ def _fused_input_fwd(s, x, phi, gate, bias):
 def _fused_input_bwd(s, saved, cts):
     x, phi, gate, bias, u, r = saved
     gb, gpre, gpost, gres = cts
+    gx, glog = (fused_site_mgpu.input_bwd if s.target in MOSAIC_GPU else _input_bwd_call)(
+        s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres)
+    # weight gradients: plain XLA matmul / reductions over tokens
+    gphi = jnp.dot(x.astype(F32).T, glog * gate * r, precision=HIGHEST)
+    return gx, gphi, jnp.sum(glog * u, axis=0), jnp.sum(glog, axis=0)
+
+
+fused_input.defvjp(_fused_input_fwd, _fused_input_bwd)
+
+
+def _input_bwd_call(s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres):
     mp, d = x.shape
-    gx, glog = pallas_call(
+    return pallas_call(
         functools.partial(_input_bwd_kernel, s=s),
         out_shape=[jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((mp, s.zp), F32)],
         grid=(mp // s.block_m,),
@@ -243,12 +260,6 @@ def _fused_input_bwd(s, saved, cts):
         out_specs=[_row_spec(s, d), _row_spec(s, s.zp)],
         target=s.target, name="mhc_input_bwd")(
             x, phi, gate[None], bias[None], u, r, gb, gpre, gpost, gres)
-    # weight gradients: plain XLA matmul / reductions over tokens
-    gphi = jnp.dot(x.astype(F32).T, glog * gate * r, precision=HIGHEST)
-    return gx, gphi, jnp.sum(glog * u, axis=0), jnp.sum(glog, axis=0)
-
-
-fused_input.defvjp(_fused_input_fwd, _fused_input_bwd)
 
 
 # ----------------------------------------------------------------------- output path
@@ -298,6 +309,8 @@ def _output_bwd_kernel(x_ref, f_ref, post_ref, res_ref, g_ref, gx_ref, gf_ref, g
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def fused_output(s: Static, x_MxD, f_MxC, post_MxN, res_MxQ):
     """Padded core: `H_res·x + H_postᵀ·f` -> new streams `[Mp, N*Cp]` in the streams' dtype."""
+    if s.target in MOSAIC_GPU:
+        return fused_site_mgpu.output_fwd(s, x_MxD, f_MxC, post_MxN, res_MxQ)
     mp, d = x_MxD.shape
     return pallas_call(
         functools.partial(_output_kernel, s=s),
@@ -313,6 +326,8 @@ def _fused_output_fwd(s, x, f, post, res):
 
 def _fused_output_bwd(s, saved, g):
     x, f, post, res = saved
+    if s.target in MOSAIC_GPU:
+        return fused_site_mgpu.output_bwd(s, x, f, post, res, g)
     mp, d = x.shape
     shapes = [(x.shape, x.dtype), (f.shape, f.dtype), ((mp, s.np_), F32), ((mp, s.qp), F32)]
     return pallas_call(

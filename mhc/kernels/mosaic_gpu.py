@@ -6,15 +6,15 @@ from JAX 0.12 on).
 each block is copied from global memory (GMEM) into shared memory (SMEM), the unchanged kernel
 body runs on the SMEM refs, and the output blocks are copied back. The bodies in
 `sinkhorn_kernel.py` do only element-wise work on `[1, TM]` rows (the "token-minor" layout), which
-Mosaic GPU's layout inference places without annotations; the fused site kernels use `jnp.dot`
-on row blocks, which its warpgroup lowering does not implement (it wants `plgpu.wgmma` on
-shared-memory tiles; see `tests/test_kernels.py` for what lowers). An input whose block is the
-whole array (phi, gate, bias) is not copied: it stays in GMEM and is read where it is used.
+Mosaic GPU's layout inference places without annotations. An input whose block is the whole
+array is not copied: it stays in GMEM and is read where it is used. Only the Sinkhorn kernel
+comes through here: its blocks are small. The fused site has its own Mosaic GPU kernels
+(`fused_site_mgpu.py`), pipelined and on the tensor cores, because a token tile of the streams
+does not fit in SMEM at the paper's width.
 
-No pipelining: a program copies its blocks in and out synchronously. The copies are the cost the
-kernels exist to cut, so a measured-faster version would use `plgpu.emit_pipeline` (TMA, several
-blocks in flight); this one is written to be correct first and is never chosen by "auto"
-(`mhc.kernels.AUTO_PALLAS`).
+No pipelining: a program copies its blocks in and out synchronously (the Sinkhorn's blocks are
+`[Qp, TM]` logits, its work is the iteration, not the copy). Never chosen by "auto"
+(`mhc.kernels.AUTO_PALLAS`) until measured.
 
 Targets: "mosaic_gpu" (compiled for a GPU) and "mosaic_gpu_interpret" (Mosaic GPU's own
 interpret mode on CPU, `plgpu.InterpretGPUParams`: what the tests run). Needs JAX >= 0.12

@@ -18,12 +18,12 @@ steps of N² vector ops per token for t iterations; for N = 4, t = 20 about 200 
 below the cost of reading the streams), so no iterate is kept in HBM or in registers.
 
 Targets: "interpret" (CPU; what the tests run, against `mhc.manifolds.sinkhorn`), "triton" (GPU;
-jax 0.10 would otherwise pick Mosaic GPU), "mosaic" (TPU), and on JAX >= 0.12 "mosaic_gpu" (GPU,
-JAX's supported GPU backend: `mosaic_gpu.py`) with its CPU twin "mosaic_gpu_interpret". The
-Triton, Mosaic TPU and Mosaic GPU lowerings are produced on CPU by the tests; none has been
-compiled or run on a GPU/TPU here. Mosaic GPU takes this Sinkhorn (forward and backward); the
-fused site kernels run in its interpret mode but do not lower for a GPU (their `jnp.dot` with
-phi needs `plgpu.wgmma` on shared-memory tiles there), so on GPU they stay on Triton.
+deprecated by JAX 0.12; jax 0.10 would otherwise pick Mosaic GPU), "mosaic" (TPU), and on
+JAX >= 0.12 "mosaic_gpu" (GPU, JAX's supported GPU backend and then the GPU default: this
+Sinkhorn through `mosaic_gpu.py`, the fused site through `fused_site_mgpu.py`) with its CPU twin
+"mosaic_gpu_interpret". Every kernel runs in an interpret mode in the tests, and its Triton,
+Mosaic TPU and Mosaic GPU lowerings are produced on CPU; none has been compiled or run on a
+GPU/TPU here (`benchmarks/accelerator_check.py` does both on one).
 """
 from __future__ import annotations
 
@@ -38,9 +38,20 @@ TARGETS = ("interpret", "triton", "mosaic", "mosaic_gpu", "mosaic_gpu_interpret"
 MOSAIC_GPU = ("mosaic_gpu", "mosaic_gpu_interpret")  # through mhc.kernels.mosaic_gpu.call
 
 
+def backend_targets(backend: str | None = None) -> tuple[str, ...]:
+    """The targets that run on a backend (default: JAX's), the default first: on GPU Mosaic GPU
+    (JAX's supported GPU backend, JAX >= 0.12) then the deprecated Triton; Mosaic on TPU;
+    interpret modes elsewhere (CPU)."""
+    from mhc.kernels import mosaic_gpu
+    new = mosaic_gpu.available()
+    return {"gpu": ("mosaic_gpu", "triton") if new else ("triton",), "tpu": ("mosaic",)}.get(
+        backend or jax.default_backend(),
+        ("interpret", "mosaic_gpu_interpret") if new else ("interpret",))
+
+
 def default_target() -> str:
-    """Triton on GPU, Mosaic on TPU, interpret mode elsewhere (CPU)."""
-    return {"gpu": "triton", "tpu": "mosaic"}.get(jax.default_backend(), "interpret")
+    """Mosaic GPU on GPU (Triton before JAX 0.12), Mosaic on TPU, interpret mode elsewhere."""
+    return backend_targets()[0]
 
 
 def call_options(target: str | None) -> dict:
