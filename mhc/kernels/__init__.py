@@ -97,7 +97,8 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     with `has_aux` (a branch returning (output, aux)) -> (new streams, Maps, aux).
 
     block_m: token rows per kernel program (multiple of 8; default min(64, M rounded up to a power
-    of two); always 64 on Mosaic GPU). target: one of `sinkhorn_kernel.TARGETS` (None = the default backend's)."""
+    of two); always 64 on Mosaic GPU). target: one of `sinkhorn_kernel.TARGETS` (None = the
+    default backend's)."""
     if not fusable(spec):
         raise ValueError(f"connection kind={spec.kind!r} manifold={spec.manifold!r} is not "
                          "fused; allowed: dynamic mhc with the sinkhorn manifold")

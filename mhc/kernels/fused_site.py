@@ -43,8 +43,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from mhc.kernels import fused_site_mgpu
-from mhc.kernels.sinkhorn_kernel import (MOSAIC_GPU, pallas_call, sinkhorn_entries,
-                                         sinkhorn_entries_vjp)
+from mhc.kernels.sinkhorn_kernel import (MOSAIC_GPU, assemble_columns, lane_columns, nested,
+                                         pallas_call, sinkhorn_entries, sinkhorn_entries_vjp)
 
 F32 = jnp.float32
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -90,39 +90,14 @@ def chunk_width(c: int) -> int:
 
 
 # ----------------------------------------------------------------------------- helpers
-# lax.select / lax.logistic rather than jnp.where / jax.nn.sigmoid: no nested jit calls, which
-# keeps the interpret-mode programs (and their compile time in the tests) small.
-def _cols(a, count):
-    """Columns 0..count-1 of a `[TM, W]` value as `[TM, 1]` each (masked lane reductions:
-    Triton cannot slice register tensors)."""
-    lane = jax.lax.broadcasted_iota(jnp.int32, a.shape, 1)
-    zero = jnp.zeros_like(a)
-    return [jnp.sum(jax.lax.select(lane == k, a, zero), axis=1, keepdims=True)
-            for k in range(count)]
-
-
-def _assemble(cols, width):
-    """`[TM, width]` from a list of `[TM, 1]` columns (the rest zero)."""
-    shape = (cols[0].shape[0], width)
-    lane = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-    out = jnp.zeros(shape, F32)
-    for k, col in enumerate(cols):
-        out = jax.lax.select(lane == k, jnp.broadcast_to(col, shape), out)
-    return out
-
-
 def _chunk(ref, s: Static, n, j):
     """Chunk j (traced) of stream n (static) of a `[TM, N*Cp]` ref."""
     return ref[:, pl.ds(pl.multiple_of(n * s.cp + j * s.tc, s.tc), s.tc)]
 
 
-def _nested(flat, n):
-    return [[flat[i * n + j] for j in range(n)] for i in range(n)]
-
-
 def _maps_from_logits(logits, s: Static):
     n = s.n
-    cols = _cols(logits, 2 * n + n * n)
+    cols = lane_columns(logits, 2 * n + n * n)
     pre_s = [jax.lax.logistic(v) for v in cols[:n]]
     post_s = [jax.lax.logistic(v) for v in cols[n:2 * n]]
     return cols, pre_s, post_s
@@ -149,10 +124,10 @@ def _input_kernel(x_ref, phi_ref, gate_ref, bias_ref, b_ref, pre_ref, post_ref, 
     r_ref[...] = r
     cols, pre_s, post_s = _maps_from_logits(u * gate_ref[...] + bias_ref[...], s)
     pre = [v + s.pre_eps for v in pre_s]
-    res = sinkhorn_entries(_nested(cols[2 * n:], n), s.iters, s.convention, s.eps)
-    pre_ref[...] = _assemble(pre, s.np_)
-    post_ref[...] = _assemble([2.0 * v for v in post_s], s.np_)
-    res_ref[...] = _assemble([v for row in res for v in row], s.qp)
+    res = sinkhorn_entries(nested(cols[2 * n:], n), s.iters, s.convention, s.eps)
+    pre_ref[...] = assemble_columns(pre, s.np_)
+    post_ref[...] = assemble_columns([2.0 * v for v in post_s], s.np_)
+    res_ref[...] = assemble_columns([v for row in res for v in row], s.qp)
 
     def mix(j, _):
         acc = sum(pre[i] * _chunk(x_ref, s, i, j).astype(F32) for i in range(n))
@@ -174,12 +149,12 @@ def _input_bwd_kernel(x_ref, phi_ref, gate_ref, bias_ref, u_ref, r_ref, gb_ref, 
                 for i, a in enumerate(acc)]
     dpre = jax.lax.fori_loop(0, nc, dots, [jnp.zeros_like(r) for _ in range(n)])
     gpre, gpost, gres = gpre_ref[...], gpost_ref[...], gres_ref[...]
-    gpre, gpost = _cols(gpre, n), _cols(gpost, n)
+    gpre, gpost = lane_columns(gpre, n), lane_columns(gpost, n)
     dl_pre = [(dpre[i] + gpre[i]) * v * (1.0 - v) for i, v in enumerate(pre_s)]
     dl_post = [2.0 * gpost[i] * v * (1.0 - v) for i, v in enumerate(post_s)]
-    dl_res = sinkhorn_entries_vjp(_nested(cols[2 * n:], n), _nested(_cols(gres, n * n), n),
+    dl_res = sinkhorn_entries_vjp(nested(cols[2 * n:], n), nested(lane_columns(gres, n * n), n),
                                   s.iters, s.convention, s.eps)
-    glog = _assemble(dl_pre + dl_post + [v for row in dl_res for v in row], s.zp)
+    glog = assemble_columns(dl_pre + dl_post + [v for row in dl_res for v in row], s.zp)
     glog_ref[...] = glog
     gu = glog * gate
     gproj = gu * r
@@ -265,8 +240,8 @@ def _input_bwd_call(s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres):
 # ----------------------------------------------------------------------- output path
 def _output_kernel(x_ref, f_ref, post_ref, res_ref, o_ref, *, s: Static):
     n, nc = s.n, s.cp // s.tc
-    post = _cols(post_ref[...], n)
-    res = _nested(_cols(res_ref[...], n * n), n)
+    post = lane_columns(post_ref[...], n)
+    res = nested(lane_columns(res_ref[...], n * n), n)
 
     def body(j, _):
         f = f_ref[:, pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)].astype(F32)
@@ -282,8 +257,8 @@ def _output_kernel(x_ref, f_ref, post_ref, res_ref, o_ref, *, s: Static):
 def _output_bwd_kernel(x_ref, f_ref, post_ref, res_ref, g_ref, gx_ref, gf_ref, gpost_ref,
                        gres_ref, *, s: Static):
     n, nc = s.n, s.cp // s.tc
-    post = _cols(post_ref[...], n)
-    res = _nested(_cols(res_ref[...], n * n), n)
+    post = lane_columns(post_ref[...], n)
+    res = nested(lane_columns(res_ref[...], n * n), n)
 
     def body(j, acc):
         gpost, gres = acc
@@ -302,8 +277,8 @@ def _output_bwd_kernel(x_ref, f_ref, post_ref, res_ref, g_ref, gx_ref, gf_ref, g
         return gpost, gres
     zero = jnp.zeros((s.block_m, 1), F32)
     gpost, gres = jax.lax.fori_loop(0, nc, body, ([zero] * n, [zero] * (n * n)))
-    gpost_ref[...] = _assemble(gpost, s.np_)
-    gres_ref[...] = _assemble(gres, s.qp)
+    gpost_ref[...] = assemble_columns(gpost, s.np_)
+    gres_ref[...] = assemble_columns(gres, s.qp)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))

@@ -27,9 +27,10 @@ split the same way. Mosaic GPU's interpret mode multiplies in full fp32 whatever
 CPU tests check the schedule and the math, not the tensor-core rounding (the accelerator check
 does, on a GPU).
 
-Per-token vectors are `[TM]` (one lane per token), reduced out of `[TM, W]` tiles with masked lane
-sums (`_cols`), which Mosaic GPU's layout inference places without annotations; coefficient
-outputs are written as token-minor rows `[K, Mp]` and transposed by the wrapper (small arrays).
+Per-token vectors are `[TM]` (one lane per token), reduced out of `[TM, W]` tiles with masked
+lane sums (`lane_columns`), which Mosaic GPU's layout inference places in the wgmma row layout;
+coefficient outputs are written as token-minor rows `[K, Mp]` and transposed by the wrapper (small
+arrays).
 What has run: values and gradients in Mosaic GPU's interpret mode on CPU, and the lowering (layout
 inference, wgmma shape checks) for an abstract H100 at the paper's width (`tests/test_kernels.py`);
 not compiled by ptxas, run or timed on a GPU here. Not tested: the interpret mode's race detector
@@ -42,7 +43,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from mhc.kernels.sinkhorn_kernel import sinkhorn_entries, sinkhorn_entries_vjp
+from mhc.kernels.sinkhorn_kernel import (assemble_columns, lane_columns, nested,
+                                         sinkhorn_entries, sinkhorn_entries_vjp)
 
 F32 = jnp.float32
 TM = 64  # token rows per program: wgmma's M for one warpgroup
@@ -65,25 +67,28 @@ def _chunk(s, chunks_per_step: int, itemsize: int) -> int:
     return tc
 
 
-def _cols(a, count):
-    """Columns 0..count-1 of a `[TM, W]` value as `[TM]` vectors (masked lane sums)."""
-    lane = jax.lax.broadcasted_iota(jnp.int32, a.shape, 1)
-    zero = jnp.zeros_like(a)
-    return [jnp.sum(jax.lax.select(lane == k, a, zero), axis=1) for k in range(count)]
+def _zeros():
+    """A `[TM]` zero carry, in the layout of the per-token reductions it accumulates."""
+    plgpu = _plgpu()
+    return plgpu.layout_cast(jnp.zeros((TM,), F32), plgpu.Layout.WGMMA.reduce(1))
 
 
-def _assemble(cols, width):
-    """`[TM, width]` from `[TM]` vectors as its first columns (the rest zero)."""
-    shape = (cols[0].shape[0], width)
-    lane = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
-    out = jnp.zeros(shape, F32)
-    for k, col in enumerate(cols):
-        out = jax.lax.select(lane == k, jnp.broadcast_to(col[:, None], shape), out)
+def _to_rows(*parts):
+    """(array `[Mp, >= w]`, w) pairs -> their first w columns as token-minor rows `[sum w, Mp]`."""
+    return jnp.concatenate([a[:, :w] for a, w in parts], axis=1).T
+
+
+def _from_rows(rows, *widths):
+    """Token-minor rows `[sum w, Mp]` -> `[Mp, padded]` arrays, one per (w, padded) pair."""
+    out, start = [], 0
+    for w, padded in widths:
+        out.append(_pad(rows[start:start + w].T, padded))
+        start += w
     return out
 
 
-def _nested(flat, n):
-    return [[flat[i * n + j] for j in range(n)] for i in range(n)]
+def _pad(a, width):
+    return jnp.pad(a, ((0, 0), (0, width - a.shape[1])))
 
 
 def _store_rows(ref, rows, vectors):
@@ -188,7 +193,7 @@ def _row(ref):
 
 def _maps(u, gate, bias, s):
     """Logit columns, sigmoid(pre), sigmoid(post) of a `[TM, Zp]` scaled projection u."""
-    cols = _cols(u * gate + bias, 2 * s.n + s.n * s.n)
+    cols = lane_columns(u * gate + bias, 2 * s.n + s.n * s.n, keepdims=False)
     return (cols, [jax.lax.logistic(v) for v in cols[:s.n]],
             [jax.lax.logistic(v) for v in cols[s.n:2 * s.n]])
 
@@ -209,9 +214,7 @@ def _matmul_rows(x_gmem, phis, s, tc):
         ssq = _pipeline(step, (x_gmem.shape[1] // tc,),
                         [_spec((TM, tc), lambda k: (0, k))]
                         + [_spec((tc, s.zp), lambda k: (k, 0)) for _ in phis],
-                        init_carry=plgpu.layout_cast(jnp.zeros((TM,), F32),
-                                                     plgpu.Layout.WGMMA.reduce(1)))(
-                            x_gmem, *phis)
+                        init_carry=_zeros())(x_gmem, *phis)
         return acc[...], ssq
     return pl.run_scoped(with_acc, plgpu.ACC((TM, s.zp), F32))
 
@@ -243,7 +246,7 @@ def input_fwd(s, x, phi, gate, bias):
         cols, pre_s, post_s = _with_copies(
             lambda g, b: _maps(u, _row(g), _row(b), s), gate_ref, bias_ref)
         pre = [v + s.pre_eps for v in pre_s]
-        res = sinkhorn_entries(_nested(cols[2 * n:], n), s.iters, s.convention, s.eps)
+        res = sinkhorn_entries(nested(cols[2 * n:], n), s.iters, s.convention, s.eps)
         _store_rows(maps_gmem, rows, pre + [2.0 * v for v in post_s] + sum(res, []))
 
         def mix(_, *refs):
@@ -258,12 +261,8 @@ def input_fwd(s, x, phi, gate, bias):
               ((1, mp), F32)]
     b, maps, u, r = _kernel(body, [jax.ShapeDtypeStruct(sh, dt) for sh, dt in shapes], mp, s,
                             "mhc_input_mgpu")(x, *phis, gate[None], bias[None])
-    pre, post, res = jnp.split(maps.T, [n, 2 * n], axis=1)
-    return b, _pad(pre, s.np_), _pad(post, s.np_), _pad(res, s.qp), u, r.T
-
-
-def _pad(a, width):
-    return jnp.pad(a, ((0, 0), (0, width - a.shape[1])))
+    pre, post, res = _from_rows(maps, (n, s.np_), (n, s.np_), (n * n, s.qp))
+    return b, pre, post, res, u, r.T
 
 
 def input_bwd(s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres):
@@ -274,7 +273,7 @@ def input_bwd(s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres):
     tc_dot = _chunk(s, n + 1, x.dtype.itemsize)
     tc_gx = _chunk(s, 3 + len(phi_t) * s.zp // TM, x.dtype.itemsize)
     per_dot, per_gx = s.cp // tc_dot, s.cp // tc_gx
-    g_rows = jnp.concatenate([gpre[:, :n], gpost[:, :n], gres[:, :n * n]], axis=1).T
+    g_rows = _to_rows((gpre, n), (gpost, n), (gres, n * n))
     parts = range(len(phi_t))
     terms = [(ia, iw) for ia in parts for iw in parts if ia + iw < 2]  # lo·lo dropped
     plgpu = _plgpu()
@@ -289,10 +288,9 @@ def input_bwd(s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres):
             *xs, gb_smem, acc = refs
             gb = _tile(gb_smem)
             return [a + jnp.sum(gb * _tile(xs[i]), axis=1) for i, a in enumerate(acc)]
-        zero = plgpu.layout_cast(jnp.zeros((TM,), F32), plgpu.Layout.WGMMA.reduce(1))
         dpre = _pipeline(dots, (per_dot,),
                          [_streams_spec(tc_dot, per_dot, i) for i in range(n)]
-                         + [_spec((TM, tc_dot), lambda j: (0, j))], init_carry=[zero] * n)(
+                         + [_spec((TM, tc_dot), lambda j: (0, j))], init_carry=[_zeros()] * n)(
                              *[x_gmem.at[rows]] * n, gb_gmem.at[rows])
 
         def coefficients(gate_s, bias_s, u_s, r_s, g_s):
@@ -300,9 +298,9 @@ def input_bwd(s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres):
             cols, pre_s, post_s = _maps(u, gate, _row(bias_s), s)
             dl_pre = [(dpre[i] + g[i]) * v * (1.0 - v) for i, v in enumerate(pre_s)]
             dl_post = [2.0 * g[n + i] * v * (1.0 - v) for i, v in enumerate(post_s)]
-            dl_res = sinkhorn_entries_vjp(_nested(cols[2 * n:], n), _nested(g[2 * n:], n),
+            dl_res = sinkhorn_entries_vjp(nested(cols[2 * n:], n), nested(g[2 * n:], n),
                                           s.iters, s.convention, s.eps)
-            glog = _assemble(dl_pre + dl_post + sum(dl_res, []), s.zp)
+            glog = assemble_columns(dl_pre + dl_post + sum(dl_res, []), s.zp)
             gu = glog * gate
             coef = -jnp.sum(gu * u, axis=1) * r * r / (n * s.c)  # through 1/rms
             return glog, gu * r[:, None], coef, [v + s.pre_eps for v in pre_s]
@@ -343,7 +341,7 @@ def input_bwd(s, x, phi, gate, bias, u, r, gb, gpre, gpost, gres):
 # ----------------------------------------------------------------------- output path
 def _coefficients(post, res, s):
     """post `[Mp, Np]`, res `[Mp, Qp]` -> token-minor rows `[N + N*N, Mp]` for the kernels."""
-    return jnp.concatenate([post[:, :s.n], res[:, :s.n * s.n]], axis=1).T
+    return _to_rows((post, s.n), (res, s.n * s.n))
 
 
 def output_fwd(s, x, f, post, res):
@@ -355,7 +353,7 @@ def output_fwd(s, x, f, post, res):
     def body(x_gmem, f_gmem, c_gmem, o_gmem):
         rows = _rows()
         c = _with_copies(lambda c_smem: _vecs(c_smem, n + n * n), c_gmem.at[:, rows])
-        post, res = c[:n], _nested(c[n:], n)
+        post, res = c[:n], nested(c[n:], n)
 
         def step(_, *refs):
             xs, f_smem, outs = refs[:n], refs[n], refs[n + 1:]
@@ -381,7 +379,7 @@ def output_bwd(s, x, f, post, res, g):
     def body(x_gmem, f_gmem, c_gmem, g_gmem, gx_gmem, gf_gmem, gc_gmem):
         rows = _rows()
         c = _with_copies(lambda c_smem: _vecs(c_smem, n + n * n), c_gmem.at[:, rows])
-        post, res = c[:n], _nested(c[n:], n)
+        post, res = c[:n], nested(c[n:], n)
 
         def step(_, *refs):
             xs, f_smem, gs = refs[:n], refs[n], refs[n + 1:2 * n + 1]
@@ -398,8 +396,7 @@ def output_bwd(s, x, f, post, res, g):
                      for i in range(n) for k in range(n)])
         streams = [_streams_spec(tc, per, i) for i in range(n)]
         width = _spec((TM, tc), lambda j: (0, j))
-        plgpu = _plgpu()
-        zero = plgpu.layout_cast(jnp.zeros((TM,), F32), plgpu.Layout.WGMMA.reduce(1))
+        zero = _zeros()
         gpost, gres = _pipeline(step, (per,), streams + [width] + streams, streams + [width],
                                 init_carry=([zero] * n, [zero] * (n * n)))(
             *[x_gmem.at[rows]] * n, f_gmem.at[rows], *[g_gmem.at[rows]] * n,
@@ -409,7 +406,7 @@ def output_bwd(s, x, f, post, res, g):
     shapes = [(x.shape, x.dtype), (f.shape, f.dtype), ((n + n * n, mp), F32)]
     gx, gf, gc = _kernel(body, [jax.ShapeDtypeStruct(sh, dt) for sh, dt in shapes], mp, s,
                          "mhc_output_bwd_mgpu")(x, f, _coefficients(post, res, s), g)
-    return gx, gf, _pad(gc[:n].T, s.np_), _pad(gc[n:].T, s.qp)
+    return (gx, gf, *_from_rows(gc, (n, s.np_), (n * n, s.qp)))
 
 
 __all__ = ["TM", "input_bwd", "input_fwd", "output_bwd", "output_fwd"]

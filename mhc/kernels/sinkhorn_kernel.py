@@ -35,7 +35,8 @@ from jax.experimental import pallas as pl
 
 F32 = jnp.float32
 TARGETS = ("interpret", "triton", "mosaic", "mosaic_gpu", "mosaic_gpu_interpret")
-MOSAIC_GPU = ("mosaic_gpu", "mosaic_gpu_interpret")  # through mhc.kernels.mosaic_gpu.call
+MOSAIC_GPU = ("mosaic_gpu", "mosaic_gpu_interpret")  # Sinkhorn via mosaic_gpu.call, site via
+#                                                       fused_site_mgpu
 
 
 def backend_targets(backend: str | None = None) -> tuple[str, ...]:
@@ -196,6 +197,34 @@ def _convention(convention, iters, eps):
 
     return (lambda x: _v4_init(x, eps), lambda x, d: _v4_init_vjp(x, d, eps), step, step_vjp,
             iters - 1, _transpose, lambda c, g: _transpose(g))
+
+
+def nested(flat, n):
+    """An N x N entry list from its N*N entries in row-major order."""
+    return [[flat[i * n + j] for j in range(n)] for i in range(n)]
+
+
+# lax.select / lax.logistic rather than jnp.where / jax.nn.sigmoid: no nested jit calls, which
+# keeps the interpret-mode programs (and their compile time in the tests) small.
+def lane_columns(a, count, keepdims: bool = True):
+    """Columns 0..count-1 of a `[TM, W]` value as `[TM, 1]` each (`[TM]` without keepdims), by
+    masked lane sums: Triton cannot slice register tensors, Mosaic GPU places these reductions
+    in the wgmma row layout."""
+    lane = jax.lax.broadcasted_iota(jnp.int32, a.shape, 1)
+    zero = jnp.zeros_like(a)
+    return [jnp.sum(jax.lax.select(lane == k, a, zero), axis=1, keepdims=keepdims)
+            for k in range(count)]
+
+
+def assemble_columns(cols, width):
+    """`[TM, width]` fp32 from `[TM, 1]` or `[TM]` columns as its first columns (the rest 0)."""
+    shape = (cols[0].shape[0], width)
+    lane = jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    out = jnp.zeros(shape, F32)
+    for k, col in enumerate(cols):
+        out = jax.lax.select(lane == k, jnp.broadcast_to(col if col.ndim == 2 else col[:, None],
+                                                         shape), out)
+    return out
 
 
 def _run_steps(step, state, count):
