@@ -1,0 +1,174 @@
+"""The LR-sensitivity grid of issue 25: the surge criterion beside divergence, the two controls
+(identity-HC, HC with only H_res learned), the grid extended upward with every old point and
+committed record kept, and five seeds at 30 blocks."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import common
+from experiments import lr_sensitivity as lrs
+from mhc import connections
+
+RECORDS = os.path.join(common.REPO, "experiments", "results", "lr_sensitivity", common.RECORDS)
+
+
+def _record(losses, final_eval, nonfinite=0, stride=1):
+    """A compact record whose training losses are logged every `stride` steps from step 1."""
+    rows = [{"step": 1 + i * stride, "loss": v, "grad_norm": 1.0, "amax_fwd_max": 1.0,
+             "amax_bwd_max": 1.0, "layer_amax_fwd_max": 1.0, "layer_amax_bwd_max": 1.0,
+             "ds_col_err_max": 0.0} for i, v in enumerate(losses)]
+    rows[-1]["eval_loss"] = final_eval
+    return {"rows": rows, "events": {"loss_spike": 0, "nonfinite": nonfinite}}
+
+
+# ------------------------------------------------------------------------------ the surge rule
+def test_smoothed_min_is_the_least_10_step_mean():
+    losses = [5.0 - 0.1 * i for i in range(30)] + [4.0] * 10  # falls to 2.1 at step 30
+    rows = _record(losses, 4.0)["rows"]
+    windows = [np.mean(losses[i:i + 10]) for i in range(len(losses) - 9)]
+    assert lrs.smoothed_min(rows) == pytest.approx(min(windows))
+    assert lrs.smoothed_min(rows) == pytest.approx(np.mean(losses[20:30]))  # steps 21..30
+    assert math.isnan(lrs.smoothed_min(rows[:9]))  # no full window yet
+    # rows every 10 steps: a window (s - 10, s] holds one row; the first row starts none
+    sparse = _record([5.0, 3.0, 2.0, 2.5], 2.5, stride=10)["rows"]
+    assert lrs.smoothed_min(sparse) == 2.0
+    # a window with a non-finite loss is skipped, not taken as the minimum
+    with_nan = _record([3.0] * 10 + [float("nan")] + [2.0] * 10, 2.0)["rows"]
+    assert lrs.smoothed_min(with_nan) == 2.0
+
+
+def test_a_surge_is_unstable_but_not_diverged():
+    """HC-30's pattern: learns to ~2.5, jumps and settles near 4 (final eval 3.96)."""
+    surge = lrs.run_metrics(_record([5.56] + [2.5] * 60 + [4.0] * 89, 3.96))
+    assert not surge["diverged"] and surge["surged"] and surge["unstable"]
+    assert surge["smoothed_min"] == pytest.approx(2.5)
+
+
+def test_noise_and_a_single_dip_are_not_a_surge():
+    rng = np.random.default_rng(0)
+    noisy = list(np.linspace(5.5, 2.5, 80) + 0.1 * rng.standard_normal(80)) + [2.5] * 70
+    steady = lrs.run_metrics(_record(noisy, 2.6))
+    assert not (steady["surged"] or steady["diverged"] or steady["unstable"])
+    # one step at 1.0 among 2.5s: the raw minimum + 0.25 would flag an eval of 2.55, the
+    # 10-step mean (2.35) does not
+    dip = lrs.run_metrics(_record([5.5] + [2.5] * 50 + [1.0] + [2.5] * 50, 2.55))
+    assert dip["smoothed_min"] == pytest.approx(2.35) and not dip["surged"]
+    # the threshold is strict: exactly SURGE above is still stable
+    edge = lrs.run_metrics(_record([5.5] + [2.0] * 20, 2.0 + lrs.SURGE))
+    assert not edge["surged"]
+    assert lrs.run_metrics(_record([5.5] + [2.0] * 20, 2.0 + lrs.SURGE + 1e-6))["surged"]
+
+
+def test_largest_stable_stops_at_a_surge_and_counts_both():
+    ok = lrs.run_metrics(_record([5.5] + [2.0] * 20, 2.1))
+    surge = lrs.run_metrics(_record([5.5] + [2.0] * 20, 3.0))
+    dead = lrs.run_metrics(_record([5.5] + [2.0] * 20, 5.5))
+    assert dead["diverged"] and dead["surged"]  # a diverged run that learned first also surged
+    by_lr = {1e-3: [ok, ok], 1e-2: [ok, surge], 1e-1: [ok, ok], 1.0: [dead, dead]}
+    assert lrs.largest_stable(by_lr) == 1e-3
+    metrics = {("hc", 30, lr, s): m for lr, ms in by_lr.items() for s, m in enumerate(ms)}
+    summary = lrs.summarize(metrics)[("hc", 30)]
+    assert (summary["diverged"], summary["surged"], summary["unstable"]) == (2, 3, 3)
+    assert summary["largest_stable_lr"] == 1e-3
+    assert "| 2/8 | 3 (3) |" in lrs.table({("hc", 30): summary})[2]
+
+
+def _committed(name):
+    with open(os.path.join(RECORDS, f"{name}.json")) as f:
+        return lrs.run_metrics(json.load(f))
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(RECORDS, "hc-L30-lr0.01-s1.json")),
+                    reason="the committed LR-sensitivity records are not in this checkout")
+def test_the_surge_rule_on_the_committed_hc_runs():
+    """Issue 25: HC-30 seed 1 at LR 0.01 surged and counted as stable; with the surge rule HC-30's
+    per-seed largest stable LR is 0.0464 / 0.00464 / 0.0464 (divergence alone: 0.0464 / 0.01 /
+    0.0464)."""
+    run = _committed("hc-L30-lr0.01-s1")
+    assert run["surged"] and not run["diverged"]
+    assert run["eval_loss"] == pytest.approx(3.9559) and run["smoothed_min"] < 2.6
+    old = lrs.LRS[:8]
+    per_seed, diverged_only = [], []
+    for seed in range(3):
+        curve = {lr: [_committed(lrs.run_name("hc", 30, lr, seed))] for lr in old}
+        per_seed.append(lrs.largest_stable(curve))
+        diverged_only.append(lrs.largest_stable(
+            {lr: [{**m, "unstable": m["diverged"]} for m in ms] for lr, ms in curve.items()}))
+    assert per_seed == [0.0464, 0.00464, 0.0464]
+    assert diverged_only == [0.0464, 0.01, 0.0464]  # seed 1 diverges at 0.0215 (eval 9.67)
+
+
+# --------------------------------------------------------------------------- grid and reuse
+def test_grid_extends_upward_and_keeps_every_old_point():
+    old = (0.001, 0.00215, 0.00464, 0.01, 0.0215, 0.0464, 0.1, 0.215)  # the committed grid
+    assert lrs.LRS[:8] == old and lrs.LRS[8:] == (0.464, 1.0)
+    assert [lrs.run_name("mhc", 30, lr, 0) for lr in lrs.LRS[7:]] == [
+        "mhc-L30-lr0.215-s0", "mhc-L30-lr0.464-s0", "mhc-L30-lr1-s0"]
+    assert lrs.SEEDS_AT[30] == (0, 1, 2, 3, 4) and lrs.SEEDS[:3] == (0, 1, 2)
+    jobs = lrs.plan(["residual"], (6, 30), old[:1], {6: (0,), 30: (0, 3, 4)}, runs_root="r")
+    assert [(d, s) for _, _, d, _, s, *_ in jobs] == [(6, 0), (30, 0), (30, 3), (30, 4)]
+
+
+@pytest.mark.skipif(not os.path.isdir(RECORDS), reason="no committed LR-sensitivity records")
+def test_every_committed_record_is_reused_by_the_extended_plan():
+    """Reuse compares a record's overrides with the plan's: the old kinds, depths, LRs and seeds
+    must plan exactly what the committed records ran (the new kinds and KEEP keys change none)."""
+    old_kinds = ("residual", "hc", "mhc", "mhc_lite", "unconstrained")
+    jobs = lrs.plan(old_kinds, lrs.DEPTHS, lrs.LRS[:8], (0, 1, 2), runs_root="r")
+    names = {name: overrides for name, _, _, _, _, overrides, *_ in jobs}
+    on_disk = {f[:-5] for f in os.listdir(RECORDS) if f.endswith(".json")}
+    assert on_disk and on_disk <= set(names)
+    for name in sorted(on_disk):
+        assert common.recorded(os.path.join(RECORDS, f"{name}.json"), names[name]), name
+
+
+# ------------------------------------------------------------------------------ the controls
+def _spec(kind):
+    cfg = common.make_config("tiny", [*lrs.KINDS[kind], *common.regime_overrides(lrs.KINDS[kind])])
+    return cfg.model.connection_spec()
+
+
+def _maps_and_grads(spec):
+    params = connections.init_params(spec, 1)
+    params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(0), p.shape),
+                          params)
+    x = jax.random.normal(jax.random.key(1), (3, spec.n_streams, spec.width))
+    probe = jax.random.normal(jax.random.key(2), (3, spec.n_streams, spec.n_streams))
+
+    def part(name):
+        def f(p):
+            m = connections.compute_maps(p, x, spec)
+            return jnp.sum(getattr(m, name) * (probe if name == "res" else probe[..., 0]))
+        return sum(float(jnp.abs(g).sum()) for g in jax.tree.leaves(jax.grad(f)(params)))
+
+    return connections.compute_maps(params, x, spec), {n: part(n) for n in ("pre", "post", "res")}
+
+
+def test_identity_hc_has_exactly_the_identity_and_learns_pre_post():
+    spec = _spec("identity_hc")
+    assert spec.kind == "mhc" and spec.manifold == "identity"
+    assert spec.learned_maps == ("pre", "post", "res")
+    maps, grads = _maps_and_grads(spec)
+    assert np.array_equal(np.asarray(maps.res), np.broadcast_to(np.eye(4), maps.res.shape))
+    assert grads["res"] == 0 and grads["pre"] > 0 and grads["post"] > 0
+
+
+def test_hc_res_only_learns_h_res_alone():
+    spec = _spec("hc_res_only")
+    assert spec.kind == "hc" and spec.learned_maps == ("res",)
+    maps, grads = _maps_and_grads(spec)
+    assert np.array_equal(np.asarray(maps.pre), np.full(maps.pre.shape, 0.25, np.float32))
+    assert np.array_equal(np.asarray(maps.post), np.ones(maps.post.shape, np.float32))
+    assert grads["res"] > 0 and grads["pre"] == 0 and grads["post"] == 0
+    assert common.regime_overrides(lrs.KINDS["hc_res_only"]) == ()  # HC takes no logit
+    assert common.regime_overrides(lrs.KINDS["identity_hc"]) == ()  # nor does H_res = I
+
+
+def test_unknown_kind_is_one_clear_line():
+    with pytest.raises(SystemExit, match="--kinds: unknown nope; allowed: .*identity_hc"):
+        lrs.main(["--kinds", "nope", "--only-finished"])
