@@ -1,67 +1,181 @@
-"""AOT memory plans of the paper recipes (3b / 9b / 27b), residual vs mHC, on simulated meshes.
+"""AOT memory plans of the paper recipes (3b / 9b / 27b), residual vs mHC, from the compilers of
+the hardware they are meant for: libtpu for a TPU v5p slice, XLA:GPU for an H100 cluster (the
+paper trained on H800s; H100 is the nearest compile target), and XLA:CPU beside them.
 
-Each plan compiles the full training step in a fresh process (`mhc compile`), so the numbers are
-XLA's for that mesh. Writes benchmarks/results/aot_plans.md (and prints it).
+Each plan compiles the full training step in a fresh process (`mhc compile --target ... --json`)
+and is kept as one JSON file in `--raw` (reused when present: the run is resumable); the table
+(`--out`, and the README's region between the aot-plans markers) is built from those files alone.
 
-    python -m benchmarks.aot_plans            # about 3 minutes on 2 CPU cores
-    python -m benchmarks.aot_plans --smoke    # one reduced-depth plan (seconds)
+    python -m benchmarks.aot_plans --target v5p h100 cpu   # the README table (about 1 h on 2 cores)
+    python -m benchmarks.aot_plans --target h100 --recipes 3b
+    python -m benchmarks.aot_plans --only-finished         # rebuild the table, compile nothing
+    python -m benchmarks.aot_plans --smoke                 # one reduced-depth CPU plan (seconds)
+
+TPU and GPU targets need `pip install -e ".[aot]"` (Python >= 3.12).
 """
 from __future__ import annotations
 
 import argparse
-import datetime
+import json
 import os
-import re
 import subprocess
 import sys
 
-PLANS = [  # recipe, mesh (batch divides data*fsdp*expert; experts divide expert), overrides
-    ("3b", "fsdp=16,expert=4", ["remat=full", "microbatches=5"]),
-    ("9b", "fsdp=32,expert=4", ["remat=full", "microbatches=4"]),
-    ("27b", "fsdp=32,expert=8", ["remat=full", "microbatches=5"]),
+from mhc import rundir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# recipe, mesh (batch divides data*fsdp*expert; experts divide expert), overrides: remat and
+# microbatches chosen so that mHC fits an H100 (80 GB) and a v5p chip (95 GiB)
+PLANS = [
+    ("3b", "fsdp=16,expert=4", ("remat=full", "microbatches=5")),
+    ("9b", "fsdp=32,expert=4", ("remat=full", "microbatches=4")),
+    ("27b", "fsdp=32,expert=8", ("remat=full", "microbatches=5")),
 ]
-FIELDS = {"params": r"per device: params\s+([\d.,]+) GiB", "optimizer": r"optimizer ([\d.,]+) GiB",
-          "temporaries": r"temporaries \(activations, gradients\) ([\d.,]+) GiB",
-          "peak": r"peak\s+([\d.,]+) GiB", "gflops": r"FLOPs/token: ([\d.,]+) GFLOP"}
+FAMILIES = {  # --target family -> the target name for a mesh of n devices
+    "cpu": lambda n: "cpu", "v5p": lambda n: f"v5p-{2 * n}", "h100": lambda n: f"h100x{n}"}
+VARIANTS = {  # column -> overrides; "mHC, kernels" only where the Pallas kernels compile
+    "residual": ("residual=residual",), "mhc": ("residual=mhc", "kernels=xla"),
+    "mhc_pallas": ("residual=mhc", "kernels=pallas")}
+REGION = ("<!-- aot-plans:start -->", "<!-- aot-plans:end -->")
 
 
-def run_plan(recipe, mesh, overrides, layers=None) -> dict:
+def _mesh_size(mesh: str) -> int:
+    size = 1
+    for part in mesh.split(","):
+        size *= int(part.split("=")[1])
+    return size
+
+
+def plan_name(family: str, recipe: str, variant: str, layers: int | None = None) -> str:
+    return f"{family}-{recipe}{f'-L{layers}' if layers else ''}-{variant}"
+
+
+def run_plan(raw: str, family: str, recipe: str, mesh: str, overrides, variant: str,
+             layers: int | None = None) -> dict:
+    """The plan's JSON (compiled now unless `raw` has it), with `error` set where the compiler
+    refused (the refusal's one line)."""
+    path = os.path.join(raw, plan_name(family, recipe, variant, layers) + ".json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    target = FAMILIES[family](_mesh_size(mesh))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    cmd = [sys.executable, "-m", "mhc", "compile", "--recipe", recipe, "--mesh", mesh,
-           *(["--layers", str(layers)] if layers else []), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip().splitlines()[-1]}")
-    return {k: float(re.search(p, proc.stdout).group(1).replace(",", ""))
-            for k, p in FIELDS.items()}
+    cmd = [sys.executable, "-m", "mhc", "compile", "--recipe", recipe, "--target", target,
+           "--mesh", mesh, "--json", path, *(["--layers", str(layers)] if layers else []),
+           *overrides, *VARIANTS[variant]]
+    print(f"  {' '.join(cmd[2:])}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600, cwd=REPO)
+    if not os.path.exists(path):  # refused: keep the compiler's one line, do not retry
+        lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
+        rundir.write_json_atomic(path, {"recipe": recipe, "target": target, "mesh": mesh,
+                                        "error": lines[-1][:400]})
+    with open(path) as f:
+        result = json.load(f)
+    result.setdefault("provenance", rundir.provenance_entry(" ".join(cmd[2:])))
+    rundir.write_json_atomic(path, result)
+    return result
+
+
+def _gib(p: dict, key: str = "peak_bytes") -> str:
+    if "error" in p:
+        return "refused" if "does not fit" not in p["error"] else "does not fit"
+    return f"{p[key] / 2**30:.2f} GiB"
+
+
+def table(rows: list[tuple[str, str, str, dict]]) -> list[str]:
+    """rows: (family, recipe, mesh, {variant: plan})."""
+    out = ["| recipe | target | mesh | settings | residual peak | mHC peak | mHC / residual | "
+           "mHC peak, Pallas kernels | fits | compile s (mHC) | compiler |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for family, recipe, mesh, plans in rows:
+        res, mhc, pal = (plans.get(v, {"error": "not run"}) for v in VARIANTS)
+        ratio = (f"{mhc['peak_bytes'] / res['peak_bytes']:.3f}"
+                 if "error" not in res and "error" not in mhc else "-")
+        hbm = mhc.get("hbm_bytes")
+        fits = ("-" if "error" in mhc or not hbm else
+                f"{'yes' if mhc['peak_bytes'] <= hbm else 'no'} ({hbm / 2**30:.1f} GiB)")
+        settings = " ".join(o for o in mhc.get("overrides", res.get("overrides", []))
+                            if not o.startswith(("residual=", "kernels=")))
+        out.append(f"| {recipe} | {mhc.get('target', res.get('target', family))} | {mesh} | "
+                   f"{settings} | {_gib(res)} | {_gib(mhc)} | {ratio} | "
+                   f"{_gib(pal) if pal.get('error') != 'not run' else '-'} | {fits} | "
+                   f"{mhc.get('compile_seconds', float('nan')):.0f} | "
+                   f"{mhc.get('compiler', '-')} |")
+    return out
+
+
+def notes(rows) -> list[str]:
+    errors = [f"- {recipe} on {p.get('target', family)}, {variant}: `{p['error']}`"
+              for family, recipe, _, plans in rows for variant, p in plans.items()
+              if "error" in p and p["error"] != "not run"]
+    dates = sorted({p["provenance"]["date"][:10] for *_, plans in rows
+                    for p in plans.values() if "provenance" in p})
+    commits = sorted({p["provenance"]["commit"] + (" (dirty tree)" if p["provenance"]["dirty"]
+                                                   else "")
+                      for *_, plans in rows for p in plans.values() if "provenance" in p})
+    return ([f"Compiled on {', '.join(dates)} at commit {', '.join(commits)} on a CPU-only host "
+             f"(`python -m benchmarks.aot_plans`; one JSON per plan in "
+             f"`benchmarks/results/aot_plans/`). Peak = arguments + temporaries + unaliased "
+             f"outputs per device, from each compiler's memory analysis; the mHC columns carry "
+             f"n = 4 streams; batch and sequence as in Table 5."] +
+            (["", "Refused by the compiler:", *errors] if errors else []))
+
+
+def write_region(readme: str, text: str) -> None:
+    with open(readme) as f:
+        content = f.read()
+    start, end = REGION
+    if content.count(start) != 1 or content.count(end) != 1:
+        raise ValueError(f"{readme}: expected one {start} and one {end}")
+    head, rest = content.split(start, 1)
+    with open(readme, "w") as f:
+        f.write(head + start + "\n" + text + end + rest.split(end, 1)[1])
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--out", default="benchmarks/results/aot_plans.md")
+    p.add_argument("--target", nargs="+", default=["v5p", "h100", "cpu"], choices=FAMILIES,
+                   help="compiler families, in table order")
+    p.add_argument("--recipes", nargs="+", default=[r for r, _, _ in PLANS],
+                   choices=[r for r, _, _ in PLANS])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    p.add_argument("--raw", default=None, help="one JSON per plan (default: "
+                   "benchmarks/results/aot_plans, or beside --out with --smoke)")
+    p.add_argument("--out", default=os.path.join(REPO, "benchmarks/results/aot_plans.md"))
+    p.add_argument("--readme", default=os.path.join(REPO, "README.md"),
+                   help="README whose aot-plans region gets the table ('' = none)")
+    p.add_argument("--only-finished", action="store_true", help="tabulate, compile nothing")
+    p.add_argument("--smoke", action="store_true", help="one reduced-depth CPU plan")
     args = p.parse_args(argv)
-    plans = [("3b", "fsdp=4,expert=2", ["remat=full", "batch_size=16", "seq_len=256"])] \
-        if args.smoke else PLANS
-    rows = ["| recipe | mesh | settings | residual peak | mHC peak | mHC / residual | "
-            "params + optimizer (mHC) | temporaries (mHC) | GFLOP/token (mHC) |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for recipe, mesh, overrides in plans:
-        layers = 2 if args.smoke else None
-        res = run_plan(recipe, mesh, [*overrides, "residual=residual"], layers)
-        mhc = run_plan(recipe, mesh, [*overrides, "residual=mhc"], layers)
-        rows.append(f"| {recipe} | {mesh} | {' '.join(overrides)} | {res['peak']:.2f} GiB | "
-                    f"{mhc['peak']:.2f} GiB | {mhc['peak'] / res['peak']:.3f} | "
-                    f"{mhc['params'] + mhc['optimizer']:.2f} GiB | {mhc['temporaries']:.2f} GiB | "
-                    f"{mhc['gflops']:.2f} |")
-        print(rows[-1], flush=True)
-    header = (f"AOT plans, compiled per device by XLA for simulated CPU devices on "
-              f"{datetime.date.today()} ({'smoke' if args.smoke else 'full depth'}); "
-              f"batch and sequence as in Table 5 unless overridden.\n\n")
-    text = header + "\n".join(rows) + "\n"
+    layers = None
+    plans = [(r, m, o) for r, m, o in PLANS if r in args.recipes]
+    if args.smoke:
+        plans, layers = [("3b", "fsdp=4,expert=2", ("remat=full", "batch_size=16",
+                                                    "seq_len=256"))], 2
+        args.target, args.variants, args.readme = ["cpu"], ["residual", "mhc"], ""
+    args.raw = args.raw or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "raw")
+                            if args.smoke else os.path.join(REPO, "benchmarks/results/aot_plans"))
+    os.makedirs(args.raw, exist_ok=True)
+    rows = []
+    for family in args.target:
+        for recipe, mesh, overrides in plans:
+            found = {}
+            for variant in args.variants:
+                name = plan_name(family, recipe, variant, layers)
+                path = os.path.join(args.raw, name + ".json")
+                if args.only_finished and not os.path.exists(path):
+                    continue
+                print(f"{name}:", flush=True)
+                found[variant] = run_plan(args.raw, family, recipe, mesh, overrides, variant,
+                                          layers)
+            rows.append((family, recipe, mesh, found))
+            print(table(rows)[-1], flush=True)
+    text = "\n".join([*notes(rows), "", *table(rows)]) + "\n"
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
+    if args.readme:
+        write_region(args.readme, text)
     print(text)
     return 0
 

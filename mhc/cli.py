@@ -118,21 +118,34 @@ def _eval(args) -> int:
 def _compile(args) -> int:
     import math
 
-    from mhc import aot, recipes, sharding
+    from mhc import aot, recipes, sharding, targets
     from mhc.config import apply_overrides
 
+    if args.list_targets:
+        print(targets.list_targets())
+        return 0
+    target = targets.parse(args.target)
     sizes = sharding.parse_mesh(args.mesh)
+    mesh = args.mesh if args.mesh or target.platform == "cpu" else f"fsdp={target.n_devices}"
     hbm = aot.parse_bytes(args.hbm) if args.hbm else None
     overrides = [*([f"residual={args.residual}"] if args.residual else []), *args.overrides]
     cfg = apply_overrides(recipes.get(args.recipe), overrides)
     if args.layers:
         cfg = aot.reduced_depth(cfg, args.layers)
-    _use_fake_cpu_devices(math.prod(sizes.values()))
-    plan = aot.plan(cfg, args.mesh)
+    if target.platform == "cpu":
+        _use_fake_cpu_devices(math.prod(sizes.values()))
+    print(f"mhc compile: recipe {args.recipe} for {target.name} ({target.compiler}); "
+          f"compiling...", flush=True)
+    plan = aot.plan(cfg, mesh, target=target.name)
     print(aot.format_plan(args.recipe, cfg, plan, hbm), flush=True)
-    if hbm and plan["peak_bytes"] > hbm:
+    if args.json:
+        from mhc import rundir
+        rundir.write_json_atomic(args.json, {"recipe": args.recipe, "overrides": overrides,
+                                             **plan})
+    limit = hbm or target.hbm_bytes
+    if limit and plan["peak_bytes"] > limit:
         return _fail(f"plan does not fit: compiled peak {plan['peak_bytes'] / 2**30:.2f} GiB per "
-                     f"device exceeds --hbm {args.hbm}")
+                     f"device exceeds {args.hbm or target.name} ({limit / 2**30:.2f} GiB)")
     return 0
 
 
@@ -242,11 +255,18 @@ def _parser() -> _Parser:
                                        "print the per-device memory plan")
     p.add_argument("--recipe", default="27b")
     _residual_flag(p)
-    p.add_argument("--mesh", required=True, help="e.g. fsdp=64,expert=8 (axes: data, fsdp, "
-                                                 "expert, tensor)")
-    p.add_argument("--hbm", default=None, help="per-device memory, e.g. 80GiB: exit 2 if the "
-                                               "plan does not fit")
+    p.add_argument("--target", default="cpu",
+                   help="whose compiler: cpu (fake CPU devices, default), v5e-N / v6e-N (N "
+                        "chips), v5p-N (N TensorCores, 2 per chip), h100xN / h200xN (N GPUs, 8 "
+                        "per host); TPU and GPU need pip install -e '.[aot]'")
+    p.add_argument("--list-targets", action="store_true", help="list the targets and exit")
+    p.add_argument("--mesh", default=None, help="e.g. fsdp=64,expert=8 (axes: data, fsdp, "
+                                                "expert, tensor); default: one CPU device, or "
+                                                "all of the target's devices on fsdp")
+    p.add_argument("--hbm", default=None, help="per-device memory, e.g. 80GiB (default: the "
+                                               "target's): exit 2 if the plan does not fit")
     p.add_argument("--layers", type=int, default=None, help="reduce depth (quick plans)")
+    p.add_argument("--json", default=None, help="also write the plan's numbers to this file")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(func=_compile)
     p = sub.add_parser("info", help="versions, devices, recipes and manifolds")

@@ -157,11 +157,12 @@ class ModelConfig(connections.ConnectionOptions):
 
     @property
     def compute_dtype(self) -> str:
-        """The resolved compute dtype: "auto" is bfloat16 on GPU/TPU and float32 on CPU."""
+        """The resolved compute dtype: "auto" is bfloat16 on GPU/TPU and float32 on CPU (the
+        platform of the mesh in context, `mhc.targets.current_platform`)."""
         if self.dtype != "auto":
             return self.dtype
-        import jax
-        return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
+        from mhc import targets
+        return "bfloat16" if targets.current_platform() in ("gpu", "tpu") else "float32"
 
     def connection_spec(self) -> connections.ConnectionSpec:
         """The spec of every site: the inherited options as they are, plus width, kind, streams

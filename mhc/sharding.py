@@ -42,20 +42,47 @@ def _mesh_axes(name: str | None, mesh, rules=RULES) -> tuple[str, ...]:
     return tuple(a for a in axes if mesh.shape.get(a, 1) > 1)
 
 
-def constrain(x: jax.Array, names: tuple[str | None, ...], rules=RULES) -> jax.Array:
-    """Sharding constraint by logical names when a mesh is set (`jax.set_mesh`); else a no-op.
-    Mesh axes of size 1 and axes that do not divide the dimension are left out."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return x
+def logical_spec(shape: tuple[int, ...], names: tuple[str | None, ...], mesh,
+                 rules=RULES) -> P:
+    """The PartitionSpec of an activation of `shape` by logical names on `mesh` (abstract or
+    concrete). Mesh axes of size 1 and axes that do not divide the dimension are left out."""
     spec, used = [], set()
-    for dim, name in zip(x.shape, names):
+    for dim, name in zip(shape, names):
         axes = tuple(a for a in _mesh_axes(name, mesh, rules) if a not in used)
         while axes and dim % math.prod(mesh.shape[a] for a in axes):
             axes = axes[:-1]
         used.update(axes)
         spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
-    return jax.lax.with_sharding_constraint(x, P(*spec))
+    return P(*spec)
+
+
+def constrain(x: jax.Array, names: tuple[str | None, ...], rules=RULES) -> jax.Array:
+    """Sharding constraint by logical names when a mesh is set (`jax.set_mesh`); else a no-op."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(x.shape, names, mesh, rules))
+
+
+def per_token_shard(fn: Callable, n_tokens: int, in_ranks: tuple[int | None, ...],
+                    out_ranks: tuple[int, ...]) -> Callable:
+    """`fn` run per shard of the leading (batch / token) dimension under `jax.shard_map` when a
+    multi-device mesh is in context, else `fn` itself: how a Pallas kernel meets a mesh (Mosaic
+    kernels cannot be partitioned automatically, and XLA would gather a GPU kernel's operands).
+    Arrays of rank r (in_ranks / out_ranks) are split over the batch axes that divide
+    `n_tokens` on their first dimension; rank None is replicated (weights: their cotangents are
+    summed over the shards). Other dims are whole in each shard (a width sharded over `tensor`
+    is gathered at the boundary)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return fn
+    axes = logical_spec((n_tokens,), ("batch",), mesh)[0]
+
+    def spec(rank):
+        return P() if rank is None else P(axes, *(None,) * (rank - 1))
+
+    return jax.shard_map(fn, in_specs=tuple(spec(r) for r in in_ranks),
+                         out_specs=tuple(spec(r) for r in out_ranks), check_vma=False)
 
 
 class ShardingError(ValueError):
@@ -86,7 +113,8 @@ def parse_mesh(text: str | dict | None) -> dict[str, int]:
 
 def make_mesh(spec: str | dict | None = None, devices=None) -> jax.sharding.Mesh:
     """A 4-axis mesh (Auto axis types) over `devices` (default: all); sizes must multiply to
-    the device count. With no spec, every device goes to `data`."""
+    the device count. With no spec, every device goes to `data`. On a TPU torus the mesh axes
+    follow the physical ones where they can, and split them where they must."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = parse_mesh(spec)
     if not spec:
@@ -96,8 +124,13 @@ def make_mesh(spec: str | dict | None = None, devices=None) -> jax.sharding.Mesh
         shape = ",".join(f"{k}={v}" for k, v in sizes.items() if v > 1) or "1"
         raise ShardingError(f"mesh {shape} needs {total} devices but {len(devices)} are "
                             f"available")
-    return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
-                         axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    shape, types = tuple(sizes[a] for a in MESH_AXES), (AxisType.Auto,) * len(MESH_AXES)
+    try:
+        return jax.make_mesh(shape, MESH_AXES, axis_types=types, devices=devices)
+    except NotImplementedError:  # a TPU torus whose physical axes the mesh axes must split
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return jax.sharding.Mesh(grid, MESH_AXES, axis_types=types)
 
 
 def logical_to_mesh(spec: P, shape: tuple[int, ...], mesh, *, where: str = "",

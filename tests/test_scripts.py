@@ -54,7 +54,8 @@ def test_aot_plans_smoke(tmp_path):
     out = tmp_path / "plans.md"
     assert _load("benchmarks/aot_plans.py").main(["--smoke", "--out", str(out)]) == 0
     text = out.read_text()
-    assert "| 3b | fsdp=4,expert=2 |" in text and "GiB" in text
+    assert "| 3b | cpu | fsdp=4,expert=2 |" in text and "GiB" in text
+    assert "XLA:CPU" in text and len(list((tmp_path / "raw").glob("*.json"))) == 2
 
 
 @pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run

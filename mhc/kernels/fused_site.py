@@ -11,8 +11,8 @@ segments [pre, post, res]; fp32 coefficient path; branch input and new streams i
 dtype, so bf16 streams work with fp32 coefficients).
 
 Kernel layout: a grid over token tiles of TM rows (padded up in the wrapper); inside a tile the
-streams are read in chunks of TC lanes (TC a power of two in [16, 128], C padded up to a multiple
-of it when needed, never for the recipe widths). The projection is a `[TM, TC] x [TC, Zp]` matmul
+streams are read in chunks of TC lanes (TC a power of two in [16, 128], 128 on TPU; C padded up to
+a multiple of it when needed, never for the paper's widths). The projection is a `[TM, TC] x [TC, Zp]` matmul
 per chunk accumulated in fp32 (Zp = Z rounded up to a power of two >= 16 for Triton's dot); the
 per-token coefficient math runs on `[TM, 1]` columns (one column per map entry), picked out of the
 `[TM, Zp]` logits with masked lane reductions (Triton cannot slice register tensors).
@@ -80,9 +80,12 @@ class Static:
         return -(-p // 128) * 128 if self.target == "mosaic" else p
 
 
-def chunk_width(c: int) -> int:
+def chunk_width(c: int, target: str | None = None) -> int:
     """Lanes per stream chunk: the largest power of two in [16, 128] dividing C, else 128 or the
-    next power of two above C (then C is zero-padded)."""
+    next power of two above C (then C is zero-padded). Always 128 on Mosaic TPU: its compiler
+    must prove every lane offset a multiple of 128 (C = 64 or 96 is padded to 128 there)."""
+    if target == "mosaic":
+        return 128
     for tc in (128, 64, 32, 16):
         if c % tc == 0:
             return tc

@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from mhc import sharding, targets
+
 F32 = jnp.float32
 TARGETS = ("interpret", "triton", "mosaic", "mosaic_gpu", "mosaic_gpu_interpret")
 MOSAIC_GPU = ("mosaic_gpu", "mosaic_gpu_interpret")  # Sinkhorn via mosaic_gpu.call, site via
@@ -40,13 +42,14 @@ MOSAIC_GPU = ("mosaic_gpu", "mosaic_gpu_interpret")  # Sinkhorn via mosaic_gpu.c
 
 
 def backend_targets(backend: str | None = None) -> tuple[str, ...]:
-    """The targets that run on a backend (default: JAX's), the default first: on GPU Mosaic GPU
+    """The targets that run on a platform (default: the one in context,
+    `mhc.targets.current_platform`), the default first: on GPU Mosaic GPU
     (JAX's supported GPU backend, JAX >= 0.12) then the deprecated Triton; Mosaic on TPU;
     interpret modes elsewhere (CPU)."""
     from mhc.kernels import mosaic_gpu
     new = mosaic_gpu.available()
     return {"gpu": ("mosaic_gpu", "triton") if new else ("triton",), "tpu": ("mosaic",)}.get(
-        backend or jax.default_backend(),
+        backend or targets.current_platform(),
         ("interpret", "mosaic_gpu_interpret") if new else ("interpret",))
 
 
@@ -306,7 +309,8 @@ def sinkhorn(logits: jax.Array, iters: int = 20, *, convention: str = "paper",
              eps: float = 1e-6, block_m: int = 128, target: str | None = None) -> jax.Array:
     """Pallas Sinkhorn of `logits[..., N, N]` -> fp32 `[..., N, N]`; same values and gradient as
     `mhc.manifolds.sinkhorn(..., grad="recompute")`. `target`: one of TARGETS (None = the
-    default backend's: interpret mode on CPU)."""
+    default of the platform in context: interpret mode on CPU). Under a multi-device mesh it
+    runs per shard of the leading dimension (`mhc.sharding.per_token_shard`)."""
     from mhc import manifolds  # validation and conventions shared with the reference
     if convention not in manifolds.CONVENTIONS:
         raise ValueError(f"sinkhorn convention={convention!r}; allowed: "
@@ -318,10 +322,16 @@ def sinkhorn(logits: jax.Array, iters: int = 20, *, convention: str = "paper",
     call_options(target)  # validates
     if not isinstance(block_m, int) or block_m < 8 or block_m % 8:
         raise ValueError(f"block_m={block_m!r}; must be a multiple of 8")
-    *batch, n, _ = logits.shape
-    x = jnp.asarray(logits, F32).reshape(-1, n * n).T  # [N*N, M]
-    m = x.shape[1]
-    qp, mp = pl.next_power_of_2(n * n), pl.cdiv(m, block_m) * block_m
-    x = jnp.pad(x, ((0, qp - n * n), (0, mp - m)))
-    h = _sinkhorn_t(x, n, iters, convention, float(eps), block_m, target)
-    return h[:n * n, :m].T.reshape(*batch, n, n)
+    def local(logits):  # one shard's tokens (all of them without a mesh)
+        *batch, n, _ = logits.shape
+        x = jnp.asarray(logits, F32).reshape(-1, n * n).T  # [N*N, M]
+        m = x.shape[1]
+        qp, mp = pl.next_power_of_2(n * n), pl.cdiv(m, block_m) * block_m
+        x = jnp.pad(x, ((0, qp - n * n), (0, mp - m)))
+        h = _sinkhorn_t(x, n, iters, convention, float(eps), block_m, target)
+        return (h[:n * n, :m].T.reshape(*batch, n, n),)
+
+    if logits.ndim == 2:
+        return local(logits)[0]
+    return sharding.per_token_shard(local, logits.shape[0], (logits.ndim,), (logits.ndim,))(
+        logits)[0]

@@ -19,11 +19,15 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from mhc import sharding
+from mhc import sharding, targets
 from mhc.model.attention import param_init
 from mhc.model.mlp import SwiGLU
 
 DISPATCH = ("auto", "capacity", "ragged")
+# what "auto" dispatches by, per platform of the mesh in context (`targets.current_platform`).
+# GPU: XLA:GPU expands `ragged_dot` densely (the 3b plan for 8 H100s: 1,130.58 GiB per device
+# with ragged, 63.10 GiB with capacity; benchmarks/README.md, "MoE dispatch on GPU").
+AUTO_DISPATCH = {"cpu": "capacity", "gpu": "capacity", "tpu": "ragged"}
 
 
 class RouterBias(nnx.Variable):
@@ -172,7 +176,7 @@ class MoE(nnx.Module):
         w_down = self.w_down[...].astype(self.dtype)
         dispatch = self.dispatch
         if dispatch == "auto":
-            dispatch = "capacity" if jax.default_backend() == "cpu" else "ragged"
+            dispatch = AUTO_DISPATCH[targets.current_platform()]
         mesh = jax.sharding.get_abstract_mesh()
         if dispatch == "capacity" and not mesh.empty and mesh.shape.get("tensor", 1) == 1:
             y, dropped = expert_parallel_dispatch(x, ids, weights, w_gate_up, w_down,
