@@ -18,7 +18,11 @@ Conventions of the whole package (module docstrings and shape-suffixed names suc
   CPU); the HC/mHC coefficient path (norms, projections, sigmoid, Sinkhorn) is always fp32; the
   loss is computed in fp32 from fp32 logits.
 """
-from mhc import manifolds
+from mhc import targets
+
+targets.keep_host_on_cpu()  # the `.[aot]` compilers' plugins stay quiet on a CPU-only host
+
+from mhc import manifolds  # noqa: E402  (after the platform choice above)
 from mhc.connections import (ConnectionSpec, Maps, apply_site, collapse_streams, compute_maps,
                              expand_streams)
 from mhc.diagnostics import amax_gain, composite, doubly_stochastic_error, map_stats

@@ -18,6 +18,7 @@ Kinds:
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 from typing import Callable
@@ -317,9 +318,15 @@ def initial_res(spec: ConnectionSpec) -> np.ndarray:
     n = spec.n_streams
     if spec.kind == "residual" or "res" not in spec.learned_maps:
         return np.eye(n, dtype=np.float32)
-    with jax.ensure_compile_time_eval():  # a constant, also when first asked inside a jit
+    def evaluate():
         zeros = jnp.zeros((n, spec.width), jnp.float32)
         return np.asarray(compute_maps(init_params(spec), zeros, spec).res)
+
+    # A constant, also when first asked inside a jit: evaluated on a worker thread, where no
+    # trace and no mesh are in context (both are thread-local), so a jit lowered for a mesh of
+    # compile-only accelerator devices does not try to run it on them.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(evaluate).result()
 
 
 # ------------------------------------------------------------------------------- applying
