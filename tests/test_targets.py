@@ -264,7 +264,7 @@ def test_initial_res_inside_a_trace_on_compile_only_devices():
 @needs_tpu
 def test_tpu_out_of_memory_is_a_one_line_does_not_fit():
     cfg = mhc.config.apply_overrides(mhc.recipes.get("tiny"), [
-        "n_layers=1", "batch_size=512", "seq_len=2048", "d_model=1024", "n_heads=8",
+        "n_layers=1", "batch_size=2048", "seq_len=512", "d_model=1024", "n_heads=8",
         "d_ff=4096", "dtype=float32"])
     with pytest.raises(aot.DoesNotFit, match="does not fit .*libtpu") as e:
         aot.plan(cfg, None, target="v5e-1")
