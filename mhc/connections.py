@@ -430,6 +430,37 @@ def write_streams(maps: Maps, streams_xNxC: jax.Array, branch_out_xC: jax.Array,
                   jnp.broadcast_to(branch_out_xC, (*batch, c)))
 
 
+def checked_branch(branch: Callable, has_aux: bool = False) -> Callable:
+    """`branch`, refusing at trace time (one ValueError line naming the shapes) what would
+    otherwise fail deep inside the site's einsums: an output of another shape than its input
+    `[..., C]` (a branch that changes the width), a tuple without `has_aux`, or with `has_aux`
+    something other than (output, aux)."""
+
+    def run(h_xC):
+        result = branch(h_xC)
+        if has_aux and not (isinstance(result, tuple) and len(result) == 2):
+            raise ValueError(f"has_aux=True: the branch must return (output, aux); got "
+                             f"{_describe(result)}")
+        if not has_aux and isinstance(result, (tuple, list)):
+            raise ValueError(f"the branch returned {_describe(result)}; a branch that returns "
+                             "(output, aux) needs has_aux=True")
+        out = result[0] if has_aux else result
+        if tuple(getattr(out, "shape", ())) != tuple(h_xC.shape):
+            raise ValueError(f"the branch maps its input of shape {tuple(h_xC.shape)} to "
+                             f"{_describe(out)}; a site's branch keeps the shape [..., C] "
+                             f"(width C = {h_xC.shape[-1]})")
+        return result
+
+    return run
+
+
+def _describe(x) -> str:
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)} ({', '.join(_describe(v) for v in x)})"
+    shape = getattr(x, "shape", None)
+    return f"shape {tuple(shape)}" if shape is not None else type(x).__name__
+
+
 def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Array], jax.Array],
                spec: ConnectionSpec, *, has_aux: bool = False, read_with: jax.Array | None = None):
     """One connection site: returns (new streams `[..., N, C]`, the maps used). With `has_aux`,
@@ -447,6 +478,7 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     if read_with is not None and spec.kind not in ("mhc", "mhc_lite"):
         raise ValueError(f"read_with (single-pass mHC) needs kind 'mhc' or 'mhc_lite'; got "
                          f"kind={spec.kind!r}")
+    branch = checked_branch(branch, has_aux)
     if spec.kernels in MAY_FUSE and spec.kind == "mhc" and read_with is None:
         from mhc import kernels  # Pallas is imported only when a site may use it
         if kernels.use_fused(spec):

@@ -7,14 +7,44 @@ A doubly stochastic map has both gains exactly 1, and so has any product of such
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 
-def amax_gain(h_xNxN: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(forward, backward) Amax gain magnitudes of `h[..., N, N]`, each of shape `[...]`."""
+def _stacked(pair) -> jax.Array:
+    return jnp.stack([jnp.asarray(v) for v in pair])
+
+
+def _worst(pair) -> jax.Array:
+    """The largest value of either field, a scalar."""
+    return jnp.max(_stacked(pair))
+
+
+# Named pairs: they unpack as the tuples they used to be, and compose with jnp: `jnp.max(pair)`
+# (through __jax_array__, which stacks the two fields [2, ...]) or `pair.max()` is the worse of
+# the two.
+class AmaxGain(NamedTuple):
+    """Forward (max absolute row sum) and backward (max absolute column sum) gain, `[...]`."""
+    forward: jax.Array
+    backward: jax.Array
+    __jax_array__ = _stacked
+    max = _worst
+
+
+class StochasticError(NamedTuple):
+    """max |row sum - 1| and max |column sum - 1| per matrix, `[...]`."""
+    row: jax.Array
+    col: jax.Array
+    __jax_array__ = _stacked
+    max = _worst
+
+
+def amax_gain(h_xNxN: jax.Array) -> AmaxGain:
+    """AmaxGain(forward, backward): Amax gain magnitudes of `h[..., N, N]`, each `[...]`."""
     a = jnp.abs(jnp.asarray(h_xNxN, jnp.float32))
-    return a.sum(-1).max(-1), a.sum(-2).max(-1)
+    return AmaxGain(a.sum(-1).max(-1), a.sum(-2).max(-1))
 
 
 def composite(hs_LxNxN: jax.Array, *, cumulative: bool = False) -> jax.Array:
@@ -36,10 +66,11 @@ def composite(hs_LxNxN: jax.Array, *, cumulative: bool = False) -> jax.Array:
     return prefix if cumulative else total
 
 
-def doubly_stochastic_error(h_xNxN: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(max |row sum - 1|, max |column sum - 1|) per matrix, shapes `[...]`."""
+def doubly_stochastic_error(h_xNxN: jax.Array) -> StochasticError:
+    """StochasticError(row, col): max |row sum - 1| and max |column sum - 1| per matrix, each
+    `[...]`."""
     h = jnp.asarray(h_xNxN, jnp.float32)
-    return jnp.abs(h.sum(-1) - 1).max(-1), jnp.abs(h.sum(-2) - 1).max(-1)
+    return StochasticError(jnp.abs(h.sum(-1) - 1).max(-1), jnp.abs(h.sum(-2) - 1).max(-1))
 
 
 def negative_mass(h_xNxN: jax.Array) -> jax.Array:

@@ -1,9 +1,14 @@
 """Flax modules around the pure math in `connections`: NNX first, Linen wrappers for Linen code.
 
-    hc = mhc.HyperConnection(width=C, n_streams=4, kind="mhc", rngs=nnx.Rngs(0))
+    hc = mhc.HyperConnection(width=C, n_streams=4, kind="mhc", layer_index=k)
     streams = mhc.expand_streams(x_BxTxC, 4)          # [B, T, N, C]
     streams = hc(streams, lambda h: mlp(norm(h)))     # H_res·x + H_postᵀ·F(H_pre·x)
-    x = mhc.collapse_streams(streams)                 # or mhc.HyperHead(C, 4, rngs=...)(streams)
+    x = mhc.collapse_streams(streams)                 # or mhc.HyperHead(C, 4)(streams)
+
+The modules hold parameters only (fp32, with logical axis names for sharding), so
+`nnx.state(model)` checkpoints and a jitted step traces once. The maps a call used are returned by
+`hc.apply(...)`, or recorded for a whole model by `mhc.capture_maps(model)(x)` (NNX's
+`nnx.capture` of the `nnx.Intermediate` that each call sows; nothing is stored outside it).
 """
 from __future__ import annotations
 
@@ -17,21 +22,59 @@ from flax import linen, nnx
 from mhc import connections
 from mhc.connections import ConnectionSpec, Maps
 
+# Logical axis names of the parameters, in the vocabulary of the model's rules
+# (`mhc.sharding.RULES`): an axis of size C or N*C is "embed", so a user's FSDP rule splits it
+# like the rest of the model's weights; stream, logit and gate axes are None (a few floats,
+# replicated). Metadata only (eager_sharding=False, as `mhc.model.attention.param_init`): a site
+# is created without a mesh, and the caller places the state with its rules
+# (`nnx.get_partition_spec(nnx.state(model))`).
+PARAM_AXES = {
+    "phi": ("embed", None), "bias": (None,), "alpha": (None,),  # mhc / mhc_lite
+    "norm_weight": ("embed",), "theta_pre": ("embed",), "theta_post": ("embed",),  # hc
+    "theta_res": (None, "embed"), "b_pre": (None,), "b_post": (None,), "b_res": (None, None),
+}
+HEAD_AXES = {"phi": ("embed", None), "bias": (None,), "alpha": ()}
+
+
+def _param(value: jax.Array, axes: tuple) -> nnx.Param:
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False) if axes else \
+        nnx.Param(value)
+
+
+def check_streams(streams, n: int, c: int, where: str) -> None:
+    """Streams of a module are `[B, T, N, C]` (rank >= 4). A rank-3 `[B, T, C]` hidden state
+    whose T happens to equal N would otherwise pass a check of the last two axes and be mixed
+    as streams; the pure functions (`mhc.apply_site`) still take any `[..., N, C]`."""
+    shape = tuple(getattr(streams, "shape", ()))
+    if len(shape) >= 4 and shape[-2:] == (n, c):
+        return
+    hint = (f" (a [B, T, C] hidden state is expanded first: mhc.expand_streams(x, {n}); streams "
+            "without a token axis take one of size 1)" if len(shape) < 4 else "")
+    raise ValueError(f"{where}: streams shape {shape}; expected [B, T, n_streams={n}, "
+                     f"width={c}]{hint}")
+
 
 class HyperConnection(nnx.Module):
-    """One residual site with n parallel streams. Parameters are fp32.
+    """One residual site with n parallel streams. Parameters only (fp32, logical axes
+    `PARAM_AXES`): the module keeps no activations, so `nnx.state(model)` checkpoints and
+    restores into a fresh model, and a jitted step does not trace again.
 
-    Call `hc(streams_BxTxNxC, branch)` -> new streams; `branch` maps `[..., C] -> [..., C]` (it
-    includes its own pre-norm). The maps used by the last call are kept in `hc.last_maps`
-    (`Maps(pre, post, res)`, or None before the first call); `hc.apply(...)` returns them instead.
-    `layer_index` places HC's one-hot read (and mHC's ±1 pre/post logits) on stream k mod n.
+    `hc(streams_BxTxNxC, branch)` -> new streams; `branch` maps `[B, T, C] -> [B, T, C]` (it
+    includes its own pre-norm). The maps of the call: `hc.apply(...)` returns them, or
+    `mhc.capture_maps(model)(x)` records every site's (the call sows them as an
+    `nnx.Intermediate` that only `nnx.capture` keeps).
+    `layer_index` places HC's one-hot read (and mHC's ±1 pre/post logits) on stream
+    `layer_index mod n`: give each site of a model its own (0, 1, 2, ... in depth order; the
+    default 0 puts every site on stream 0). `mhc.Sites` numbers them for you.
     """
 
     def __init__(self, width: int | None = None, *, spec: ConnectionSpec | None = None,
                  layer_index=0, rngs: nnx.Rngs | None = None, **options):
         """From a `spec`, or from `width` and any other `ConnectionSpec` field as a keyword
-        (`n_streams`, `kind`, `sinkhorn_iters`, `learned_maps`, ...; the spec's defaults)."""
-        del rngs  # deterministic init (HC/mHC start from their static maps); kept for API symmetry
+        (`n_streams`, `kind`, `sinkhorn_iters`, `learned_maps`, ...; the spec's defaults).
+        `rngs` is accepted so that a site is built like any NNX layer, and unused: the init is
+        deterministic (HC/mHC start from their static maps, the dynamic weights at 0)."""
+        del rngs
         if spec is None:
             spec = ConnectionSpec(width=width, **options)
         elif width is not None or options:
@@ -39,9 +82,8 @@ class HyperConnection(nnx.Module):
             raise TypeError("HyperConnection takes a spec, or width and options, not both (got "
                             f"spec and {', '.join(given)})")
         self.spec = spec
-        self.params = nnx.data({name: nnx.Param(value) for name, value in
+        self.params = nnx.data({name: _param(value, PARAM_AXES[name]) for name, value in
                                 connections.init_params(self.spec, layer_index).items()})
-        self._last_maps = nnx.data(None)
 
     @classmethod
     def from_spec(cls, spec: ConnectionSpec, layer_index=0) -> "HyperConnection":
@@ -50,45 +92,163 @@ class HyperConnection(nnx.Module):
     def _param_values(self) -> dict:
         return {name: p[...] for name, p in self.params.items()}
 
+    def _check(self, streams):
+        spec = self.spec
+        check_streams(streams, spec.n_streams, spec.width,
+                      f"HyperConnection(width={spec.width}, n_streams={spec.n_streams})")
+
     def maps(self, streams_BxTxNxC: jax.Array) -> Maps:
         """The maps this site would use for these streams."""
+        self._check(streams_BxTxNxC)
         return connections.compute_maps(self._param_values(), streams_BxTxNxC, self.spec)
 
     def apply(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array], *,
               has_aux: bool = False, read_with: jax.Array | None = None):
-        """(new streams, maps) without storing anything on the module (use inside scans); with
-        `has_aux`, `branch` returns (output, aux) and this returns (new streams, maps, aux).
+        """(new streams, maps), recording nothing (use inside scans); with `has_aux`, `branch`
+        returns (output, aux) and this returns (new streams, maps, aux).
         `read_with`: the pre-mix `[B, T, N]` that reads the streams (single-pass mHC: the previous
         site's H_pre; see `connections.apply_site`)."""
+        self._check(streams_BxTxNxC)
         return connections.apply_site(self._param_values(), streams_BxTxNxC, branch, self.spec,
                                       has_aux=has_aux, read_with=read_with)
 
-    def __call__(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array]
-                 ) -> jax.Array:
-        new, maps = self.apply(streams_BxTxNxC, branch)
-        self._last_maps = nnx.data(nnx.Intermediate(maps))
-        return new
+    def __call__(self, streams_BxTxNxC: jax.Array, branch: Callable[[jax.Array], jax.Array], *,
+                 has_aux: bool = False):
+        """New streams (with `has_aux`: (new streams, the branch's aux))."""
+        new, maps, *aux = self.apply(streams_BxTxNxC, branch, has_aux=has_aux)
+        # kept only inside nnx.capture (mhc.capture_maps); elsewhere a no-op, so no state
+        self.sow(nnx.Intermediate, "maps", maps, capture_noop=True)
+        return (new, *aux) if has_aux else new
 
     @property
-    def last_maps(self) -> Maps | None:
-        return None if self._last_maps is None else self._last_maps.get_value()
+    def last_maps(self):
+        raise AttributeError(
+            "HyperConnection keeps no maps (as state they broke nnx.state checkpoints and "
+            "retraced jitted steps): `new, maps = hc.apply(streams, branch)`, or "
+            "`out, maps = mhc.capture_maps(model)(x)` for every site of a model")
+
+
+def capture_maps(fn: Callable) -> Callable:
+    """`mhc.capture_maps(model)(*args)` -> (output, {site path: Maps}).
+
+    Runs `fn` (a Module, a bound method, or a function whose first argument is the module, as
+    `nnx.capture` takes) and returns the maps used by each `HyperConnection` called as
+    `hc(...)` inside it, keyed by its path in the model ("blocks.0.hc_attn"; the last call's when
+    a site runs more than once), in the model's order. Call it inside a jitted function to get
+    the maps out of jit. Nothing stays on the module afterwards. Sites run by `hc.apply` or the
+    pure functions record nothing: they return their maps.
+    """
+    captured = nnx.capture(fn, nnx.Intermediate)
+
+    def run(*args, **kwargs):
+        out, sown = captured(*args, **kwargs)
+        maps = {}
+        for path, var in nnx.to_flat_state(sown):
+            calls = var.get_value()
+            if path[-1] == "maps" and calls and isinstance(calls[-1], Maps):
+                maps[".".join(str(k) for k in path[:-1])] = calls[-1]
+        return out, maps
+
+    return run
 
 
 class HyperHead(nnx.Module):
     """Learned collapse of the streams (DeepSeek-V4 HyperHead): `sum_i w_i x_i` with
-    `w = sigmoid(alpha·(RMSNorm(vec x)·phi) + bias) + eps`. Init: phi 0, bias 0 (w = 0.5 each)."""
+    `w = sigmoid(alpha·(RMSNorm(vec x)·phi) + bias) + eps`. Init: phi 0, bias 0 (w = 0.5 each).
+    `rngs` is accepted like any NNX layer's and unused (deterministic init)."""
 
     def __init__(self, width: int, n_streams: int = 4, *, alpha_init: float = 0.01,
                  rngs: nnx.Rngs | None = None):
         del rngs
-        self.phi = nnx.Param(jnp.zeros((n_streams * width, n_streams), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros((n_streams,), jnp.float32))
-        self.alpha = nnx.Param(jnp.asarray(alpha_init, jnp.float32))
+        init = {"phi": jnp.zeros((n_streams * width, n_streams), jnp.float32),
+                "bias": jnp.zeros((n_streams,), jnp.float32),
+                "alpha": jnp.asarray(alpha_init, jnp.float32)}
+        self.phi, self.bias, self.alpha = (_param(init[k], HEAD_AXES[k]) for k in init)
 
     def __call__(self, streams_BxTxNxC: jax.Array) -> jax.Array:
+        n = self.bias[...].shape[0]
+        c = self.phi[...].shape[0] // n
+        check_streams(streams_BxTxNxC, n, c, f"HyperHead(width={c}, n_streams={n})")
         w = connections.hyper_head_weights(self.phi[...], self.bias[...], self.alpha[...],
                                            streams_BxTxNxC)
         return connections.read_streams(w, streams_BxTxNxC)
+# ----------------------------------------------------------------------------- one-line wrap
+class Residual(nnx.Module):
+    """A branch with its residual connection (made by `Sites.wrap`): `site(streams, *args,
+    **kwargs)` -> new streams, calling `branch(h, *args, **kwargs)` (with `has_aux`: (new
+    streams, aux)). With `hc` None (a disabled `Sites`) it is the plain residual
+    `x + branch(x)` on `[B, T, C]`, with no stream axis and no extra parameter."""
+
+    def __init__(self, branch: Callable, hc: HyperConnection | None, has_aux: bool = False):
+        self.branch = branch
+        self.hc = hc
+        self.has_aux = has_aux
+
+    def __call__(self, x, *args, **kwargs):
+        def run(h):
+            return self.branch(h, *args, **kwargs)
+
+        if self.hc is not None:
+            return self.hc(x, run, has_aux=self.has_aux)
+        result = connections.checked_branch(run, self.has_aux)(x)
+        if self.has_aux:
+            out, aux = result
+            return x + out, aux
+        return x + result
+
+
+class Sites:
+    """The residual sites of one model, numbered for you, each branch wrapped in one line:
+
+        sites = mhc.Sites(C, n_streams=4, kind="mhc")  # disable=True: the plain residual model
+        self.attn = sites.wrap(Attention(...))         # site 0 (layer_index 0)
+        self.mlp = sites.wrap(Mlp(...))                # site 1 (layer_index 1), ...
+        self.sites = sites                             # for expand / reduce in __call__
+        # __call__:
+        s = self.sites.expand(x_BxTxC)                 # [B, T, N, C]
+        s = self.mlp(self.attn(s))
+        x = self.sites.reduce(s)                       # [B, T, C]
+
+    Each `wrap` builds a `HyperConnection` (any `ConnectionSpec` option as a keyword here) with
+    the next `layer_index`, in creation order, which is depth order when the model creates its
+    blocks in order (blocks created under `nnx.vmap` pass `layer_index=` themselves). Branches
+    include their own pre-norm. `disable=True` gives the ablation's baseline from the same code:
+    `expand` and `reduce` return x unchanged and every site is `x + branch(x)`. A plain Python
+    object (no arrays), so a module may keep it as a static attribute.
+    """
+
+    def __init__(self, width: int, *, disable: bool = False, collapse: str = "sum",
+                 **options):
+        self.spec = ConnectionSpec(width=width, **options)  # refuses a bad option here
+        if collapse not in connections.COLLAPSE:
+            raise ValueError(f"collapse={collapse!r}; allowed: {', '.join(connections.COLLAPSE)}"
+                             " (or collapse with mhc.HyperHead)")
+        self.disable, self.collapse, self.count = disable, collapse, 0
+
+    def __repr__(self):
+        return (f"Sites(width={self.spec.width}, n_streams={self.spec.n_streams}, "
+                f"kind={self.spec.kind!r}, disable={self.disable}, sites={self.count})")
+
+    def wrap(self, branch: Callable, *, has_aux: bool = False, layer_index=None) -> Residual:
+        """`branch` (`[B, T, C] -> [B, T, C]`) as a residual site; `layer_index` None = the
+        next one (sites made after an explicit index continue from it)."""
+        index = self.count if layer_index is None else layer_index
+        if isinstance(index, int):
+            self.count = index + 1
+        hc = None if self.disable else HyperConnection(spec=self.spec, layer_index=index)
+        return Residual(branch, hc, has_aux)
+
+    def expand(self, x_BxTxC: jax.Array) -> jax.Array:
+        """`[B, T, C]` -> streams `[B, T, N, C]` (disabled: x)."""
+        return x_BxTxC if self.disable else connections.expand_streams(x_BxTxC,
+                                                                       self.spec.n_streams)
+
+    def reduce(self, streams_BxTxNxC: jax.Array) -> jax.Array:
+        """Streams -> `[B, T, C]` by `collapse` (disabled: the input)."""
+        if self.disable:
+            return streams_BxTxNxC
+        check_streams(streams_BxTxNxC, self.spec.n_streams, self.spec.width, "Sites.reduce")
+        return connections.collapse_streams(streams_BxTxNxC, self.collapse)
 
 
 # ------------------------------------------------------------------------------------- Linen
@@ -99,6 +259,8 @@ class _LinenSite(linen.Module):
     def __call__(self, streams_BxTxNxC, branch):
         spec = ConnectionSpec(**{f.name: getattr(self, f.name)
                                  for f in dataclasses.fields(ConnectionSpec)})
+        check_streams(streams_BxTxNxC, spec.n_streams, spec.width,
+                      f"LinenHyperConnection(width={spec.width}, n_streams={spec.n_streams})")
         init = connections.init_params(spec, self.layer_index)
         params = {name: self.param(name, lambda _key, v=value: v) for name, value in init.items()}
         new, maps = connections.apply_site(params, streams_BxTxNxC, branch, spec)
@@ -134,6 +296,8 @@ class LinenHyperHead(linen.Module):
     @linen.compact
     def __call__(self, streams_BxTxNxC):
         n = self.n_streams
+        check_streams(streams_BxTxNxC, n, self.width,
+                      f"LinenHyperHead(width={self.width}, n_streams={n})")
         phi = self.param("phi", linen.initializers.zeros, (n * self.width, n), jnp.float32)
         bias = self.param("bias", linen.initializers.zeros, (n,), jnp.float32)
         alpha = self.param("alpha", lambda _key: jnp.asarray(self.alpha_init, jnp.float32))

@@ -220,10 +220,8 @@ def predict(model, x):
 def fit(model, steps=STEPS, seed=0):
     optimizer = nnx.Optimizer(model, optax.adamw(3e-3, weight_decay=1e-4), wrt=nnx.Param)
     data_rng = np.random.default_rng(seed)  # same batches for every model
-    # A HyperConnection creates its `last_maps` state (shaped like the batch) on its first call.
-    # Making that call before the first jitted step, and predicting in batches of the same size,
-    # keeps the model's state the same shape at every call, so each function compiles once.
-    predict(model, test_x[:BATCH])
+    # The sites hold parameters only, so `train_step` compiles once for all steps, whatever
+    # shapes `predict` sees in between (it compiles once per batch shape it is given).
     losses, start = [], time.perf_counter()
     for _ in range(steps):
         x, y = make_batch(data_rng, BATCH)
@@ -250,17 +248,24 @@ plt.show()
 
 # %% [markdown]
 # ## The learned maps
-# Every `HyperConnection` keeps the maps of its last call in `last_maps` (`Maps(pre, post, res)`,
-# per token). Run the trained model once on a batch of test signals and average over examples and
-# tokens.
+# The sites keep nothing between calls (so `nnx.state(model)` is a plain checkpoint). To see the
+# maps, ask for them: `mhc.capture_maps(model)(x)` runs the model and returns, for every site
+# called, the `Maps(pre, post, res)` it used (per token), keyed by the site's path in the model.
+# Inside `nnx.jit` it returns them out of the compiled function. Run the trained model once on a
+# batch of test signals and average over examples and tokens.
 
 # %%
-predict(with_mhc, test_x[:BATCH])  # the same shapes as in `fit`: no new compilation
-sites = [(f"block {i} {name}", getattr(b, f"hc_{name}"))
-         for i, b in enumerate(with_mhc.blocks) for name in ("token", "channel")]
+@nnx.jit
+def predict_with_maps(model, x):
+    return mhc.capture_maps(model)(x)  # (logits, {"blocks.0.hc_token": Maps, ...})
+
+
+_, captured = predict_with_maps(with_mhc, test_x[:BATCH])
+sites = [(f"block {i} {name}", captured[f"blocks.{i}.hc_{name}"])
+         for i in range(BLOCKS) for name in ("token", "channel")]
 fig, axes = plt.subplots(1, len(sites), figsize=(2.3 * len(sites), 2.7))
-for ax, (name, hc) in zip(axes, sites):
-    res = np.asarray(hc.last_maps.res.mean(axis=(0, 1)))  # [N, N]
+for ax, (name, maps) in zip(axes, sites):
+    res = np.asarray(maps.res.mean(axis=(0, 1)))  # [N, N]
     ax.imshow(res, vmin=0, vmax=1, cmap="Blues")
     for i in range(N_STREAMS):
         for j in range(N_STREAMS):
@@ -271,14 +276,34 @@ fig.suptitle("H_res of each site (mean over tokens)", fontsize=9)
 plt.tight_layout()
 plt.show()
 
-res_all = jnp.stack([hc.last_maps.res for _, hc in sites])  # [sites, B, T, N, N]
+res_all = jnp.stack([maps.res for _, maps in sites])  # [sites, B, T, N, N]
 fwd, bwd = mhc.amax_gain(mhc.composite(res_all))
 row_err, col_err = mhc.doubly_stochastic_error(res_all)
-for name, hc in sites:
-    print(f"{name:16s} H_pre {np.asarray(hc.last_maps.pre.mean((0, 1))).round(2)}  "
-          f"H_post {np.asarray(hc.last_maps.post.mean((0, 1))).round(2)}")
+for name, maps in sites:
+    print(f"{name:16s} H_pre {np.asarray(maps.pre.mean((0, 1))).round(2)}  "
+          f"H_post {np.asarray(maps.post.mean((0, 1))).round(2)}")
 print(f"composite over {len(sites)} sites: forward gain {float(fwd.max()):.6f}, "
       f"backward gain {float(bwd.max()):.6f}; worst column error {float(col_err.max()):.2e}")
+
+# %% [markdown]
+# ## Checkpointing
+# The model holds parameters only, so the standard NNX checkpoint is enough: save `nnx.state`
+# with orbax and restore it into a freshly built model.
+
+# %%
+import tempfile
+
+import orbax.checkpoint as ocp
+
+ckpt_path = os.path.join(tempfile.mkdtemp(), "mixer_mhc")
+checkpointer = ocp.StandardCheckpointer()
+checkpointer.save(ckpt_path, nnx.state(with_mhc))
+checkpointer.wait_until_finished()
+restored = MixerMHC(rngs=nnx.Rngs(1))  # other initial weights
+nnx.update(restored, checkpointer.restore(ckpt_path, nnx.state(restored)))
+same = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(nnx.state(restored)),
+                                                jax.tree.leaves(nnx.state(with_mhc))))
+print("restored bit for bit:", same)
 
 # %% [markdown]
 # ## The same from Linen
@@ -318,7 +343,9 @@ summary = {"params_plain": int(p_plain), "params_mhc": int(p_mhc),
            "last_loss_plain": float(curves["plain residual"][0][-10:].mean()),
            "first_loss_mhc": float(curves["mHC (4 streams)"][0][0]),
            "last_loss_mhc": float(curves["mHC (4 streams)"][0][-10:].mean()),
-           "composite_fwd": float(fwd.max()), "linen_out_shape": list(out.shape)}
+           "composite_fwd": float(fwd.max()), "linen_out_shape": list(out.shape),
+           "checkpoint_restored": same}
+assert summary["checkpoint_restored"]
 assert summary["params_mhc"] > summary["params_plain"]
 assert abs(summary["composite_fwd"] - 1) < 1e-4
 print("SUMMARY " + json.dumps(summary))

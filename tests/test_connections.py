@@ -48,8 +48,8 @@ def test_zero_branch_preserves_stream_sum(kind, convention, tol):
     hc = _randomize(mhc.HyperConnection(C, n_streams=N, kind=kind,
                                         sinkhorn_convention=convention), seed=1, scale=0.1)
     x = _streams(1)
-    out = hc(x, zero_branch)
-    res = np.asarray(hc.last_maps.res, np.float64)
+    out, maps = hc.apply(x, zero_branch)
+    res = np.asarray(maps.res, np.float64)
     assert np.abs(res - np.eye(N)).max() > 0.1  # the mixing is far from identity
     col_err = np.abs(res.sum(-2) - 1).max()
     assert col_err < tol, col_err  # moderate logits: Sinkhorn columns converged at 20 its
@@ -70,16 +70,14 @@ def test_hc_unconstrained_does_not_preserve_sum():
 def test_h_res_is_used(kind):
     hc = _randomize(mhc.HyperConnection(C, n_streams=N, kind=kind), seed=3)
     x = _streams(3)
-    out_a = hc(x, branch)
-    maps_a = hc.last_maps
+    out_a, maps_a = hc.apply(x, branch)
     # zero branch: the output is exactly H_res · x (H_res is really applied)
     np.testing.assert_allclose(hc(x, zero_branch), jnp.einsum("btij,btjc->btic", maps_a.res, x),
                                atol=1e-5)
     bias = hc.params["bias"][...]
     hc.params["bias"][...] = bias.at[2 * N:].add(
         3.0 * jax.random.normal(jax.random.key(4), bias[2 * N:].shape))
-    out_b = hc(x, branch)
-    maps_b = hc.last_maps
+    out_b, maps_b = hc.apply(x, branch)
     np.testing.assert_allclose(maps_b.pre, maps_a.pre, atol=1e-7)  # only H_res changed
     np.testing.assert_allclose(maps_b.post, maps_a.post, atol=1e-7)
     assert float(jnp.abs(maps_b.res - maps_a.res).max()) > 0.05
@@ -100,9 +98,9 @@ def test_hc_init_is_pre_norm_residual(layer_index):
 def test_residual_n1_is_exactly_x_plus_f():
     x = _streams(6, (B, T, 1, C))
     hc = mhc.HyperConnection(C, n_streams=1, kind="residual")
-    out = hc(x, branch)
+    out, maps = hc.apply(x, branch)
     np.testing.assert_array_equal(out, x + branch(x[:, :, 0])[:, :, None])
-    np.testing.assert_array_equal(hc.last_maps.res, np.ones((B, T, 1, 1)))
+    np.testing.assert_array_equal(maps.res, np.ones((B, T, 1, 1)))
     x4 = mhc.expand_streams(x[:, :, 0], 4)
     out4 = mhc.HyperConnection(C, n_streams=4, kind="residual")(x4, branch)
     for i in range(4):
@@ -156,12 +154,10 @@ def test_hyperconnection_wrong_stream_shape(shape):
 
 # -------------------------------------------------------------------------- module behaviour
 @pytest.mark.parametrize("kind", KINDS)
-def test_last_maps_and_maps(kind):
+def test_apply_maps_and_maps(kind):
     hc = mhc.HyperConnection(C, n_streams=N, kind=kind)
-    assert hc.last_maps is None
     x = _streams(8)
-    hc(x, branch)
-    maps = hc.last_maps
+    _, maps = hc.apply(x, branch)
     assert isinstance(maps, mhc.Maps)
     assert maps.pre.shape == (B, T, N) and maps.post.shape == (B, T, N)
     assert maps.res.shape == (B, T, N, N)
@@ -198,17 +194,16 @@ def test_nnx_jit_and_grad(kind):
         assert bool(jnp.isfinite(leaf).all())
     if kind != "residual":
         assert max(float(jnp.abs(leaf).max()) for leaf in leaves) > 0
-    assert hc.last_maps is not None and hc.last_maps.res.shape == (B, T, N, N)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_bf16_streams(kind):
     hc = mhc.HyperConnection(C, n_streams=N, kind=kind)
     x = _streams(10, dtype=jnp.bfloat16)
-    out = hc(x, branch)
+    out, maps = hc.apply(x, branch)
     assert out.dtype == jnp.bfloat16 and out.shape == x.shape
     assert bool(jnp.isfinite(out.astype(jnp.float32)).all())
-    for m in hc.last_maps:
+    for m in maps:
         assert m.dtype == jnp.float32
     ref = hc(x.astype(jnp.float32), lambda h: branch(h.astype(jnp.bfloat16)).astype(jnp.float32))
     np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=0.1, rtol=0.05)
@@ -232,10 +227,10 @@ def test_linen_matches_nnx(kind):
     for name, value in params.items():
         hc.params[name][...] = value
     out_linen, state = linen_mod.apply({"params": params}, x, branch, mutable=["intermediates"])
-    out_nnx = hc(x, branch)
+    out_nnx, maps = hc.apply(x, branch)
     np.testing.assert_allclose(out_linen, out_nnx, atol=1e-6)
     sown = state["intermediates"]["maps"][0]
-    np.testing.assert_allclose(sown.res, hc.last_maps.res, atol=1e-7)
+    np.testing.assert_allclose(sown.res, maps.res, atol=1e-7)
     assert float(jnp.abs(out_nnx - mhc.HyperConnection(C, n_streams=N, kind=kind,
                                                        layer_index=2)(x, branch)).max()) > 1e-2
 
@@ -310,16 +305,14 @@ def test_connection_spec_pre_eps_and_kinds():
 
 def test_mhc_identity_init_maps():
     hc = mhc.HyperConnection(C, n_streams=N, kind="mhc", layer_index=1)
-    hc(_streams(15), branch)
-    maps = hc.last_maps
+    _, maps = hc.apply(_streams(15), branch)
     assert float(jnp.abs(maps.res - jnp.eye(N)).max()) < 2e-3  # res_init="identity"
     sig = 1 / (1 + np.exp(-1.0))
     np.testing.assert_allclose(maps.pre[0, 0], [1 - sig, sig, 1 - sig, 1 - sig], atol=1e-6)
     np.testing.assert_allclose(maps.post[0, 0], 2 * np.array([1 - sig, sig, 1 - sig, 1 - sig]),
                                atol=1e-6)
     hc_u = mhc.HyperConnection(C, n_streams=N, kind="mhc", res_init="uniform")
-    hc_u(_streams(15), branch)
-    np.testing.assert_allclose(hc_u.last_maps.res, 0.25, atol=1e-6)
+    np.testing.assert_allclose(hc_u.apply(_streams(15), branch)[1].res, 0.25, atol=1e-6)
 
 
 @pytest.mark.parametrize("learned", [("res",), ("pre", "res"), ("post",)])

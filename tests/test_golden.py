@@ -114,9 +114,9 @@ def _site(kind, d, **kwargs):
 
 
 def _run(hc, d):
-    out = hc(jnp.asarray(d["x"], jnp.float32), branch_jax(d["w"]))
+    out, maps = hc.apply(jnp.asarray(d["x"], jnp.float32), branch_jax(d["w"]))
     assert out.shape == (B, T, N, C) and out.dtype == jnp.float32
-    return np.asarray(out, np.float64), hc.last_maps
+    return np.asarray(out, np.float64), maps
 
 
 def _as64(d):

@@ -337,8 +337,8 @@ def test_register_custom_manifold_used_by_hyperconnection(reversal_manifold):
     assert reversal_manifold in manifolds.names()
     hc = mhc.HyperConnection(8, n_streams=4, kind="mhc", manifold=reversal_manifold)
     streams = jax.random.normal(_key(17), (2, 3, 4, 8))
-    out = hc(streams, lambda h: jnp.zeros_like(h))  # zero branch: out = H_res · x
-    np.testing.assert_array_equal(hc.last_maps.res[0, 0], np.eye(4)[::-1])
+    out, maps = hc.apply(streams, lambda h: jnp.zeros_like(h))  # zero branch: out = H_res · x
+    np.testing.assert_array_equal(maps.res[0, 0], np.eye(4)[::-1])
     np.testing.assert_allclose(out, streams[..., ::-1, :], atol=1e-6)
 
 
@@ -520,8 +520,7 @@ def test_go_mhc_through_the_connection_and_config():
     hc = mhc.HyperConnection(8, n_streams=4, manifold="go_mhc", go_block=2)
     assert hc.params["bias"].shape == (2 * 4 + 28,)  # 28 logits for n = 4, s = 2 (the paper)
     streams = jax.random.normal(_key(10), (2, 3, 4, 8))
-    hc(streams, jnp.tanh)
-    np.testing.assert_allclose(hc.last_maps.res, np.broadcast_to(np.eye(4), (2, 3, 4, 4)),
+    np.testing.assert_allclose(hc.apply(streams, jnp.tanh)[1].res, np.broadcast_to(np.eye(4), (2, 3, 4, 4)),
                                atol=1e-6)
     cfg = apply_overrides(recipes.get("tiny"), ["manifold=go_mhc", "go_block=1"])
     assert cfg.model.connection_spec().num_res_logits == 6
