@@ -18,6 +18,9 @@ check failed or errored. Parts stop early, and say so, when their share of --bud
 
     python -m benchmarks.accelerator_check [--parts a,d]  # < 8 min: 420 s budget + start-up
     python -m benchmarks.accelerator_check --smoke --out /tmp/check.md  # CPU, tiny: ~1 min
+    python -m benchmarks.accelerator_check --compile-only --target h100x1  # here, no device
+      (every program of the parts compiled by the target's compiler: benchmarks/
+      accelerator_compile.py; needs pip install -e ".[aot]")
 
 Needs jax, flax, optax, orbax-checkpoint and grain (imported by `mhc` modules; grain is not used)
 and this repository; synthetic data only: no corpus, no wandb, no matplotlib, nothing downloaded.
@@ -35,6 +38,7 @@ import os
 import re
 import sys
 import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -141,12 +145,50 @@ SITE_TOL = {"new streams (bf16)": 2e-2, "H_pre": 1e-4, "H_post": 1e-4, "H_res": 
             "d phi": 1e-2, "d bias": 1e-2, "d alpha": 1e-2, "d streams (bf16)": 2e-2}
 
 
+# n, C, tokens, Sinkhorn iterations, timing reps; smoke: n = 2 and 3 iterations keep the
+# interpret-mode programs (and their compile) small
+A_SHAPES = {False: (4, 2560, 4096, 20, 5), True: (2, 32, 40, 3, 1)}
+
+
+def sinkhorn_programs(convention: str, target: str, iters: int) -> dict:
+    """{"kernel", "xla"}: jitted (x [M, N, N], cotangent g) -> ((sum h·g, h), d x) of the Pallas
+    Sinkhorn on `target` and of `mhc.manifolds.sinkhorn`."""
+    from mhc import kernels, manifolds
+
+    def value_and_grad(fn):
+        def loss(x, g):
+            h = fn(x, iters, convention=convention)
+            return jnp.sum(h * g), h
+        return jax.jit(jax.value_and_grad(loss, has_aux=True))
+    return {"kernel": value_and_grad(functools.partial(kernels.sinkhorn, target=target)),
+            "xla": value_and_grad(manifolds.sinkhorn)}
+
+
+def site_programs(spec, targets) -> dict:
+    """{target or "xla" / "reference": jitted (params, streams [M, N, C], cotangent) -> ((loss,
+    (new, maps)), (d params, d streams))}: the fused site on each kernel target and the
+    pure-JAX site, every output carrying a cotangent; branch F = tanh."""
+    from mhc import connections as cx
+    from mhc import kernels
+
+    def site_fn(apply, site_spec):
+        def loss(params, streams, cot):
+            new, maps = apply(params, streams, jnp.tanh, site_spec)
+            return (jnp.sum(new.astype(jnp.float32) * cot) + jnp.sum(maps.res ** 2)
+                    + jnp.sum(maps.pre * maps.post)), (new, maps)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    fns = {ref: site_fn(cx.apply_site, dataclasses.replace(spec, kernels=ref))
+           for ref in ("xla", "reference")}
+    fns.update({t: site_fn(functools.partial(kernels.apply_site, target=t), spec)
+                for t in targets})
+    return fns
+
+
 def part_a(p: Part, smoke: bool):
     from mhc import connections as cx
     from mhc import kernels, manifolds
 
-    # smoke: n = 2 and 3 iterations keep the interpret-mode programs (and their compile) small
-    n, c, tokens, iters, reps = (2, 32, 40, 3, 1) if smoke else (4, 2560, 4096, 20, 5)
+    n, c, tokens, iters, reps = A_SHAPES[smoke]
     targets = kernels.backend_targets()  # every kernel on each (GPU: Mosaic GPU and Triton)
     p.lines += [f"Shapes: {tokens} tokens, n = {n}, C = {c}, Sinkhorn {iters} iterations; "
                 f"streams bf16, maps fp32. Kernel targets: {', '.join(targets)}"
@@ -162,16 +204,8 @@ def part_a(p: Part, smoke: bool):
     def sinkhorn_check(convention, target):
         x = 2.0 * jax.random.normal(jax.random.key(1), (tokens, n, n))
         g = jax.random.normal(jax.random.key(2), (tokens, n, n))
-
-        def value_and_grad(fn):
-            def loss(x):
-                h = fn(x)
-                return jnp.sum(h * g), h
-            return jax.jit(jax.value_and_grad(loss, has_aux=True))
-        kernel = functools.partial(kernels.sinkhorn, target=target)
-        fns = {name: value_and_grad(lambda x, f=f: f(x, iters, convention=convention))
-               for name, f in (("kernel", kernel), ("xla", manifolds.sinkhorn))}
-        ((_, h_k), dx_k), ((_, h_r), dx_r) = fns["kernel"](x), fns["xla"](x)
+        fns = sinkhorn_programs(convention, target, iters)
+        ((_, h_k), dx_k), ((_, h_r), dx_r) = fns["kernel"](x, g), fns["xla"](x, g)
         for quantity, a, b in (("values", h_k, h_r), ("grad", dx_k, dx_r)):
             rtol, atol = SINKHORN_TOL[quantity]
             worst = _err(a, b, rtol, atol)
@@ -179,7 +213,7 @@ def part_a(p: Part, smoke: bool):
             p.lines.append(f"| sinkhorn {convention} ({target}) vs mhc.manifolds | {quantity} | "
                            f"{worst:.2g} of bound (max abs {np.abs(np.float32(a) - b).max():.1e})"
                            f" | rtol {rtol:g}, atol {atol:g} | {'yes' if ok else 'NO'} |")
-        t = _median_times(fns, (x,), reps)
+        t = _median_times(fns, (x, g), reps)
         timing.append(f"| sinkhorn {convention} ({target}) [{tokens}, {n}, {n}] | "
                       f"{1e3 * t['kernel']:.3f} | "
                       f"{1e3 * t['xla']:.3f} | {t['kernel'] / t['xla']:.2f}x |")
@@ -201,25 +235,18 @@ def part_a(p: Part, smoke: bool):
     streams = (2.0 * jax.random.normal(k[2], (tokens, n, c))).astype(jnp.bfloat16)
     cot = jax.random.normal(k[3], (tokens, n, c))
 
-    def site_fn(apply, site_spec):
-        def loss(params, streams):  # every output carries a cotangent
-            new, maps = apply(params, streams, jnp.tanh, site_spec)
-            return (jnp.sum(new.astype(jnp.float32) * cot) + jnp.sum(maps.res ** 2)
-                    + jnp.sum(maps.pre * maps.post)), (new, maps)
-        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-
     def unpack(out):
         (_, (new, maps)), (g_params, g_streams) = out
         return {"new streams (bf16)": new, "H_pre": maps.pre, "H_post": maps.post,
                 "H_res": maps.res, "d phi": g_params["phi"], "d bias": g_params["bias"],
                 "d alpha": g_params["alpha"], "d streams (bf16)": g_streams}
 
-    fns = {ref: site_fn(cx.apply_site, dataclasses.replace(spec, kernels=ref))
-           for ref in ("xla", "reference")}
+    fns = site_programs(spec, targets)
+
     want = {}
     # the site on the same targets
     for t_name in targets:
-        kernel = site_fn(functools.partial(kernels.apply_site, target=t_name), spec)
+        kernel = fns[t_name]
         got = {}
         for ref in ("xla", "reference"):
             if p.over_budget(f"fused site ({t_name}) vs kernels={ref}"):
@@ -228,9 +255,9 @@ def part_a(p: Part, smoke: bool):
 
             def site_check(ref=ref, kernel=kernel, got=got, t_name=t_name):
                 if "kernel" not in got:
-                    got["kernel"] = unpack(kernel(params, streams))
+                    got["kernel"] = unpack(kernel(params, streams, cot))
                 if ref not in want:
-                    want[ref] = unpack(fns[ref](params, streams))
+                    want[ref] = unpack(fns[ref](params, streams, cot))
                 for quantity, tol in SITE_TOL.items():
                     err = _err(got["kernel"][quantity], want[ref][quantity])
                     ok = p.check(f"site ({t_name}) vs {ref}: {quantity}", err <= tol)
@@ -239,7 +266,7 @@ def part_a(p: Part, smoke: bool):
             p.guard(f"fused site ({t_name}) vs kernels={ref}", site_check)
         if not p.over_budget(f"fused site ({t_name}) timing"):
             t = p.guard(f"fused site ({t_name}) timing", lambda kernel=kernel: _median_times(
-                {"kernel": kernel, "xla": fns["xla"]}, (params, streams), reps))
+                {"kernel": kernel, "xla": fns["xla"]}, (params, streams, cot), reps))
             if t:
                 ms = {k: f"{1e3 * v:.3f}" for k, v in t.items()}
                 timing.append(f"| mHC site ({t_name}), F = tanh, [{tokens}, {n}, {c}] bf16 | "
@@ -400,19 +427,27 @@ MOE_SMOKE = ("ffn=moe", "d_model=32", "n_layers=2", "n_heads=2", "d_ff=64", "n_r
              "batch_size=2", "n_streams=2")
 
 
-def part_c(p: Part, smoke: bool):
+def moe_variants(smoke: bool):
+    """(base config, {dispatch name: overrides}) of part c."""
     from experiments.common import make_config
-    from mhc.config import apply_overrides
 
-    build = _step_time().build
     # no warmup: the second step's loss then depends on the first step's gradients
     base = make_config("tiny", (*(MOE_SMOKE if smoke else MOE), "warmup_steps=0", "lr=1e-3"))
-    m, t = base.model, base.train
-    drop_free = m.n_routed_experts / m.n_active_experts  # capacity = all tokens of a group
+    drop_free = base.model.n_routed_experts / base.model.n_active_experts  # capacity = all
     variants = {"ragged": ("moe_dispatch=ragged",),
                 "capacity, drop-free": ("moe_dispatch=capacity", f"capacity_factor={drop_free}")}
     if not smoke:  # the check needs only the two above: this one only adds a compile
         variants["capacity"] = ("moe_dispatch=capacity",)
+    return base, variants
+
+
+def part_c(p: Part, smoke: bool):
+    from mhc.config import apply_overrides
+
+    build = _step_time().build
+    base, variants = moe_variants(smoke)
+    m, t = base.model, base.train
+    drop_free = m.n_routed_experts / m.n_active_experts
     rounds, steps = (1, 1) if smoke else (5, 3)
     p.lines += [f"Model: mHC, d_model {m.d_model}, {m.n_layers} layers ({m.n_dense_layers} "
                 f"dense), {m.n_routed_experts} routed experts ({m.n_active_experts} active) + "
@@ -566,8 +601,23 @@ def main(argv=None) -> int:
                     help="wall-clock budget; parts skip what is left once their share is spent "
                          "(default 420; --smoke: none, a wiring check runs every part however "
                          "loaded the machine is)")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="compile every program for --target on this machine, run nothing")
+    ap.add_argument("--target", default=None, help="with --compile-only: h100x1, v5e-1, ... "
+                    "(mhc compile --list-targets)")
     args = ap.parse_args(argv)
     keys = parse_parts(args.parts)
+    if args.compile_only:
+        from benchmarks import accelerator_compile
+        from mhc import targets
+        try:
+            target = targets.parse(args.target or "cpu").name
+        except ValueError as e:
+            raise SystemExit(f"--target: {e}") from None
+        out = args.out or os.path.join(HERE, "results", f"accelerator_compile_{target}.md")
+        check = types.SimpleNamespace(**globals())  # this module, also when loaded by path
+        return accelerator_compile.compile_all(check, target, keys, args.smoke,
+                                               None if args.smoke and not args.out else out)
     if args.budget_s is None:
         args.budget_s = math.inf if args.smoke else 420.0
     if not args.budget_s > 0:

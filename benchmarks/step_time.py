@@ -50,9 +50,10 @@ def configs(smoke: bool):
     return {"tiny": recipes.get("tiny"), "bench": bench}
 
 
-def build(cfg, kind=None, remat=None):
+def build(cfg, kind=None, remat=None, abstract=False):
     """(jitted pure step, state, batch) for one kind (default the config's) and remat policy
-    (default the config's)."""
+    (default the config's). `abstract`: state and batch as ShapeDtypeStructs (nothing
+    allocated; for compiling only)."""
     from mhc import train_step
     from mhc.config import Config
     from mhc.model import Decoder
@@ -61,9 +62,12 @@ def build(cfg, kind=None, remat=None):
     if remat is not None:
         model_cfg = dataclasses.replace(model_cfg, remat=remat)
     cfg = Config(model_cfg, cfg.train)
-    model = Decoder(cfg.model, rngs=nnx.Rngs(0))
-    optimizer = train_step.make_optimizer(model, cfg)
-    graphdef, state = nnx.split((model, optimizer))
+
+    def make():
+        model = Decoder(cfg.model, rngs=nnx.Rngs(0))
+        return model, train_step.make_optimizer(model, cfg)
+
+    graphdef, state = nnx.split(nnx.eval_shape(make) if abstract else make())
 
     def pure(state, batch):
         model, optimizer = nnx.merge(graphdef, state)
@@ -74,6 +78,8 @@ def build(cfg, kind=None, remat=None):
                                                         cfg.train.seq_len + 1))
     batch = {"inputs": jnp.asarray(tokens[:, :-1], jnp.int32),
              "targets": jnp.asarray(tokens[:, 1:], jnp.int32)}
+    if abstract:
+        batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), batch)
     return jax.jit(pure, donate_argnums=0), state, batch
 
 

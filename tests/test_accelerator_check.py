@@ -1,6 +1,7 @@
 """benchmarks/accelerator_check.py: its --smoke run (CPU, Pallas in interpret mode, tiny shapes)
 passes every part and writes the report with each part's table; bad options exit in one line
 before anything runs or is written."""
+import importlib.util
 import re
 
 import pytest
@@ -95,3 +96,26 @@ def test_device_name_of_the_report():
     module = _load()
     assert module.device_slug() == "cpu"
     assert module.parse_parts("d, a") == ["a", "d"]  # runs in a..d order
+
+
+@pytest.mark.slow  # compiles the smoke programs of part a with XLA:GPU (~1 min idle)
+@pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+                    reason="needs jax's CUDA plugin (pip install -e '.[aot]')")
+def test_compile_only_compiles_every_program_for_an_h100(tmp_path, capsys):
+    """--compile-only --target h100x1: every kernel target of the GPU (Mosaic GPU and Triton)
+    and the pure-JAX references compile here, nothing runs."""
+    out = tmp_path / "compile.md"
+    assert _load().main(["--compile-only", "--target", "h100x1", "--smoke", "--parts", "a",
+                          "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "H100" in text and "XLA:GPU" in text and "FAILED" not in text
+    for program in ("sinkhorn paper mosaic_gpu", "sinkhorn deepseek_v4 xla", "mHC site mosaic_gpu",
+                    "mHC site reference", "mHC site triton"):
+        assert f"| {program} | ok |" in text
+    assert "mosaic_gpu_v2" in text  # the kernels are in the programs, not silently XLA
+    assert "10/10 compiled" in capsys.readouterr().out
+
+
+def test_compile_only_refuses_a_bad_target_in_one_line():
+    with pytest.raises(SystemExit, match="--target: unknown target 'tpu9'"):
+        _load().main(["--compile-only", "--target", "tpu9", "--smoke"])
