@@ -278,3 +278,24 @@ def test_compile_cli_lists_targets_and_refuses_bad_ones(capsys):
     assert cli.main(["compile", "--recipe", "tiny", "--target", "v5p-7"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "v5p-N counts TensorCores" in err[0]
+
+
+def test_bare_import_stays_on_the_cpu_and_quiet():
+    """`import mhc` on this CPU-only host: JAX's default backend stays the CPU and nothing is
+    printed, with or without the `.[aot]` plugins (whose failed start-up would print pages)."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    proc = subprocess.run([sys.executable, "-c", "import mhc, jax; print(jax.default_backend(),"
+                           " len(jax.devices()))"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.split()[0] == "cpu"
+    assert proc.stderr.strip() == ""
+
+
+def test_keep_host_on_cpu_leaves_a_users_choice(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda")
+    before = jax.config.jax_platforms
+    targets.keep_host_on_cpu()
+    assert jax.config.jax_platforms == before
