@@ -149,7 +149,10 @@ def _has_libtpu() -> bool:
 
 
 def _has_cuda_plugin() -> bool:
-    return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    try:  # find_spec of a submodule raises when its package (jax_plugins) is absent
+        return importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def _gpu_target_config(gen: str) -> str:

@@ -1,11 +1,12 @@
 """benchmarks/accelerator_check.py: its --smoke run (CPU, Pallas in interpret mode, tiny shapes)
 passes every part and writes the report with each part's table; bad options exit in one line
 before anything runs or is written."""
-import importlib.util
 import re
 
 import pytest
 from test_scripts import _load as load_script
+
+from mhc import targets
 
 
 def _load():
@@ -99,7 +100,7 @@ def test_device_name_of_the_report():
 
 
 @pytest.mark.slow  # compiles the smoke programs of part a with XLA:GPU (~1 min idle)
-@pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+@pytest.mark.skipif(not targets._has_cuda_plugin(),
                     reason="needs jax's CUDA plugin (pip install -e '.[aot]')")
 def test_compile_only_compiles_every_program_for_an_h100(tmp_path, capsys):
     """--compile-only --target h100x1: every kernel target of the GPU (Mosaic GPU and Triton)

@@ -1,7 +1,6 @@
 """Compile targets (`mhc.targets`), the platform every "auto" follows, kernels on a mesh, and
 plans from the real TPU (libtpu) and H100 (XLA:GPU) compilers when `.[aot]` is installed."""
 import dataclasses
-import importlib.util
 import math
 
 import jax
@@ -14,8 +13,8 @@ import mhc
 from mhc import aot, connections, sharding, targets
 from mhc.config import ModelConfig
 
-HAS_TPU = importlib.util.find_spec("libtpu") is not None
-HAS_GPU = importlib.util.find_spec("jax_plugins.xla_cuda12") is not None
+HAS_TPU = targets._has_libtpu()
+HAS_GPU = targets._has_cuda_plugin()
 needs_tpu = pytest.mark.skipif(not HAS_TPU, reason="needs libtpu (pip install -e '.[aot]')")
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs jax's CUDA plugin ('.[aot]')")
 
