@@ -64,6 +64,12 @@ def constrain(x: jax.Array, names: tuple[str | None, ...], rules=RULES) -> jax.A
     return jax.lax.with_sharding_constraint(x, logical_spec(x.shape, names, mesh, rules))
 
 
+def token_axes(n_tokens: int, mesh) -> tuple[str, ...]:
+    """The batch mesh axes that split a leading dimension of `n_tokens` (those that divide it)."""
+    axes = logical_spec((n_tokens,), ("batch",), mesh)[0]
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def per_token_shard(fn: Callable, n_tokens: int, in_ranks: tuple[int | None, ...],
                     out_ranks: tuple[int, ...]) -> Callable:
     """`fn` run per shard of the leading (batch / token) dimension under `jax.shard_map` when a
@@ -76,7 +82,7 @@ def per_token_shard(fn: Callable, n_tokens: int, in_ranks: tuple[int | None, ...
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn
-    axes = logical_spec((n_tokens,), ("batch",), mesh)[0]
+    axes = token_axes(n_tokens, mesh) or None
 
     def spec(rank):
         return P() if rank is None else P(axes, *(None,) * (rank - 1))

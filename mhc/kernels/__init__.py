@@ -106,10 +106,9 @@ def apply_site(params: dict, streams_xNxC: jax.Array, branch: Callable[[jax.Arra
     if not batch:
         raise ValueError(f"streams shape {streams_xNxC.shape}; expected [..., N, C] with at "
                          f"least one token dimension")
-    mesh = jax.sharding.get_abstract_mesh()
-    shards = 1 if mesh.empty else math.prod(
-        mesh.shape[a] for a in jax.tree.leaves(sharding.logical_spec(
-            (batch[0],), ("batch",), mesh)[0]))
+    mesh = jax.sharding.get_abstract_mesh()  # the kernels see one token shard's rows
+    shards = 1 if mesh.empty else math.prod(mesh.shape[a] for a in sharding.token_axes(
+        batch[0], mesh))
     m_shard = math.prod(batch) // shards
     tc = chunk_width(c, target)
     s = Static(n=n, c=c, cp=-(-c // tc) * tc, tc=tc,
