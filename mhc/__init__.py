@@ -26,6 +26,7 @@ from mhc import manifolds  # noqa: E402  (after the platform choice above)
 from mhc.connections import (ConnectionSpec, Maps, apply_site, collapse_streams, compute_maps,
                              expand_streams)
 from mhc.diagnostics import amax_gain, composite, doubly_stochastic_error, map_stats
+from mhc.inspect_run import load_run
 from mhc.layers import (HyperConnection, HyperHead, LinenHyperConnection, LinenHyperHead, Sites,
                         capture_maps)
 from mhc.manifolds import sinkhorn
@@ -35,5 +36,5 @@ __all__ = [
     "ConnectionSpec", "HyperConnection", "HyperHead", "LinenHyperConnection", "LinenHyperHead",
     "Maps", "Sites", "amax_gain", "apply_site", "capture_maps", "collapse_streams", "composite",
     "compute_maps",
-    "doubly_stochastic_error", "expand_streams", "manifolds", "map_stats", "sinkhorn",
+    "doubly_stochastic_error", "expand_streams", "load_run", "manifolds", "map_stats", "sinkhorn",
 ]

@@ -15,14 +15,15 @@ checkpoint written on 8 devices restores onto 4 or 1, or onto another mesh, with
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
 import shutil
 import typing
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 from flax import nnx
 
 
@@ -45,14 +46,34 @@ def manager(run_dir: str, *, keep_last: int = 3, keep_every: int = 0, async_save
     directory). `read_only` touches nothing, so it is safe next to a live run."""
     path = directory(run_dir)
     if read_only:
-        return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
-            read_only=True, create=False))
+        # save_interval_steps=0 and max_to_keep=None are what read_only implies (orbax warns when
+        # it has to set them itself); its "Given directory is read only" note has no option
+        with _quiet_read_only_note():
+            return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
+                read_only=True, create=False, save_interval_steps=0, max_to_keep=None))
     if jax.process_index() == 0:
         for partial in glob.glob(os.path.join(glob.escape(path), "*.orbax-checkpoint-tmp*")):
             shutil.rmtree(partial, ignore_errors=True)
     return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(
         max_to_keep=keep_last, keep_period=keep_every or None, create=True,
         enable_async_checkpointing=async_save))
+
+
+class _DropReadOnlyNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only_note():
+    """Drop orbax's warning that a read-only manager is read-only, and nothing else (other
+    warnings of the load still show), for the duration of the block."""
+    logger, note = logging.getLogger("absl"), _DropReadOnlyNote()
+    logger.addFilter(note)
+    try:
+        yield
+    finally:
+        logger.removeFilter(note)
 
 
 def _abstract(state):
@@ -113,10 +134,4 @@ def load_model(run_dir: str, step: int | None = None):
 
     cfg = load_run_config(run_dir)
     model = Decoder(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-    verbosity = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax warns that read-only is read-only
-    try:
-        restored = restore(run_dir, model, step=step)
-    finally:
-        absl_logging.set_verbosity(verbosity)
-    return model, cfg, restored.step
+    return model, cfg, restore(run_dir, model, step=step).step

@@ -4,6 +4,7 @@
     mhc train --resume --run-dir runs/tiny-mhc-s0           # continue exactly where it stopped
     mhc data prepare corpus/*.txt --out data/train.bin [--tokenizer tokenizer.json]
     mhc plot runs/tiny-mhc-s0
+    mhc inspect runs/tiny-mhc-s0 [--step N]                  # the learned maps: PNG + text
     mhc eval runs/tiny-mhc-s0 --task data/hellaswag.jsonl [--shots K] [--out results.json]
     mhc compile --recipe 27b --mesh fsdp=64,expert=8 --hbm 80GiB
     mhc info
@@ -35,7 +36,7 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT) -> int:
 def _resolve_config(args):
     """(config, run_dir) from the recipe + overrides, or from RUN_DIR/config.json on --resume."""
     from mhc import recipes, rundir
-    from mhc.config import apply_overrides, default_run_dir
+    from mhc.config import apply_overrides, default_run_dir, extend
 
     overrides = list(args.overrides)
     if args.steps is not None:
@@ -49,23 +50,49 @@ def _resolve_config(args):
         return cfg, args.run_dir or default_run_dir(cfg, args.recipe)
     if not args.run_dir:
         raise ConfigError("--resume needs --run-dir RUN_DIR (the run to continue)")
-    return apply_overrides(rundir.load_run_config(args.run_dir), overrides), args.run_dir
+    saved = rundir.load_run_config(args.run_dir)
+    cfg = apply_overrides(saved, overrides)
+    if cfg.train.steps != saved.train.steps:  # --steps N: train the run longer
+        cfg = apply_overrides(extend(saved, cfg.train.steps), overrides)
+    return cfg, args.run_dir
+
+
+def _header(args, cfg, run_dir) -> str:
+    """What defines the run, on one line: recipe, connection, the overrides, size, directory."""
+    from mhc import recipes
+    from mhc.config import changed
+
+    m, t = cfg.model, cfg.train
+    if args.resume:
+        source = "resume"
+        if t.schedule_steps and t.schedule_steps < t.steps:
+            source += (f" to step {t.steps} (LR schedule of {t.schedule_steps} steps, then its "
+                       f"final LR)")
+    else:
+        source = f"recipe={args.recipe}"
+    connection = f"residual={m.residual}"
+    if m.residual not in ("residual", "hc"):  # HC's maps are not projected onto a manifold
+        connection += f" manifold={m.manifold}"
+    base = recipes.get(args.recipe) if not args.resume else None
+    extra = [c for c in changed(cfg, base) if not c.startswith(("residual=", "manifold="))] \
+        if base else []
+    _, total = recipes.count_params(cfg)
+    return (f"mhc train: {source} {connection} streams={m.streams}"
+            + (f" overrides: {' '.join(extra)}" if extra else "")
+            + f" params={total:,} run_dir={run_dir}")
 
 
 def _train(args) -> int:
     import signal
 
-    from mhc import recipes, sharding, train
+    from mhc import sharding, train
 
     cfg, run_dir = _resolve_config(args)
     if args.coordinator:
         sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     if cfg.train.mesh:  # fail before anything is written
         sharding.check_batch(cfg.train.batch_size, sharding.make_mesh(cfg.train.mesh))
-    _, total = recipes.count_params(cfg)
-    source = "resume" if args.resume else f"recipe={args.recipe}"
-    print(f"mhc train: {source} residual={cfg.model.residual} streams={cfg.model.streams} "
-          f"params={total:,} run_dir={run_dir}", flush=True)
+    print(_header(args, cfg, run_dir), flush=True)
     try:
         result = train.run(cfg, run_dir, resume=args.resume, overwrite=args.overwrite)
     except train.TrainingInterrupted as e:
@@ -96,6 +123,16 @@ def _plot(args) -> int:
     from mhc import plot
 
     print(f"wrote {plot.plot_run(args.run_dir, args.out)}", flush=True)
+    return 0
+
+
+def _inspect(args) -> int:
+    from mhc import inspect_run
+
+    result = inspect_run.inspect(args.run_dir, args.step, args.out, batch=args.batch,
+                                 seq_len=args.seq_len)
+    print(result.text)
+    print(f"wrote {result.png}", flush=True)
     return 0
 
 
@@ -141,7 +178,7 @@ def _compile(args) -> int:
     if args.json:
         from mhc import rundir
         rundir.write_json_atomic(args.json, {"recipe": args.recipe, "overrides": overrides,
-                                             **plan})
+                                             **plan, "provenance": rundir.provenance_entry()})
     limit = hbm or target.hbm_bytes
     if limit and plan["peak_bytes"] > limit:
         return _fail(f"plan does not fit: compiled peak {plan['peak_bytes'] / 2**30:.2f} GiB per "
@@ -165,6 +202,22 @@ def _use_fake_cpu_devices(n: int):
     jax.config.update("jax_platforms", "cpu")
 
 
+def _keys(args) -> int:
+    from mhc import recipes
+    from mhc.config import keys
+
+    rows = [r for r in keys(recipes.get(args.recipe))
+            if not args.match or any(m in r[1] for m in args.match)]
+    if not rows:
+        return _fail(f"no config key contains {' or '.join(map(repr, args.match))}")
+    width = max(len(r[1]) for r in rows)
+    print(f"config keys (key=value; model.KEY / train.KEY also work), values of recipe "
+          f"{args.recipe}:")
+    for section, name, kind, value in rows:
+        print(f"  {section:5s} {name:<{width}}  {kind:<16s} {value!r}")
+    return 0
+
+
 def _info(_args) -> int:
     import flax
     import jax
@@ -183,6 +236,18 @@ def _info(_args) -> int:
         m = cfg.model
         print(f"  {name}: {m.n_layers} layers, d_model {m.d_model}, {total:,} params")
     return 0
+
+
+def _keys_epilog() -> str:
+    import dataclasses
+
+    from mhc.config import ModelConfig, TrainConfig
+
+    def names(cls):
+        return ", ".join(f.name for f in dataclasses.fields(cls))
+    return (f"model keys: {names(ModelConfig)}. train keys: {names(TrainConfig)}. "
+            f"`mhc keys [TEXT]` shows their types and values. --resume --steps N trains a run "
+            f"longer: its LR schedule keeps its length, so the LR stays at its final value.")
 
 
 def _residual_flag(p) -> None:
@@ -213,6 +278,13 @@ def _parser() -> _Parser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. lr=1e-3 n_layers=8 corpus=data/train.bin")
     p.set_defaults(func=_train)
+    p.epilog = _keys_epilog()
+
+    p = sub.add_parser("keys", help="list the config keys (key=value overrides) with their "
+                                    "types and a recipe's values")
+    p.add_argument("match", nargs="*", help="only keys containing one of these strings")
+    p.add_argument("--recipe", default="tiny")
+    p.set_defaults(func=_keys)
 
     p = sub.add_parser("data", help="data tools")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -233,6 +305,16 @@ def _parser() -> _Parser:
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="default: RUN_DIR/curves.png")
     p.set_defaults(func=_plot)
+
+    p = sub.add_parser("inspect", help="a run's learned maps at a checkpoint: H_res and composite "
+                                       "heatmaps, H_pre/H_post, gain and diversity over depth")
+    p.add_argument("run_dir")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/inspect-<step>.png)")
+    p.add_argument("--batch", type=int, default=4, help="held-out windows to average over")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per window (default: the run's seq_len)")
+    p.set_defaults(func=_inspect)
 
     p = sub.add_parser("eval", help="score a checkpoint on local task files (few-shot "
                                     "log-likelihood ranking / exact match, paper Table 4)")

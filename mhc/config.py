@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import typing
@@ -191,6 +192,10 @@ class TrainConfig:
     seq_len: int = 128
     lr: float = 3e-3
     lr_schedule: str = "paper"  # paper: x0.316 at 80 %, x0.1 at 90 % of steps; constant: none
+    # the length the schedule is laid out over (0 = steps). `mhc train --resume --steps N` pins it
+    # to the finished length, so an extended run continues at its final LR (no re-warm-up jump
+    # from x0.1 back to lr; see extend)
+    schedule_steps: int = 0
     warmup_steps: int = 20
     weight_decay: float = 0.1
     b1: float = 0.9
@@ -239,10 +244,11 @@ class TrainConfig:
     def __post_init__(self):
         _positive_int(self, "steps", "batch_size", "seq_len", "eval_every", "eval_batches",
                       "log_every", "microbatches", "keep_last", "nan_patience")
-        for name in ("checkpoint_every", "keep_every"):
+        for name in ("checkpoint_every", "keep_every", "schedule_steps"):
             value = getattr(self, name)
             _check(isinstance(value, int) and not isinstance(value, bool) and value >= 0,
-                   f"{name}={value!r}; must be an integer >= 0 (0 = off)")
+                   f"{name}={value!r}; must be an integer >= 0 (0 = "
+                   f"{'steps' if name == 'schedule_steps' else 'off'})")
         _check(isinstance(self.spike_window, int) and self.spike_window >= 2,
                f"spike_window={self.spike_window!r}; must be an integer >= 2")
         _check(self.spike_sigma >= 0, f"spike_sigma={self.spike_sigma!r}; must be >= 0 (0 = off)")
@@ -319,8 +325,8 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
         if section == "connection":
             options = [f.name for f in dataclasses.fields(connections.ConnectionOptions)]
             if name not in options:
-                raise ConfigError(f"unknown connection option {key!r}; allowed: "
-                                  f"{', '.join(f'connection.{o}' for o in options)}")
+                raise ConfigError(f"unknown connection option {key!r}; "
+                                  f"{suggest(name, options, 'connection.')}")
             section = "model"
         candidates = [section] if section else [s for s, c in sections.items()
                                                  if name in {f.name for f in dataclasses.fields(c)}]
@@ -330,7 +336,7 @@ def apply_overrides(cfg: Config, overrides: typing.Iterable[str]) -> Config:
         fields = {f.name: f for s in candidates for f in dataclasses.fields(sections[s])}
         if not candidates or name not in fields:
             allowed = sorted({f.name for c in sections.values() for f in dataclasses.fields(c)})
-            raise ConfigError(f"unknown config key {key!r}; allowed: {', '.join(allowed)}")
+            raise ConfigError(f"unknown config key {key!r}; {suggest(name, allowed)}")
         hints = typing.get_type_hints(sections[candidates[0]])
         changes[candidates[0]][name] = _parse_value(fields[name], raw, hints)
     return Config(dataclasses.replace(cfg.model, **changes["model"]),
@@ -351,8 +357,72 @@ def config_from_dict(d: dict) -> Config:
     return Config(**sections)
 
 
+def suggest(name: str, allowed: typing.Sequence[str], prefix: str = "",
+            listing: str = "`mhc keys` lists every key") -> str:
+    """"did you mean X?" for a near miss (difflib), else the whole list: the tail of an
+    unknown-name message."""
+    close = difflib.get_close_matches(name, allowed, n=3, cutoff=0.6)
+    if close:
+        return f"did you mean {' or '.join(prefix + c for c in close)}? ({listing})"
+    return f"allowed: {', '.join(prefix + a for a in allowed)}"
+
+
+def extend(saved: Config, steps: int) -> Config:
+    """`saved` trained to `steps` (> its own): the LR schedule keeps the length it was laid out
+    over (`schedule_steps`), so past it the LR stays at its final value (x0.1 lr for the paper
+    schedule, lr for a constant one), instead of jumping back up as a schedule re-laid over
+    `steps` would. Extending a constant-schedule run therefore equals a run of `steps` from the
+    start."""
+    t = saved.train
+    _check(steps >= t.steps, f"steps={steps} is less than the run's steps={t.steps}: a resumed "
+                             f"run can only be extended")
+    return dataclasses.replace(saved, train=dataclasses.replace(
+        t, steps=steps, schedule_steps=t.schedule_steps or t.steps))
+
+
+def keys(cfg: Config) -> list[tuple[str, str, str, typing.Any]]:
+    """(section, key, type, value in `cfg`) of every config key, in declaration order."""
+    rows = []
+    for section in ("model", "train"):
+        obj = getattr(cfg, section)
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            kind = hints[f.name]
+            kind = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+            rows.append((section, f.name, kind, getattr(obj, f.name)))
+    return rows
+
+
+def changed(cfg: Config, base: Config) -> list[str]:
+    """`key=value` of every field of `cfg` that differs from `base` (e.g. the recipe)."""
+    return [f"{name}={_show(value)}" for (_, name, _, value), (*_, was) in zip(keys(cfg), keys(base))
+            if value != was]
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+# The keys that say which connection a run trains, beside `residual`: a run that changes one of
+# them is another variant (runs/tiny-mhc-manifold=go_mhc-s0), while scale, optimisation and
+# logging changes keep the recipe's directory (an existing run there is never overwritten
+# silently). `kernels` picks an implementation of the same math, so it is not among them.
+NAMING_KEYS = tuple(f.name for f in dataclasses.fields(connections.ConnectionOptions)
+                    if f.name != "kernels") + ("stream_offset_std", "collapse", "single_pass",
+                                               "learned_maps")
+
+
 def default_run_dir(cfg: Config, recipe: str) -> str:
-    name = cfg.train.run_name or f"{recipe}-{cfg.model.residual}-s{cfg.train.seed}"
+    """<out_dir>/<recipe>-<residual>[-key=value ...]-s<seed>, the key=value parts being the
+    `NAMING_KEYS` that differ from the recipe's (`run_name` replaces the whole name)."""
+    if cfg.train.run_name:
+        return os.path.join(cfg.train.out_dir, cfg.train.run_name)
+    from mhc import recipes  # recipes builds on this module
+
+    base = recipes.get(recipe).model
+    variant = [f"{k}={_show(getattr(cfg.model, k))}" for k in NAMING_KEYS
+               if getattr(cfg.model, k) != getattr(base, k)]
+    name = "-".join([recipe, cfg.model.residual, *variant, f"s{cfg.train.seed}"])
     return os.path.join(cfg.train.out_dir, name)
 
 

@@ -70,6 +70,8 @@ def load_corpus(name: str = "kjv") -> str:
             text = path.read_text(encoding="utf-8", errors="replace")
         elif path.is_dir():
             text = _read_txt_dir(path)
+        elif path.suffix or len(path.parts) > 1:  # a path, not a misspelt built-in name
+            raise ValueError(f"corpus file {name!r} does not exist")
         else:
             raise ValueError(
                 f"unknown corpus {name!r}: expected one of {BUILTIN_CORPORA} "

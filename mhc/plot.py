@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 from mhc.metrics import read_jsonl
 
@@ -117,3 +118,25 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def show(name: str) -> str | None:
+    """`plt.show()` for the notebooks: in a Jupyter kernel the figure shows inline as usual; run as
+    a plain script (`python notebooks/NN_x.py`, where Agg's show() draws nothing) the current
+    figure is saved to `$MHC_FIGURES_DIR` (default ./figures) as `<script>-<name>.png` and the
+    path returned."""
+    import matplotlib.pyplot as plt
+
+    shell = sys.modules.get("IPython")
+    if shell is not None and shell.get_ipython() is not None:
+        plt.show()
+        return None
+    out_dir = os.environ.get("MHC_FIGURES_DIR", "figures")
+    stem = os.path.splitext(os.path.basename(sys.argv[0] or ""))[0] or "figure"
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{stem}-{name}.png")
+    fig = plt.gcf()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"saved {path}")
+    return path

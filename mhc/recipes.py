@@ -11,7 +11,7 @@ from typing import Callable
 import jax
 from flax import nnx
 
-from mhc.config import Config, ConfigError, ModelConfig, TrainConfig
+from mhc.config import Config, ConfigError, ModelConfig, TrainConfig, suggest
 
 _RECIPES: dict[str, Callable[[], Config]] = {}
 
@@ -29,7 +29,8 @@ def names() -> list[str]:
 
 def get(name: str) -> Config:
     if name not in _RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; allowed: {', '.join(names())}")
+        raise ConfigError(f"unknown recipe {name!r}; "
+                          f"{suggest(name, names(), listing='`mhc info` lists them')}")
     return _RECIPES[name]()
 
 

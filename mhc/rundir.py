@@ -26,7 +26,7 @@ import subprocess
 import sys
 
 from mhc import metrics
-from mhc.config import RESUME_SAFE, Config, ConfigError, config_from_dict
+from mhc.config import RESUME_SAFE, Config, ConfigError, config_from_dict, extend
 
 PROVENANCE = "provenance.json"
 _SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout holding mhc/
@@ -142,6 +142,8 @@ def check(run_dir: str, cfg: Config, resume: bool, overwrite: bool) -> None:
     exists = os.path.isdir(run_dir) and bool(os.listdir(run_dir))
     if resume:
         saved = load_run_config(run_dir)
+        if cfg.train.steps != saved.train.steps:  # extending: only as `config.extend` does it
+            saved = extend(saved, cfg.train.steps)
         changed = [f"{section}.{k}" for section in ("model", "train")
                    for k, v in dataclasses.asdict(getattr(cfg, section)).items()
                    if v != dataclasses.asdict(getattr(saved, section))[k]

@@ -33,7 +33,8 @@ def lr_schedule(cfg: Config) -> optax.Schedule:
     or `lr` to the end with `lr_schedule="constant"` (edge-of-stability runs)."""
     t = cfg.train
     warmup = optax.linear_schedule(0.0, t.lr, max(t.warmup_steps, 1)) if t.warmup_steps else None
-    first, second = (max(int(f * t.steps) - t.warmup_steps, 1) for f in (0.8, 0.9))
+    length = t.schedule_steps or t.steps  # an extended run keeps its schedule (config.extend)
+    first, second = (max(int(f * length) - t.warmup_steps, 1) for f in (0.8, 0.9))
     decay = optax.piecewise_constant_schedule(
         t.lr, {} if t.lr_schedule == "constant" else {first: 0.316,
                                                        max(second, first + 1): 0.1 / 0.316})
@@ -160,7 +161,9 @@ def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
         losses, grads = jax.tree.map(lambda v: v * nan_or_one, (losses, grads))
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(jnp.stack(jax.tree.leaves(losses))))
-    updates_done = optimizer.step[...]
+    # signed: nnx counts in uint32, and the schedule's `threshold - count` wraps around in
+    # unsigned arithmetic (the logged lr went back up past the last decay boundary)
+    updates_done = optimizer.step[...].astype(jnp.int32)
     before = jax.tree.map(lambda x: x, nnx.state((model, optimizer)))
     optimizer.update(model, grads)
     if out.router:

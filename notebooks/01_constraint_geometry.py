@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -43,6 +44,7 @@ import numpy as np
 
 import mhc
 from mhc import manifolds
+from mhc.plot import show  # inline in Jupyter; saved to ./figures when run as a script
 
 N = 4  # streams, as in every experiment of the paper
 SAMPLES = 64 if SMOKE else 512  # random logit matrices per setting
@@ -101,7 +103,7 @@ for ax, conv in zip(axes, err):
     ax.grid(alpha=0.3)
 axes[0].legend(fontsize=8)
 plt.tight_layout()
-plt.show()
+show("sinkhorn-convergence")
 
 # %%
 for conv in err:
@@ -209,7 +211,7 @@ ax.set(aspect="equal", xlim=(-1.9, 1.9), ylim=(-1.9, 1.9),
        title="3×3 Birkhoff polytope (affine projection)",
        xlabel="projection coordinate 1", ylabel="projection coordinate 2")
 ax.legend(fontsize=7, loc="lower left")
-plt.show()
+show("birkhoff")
 
 # %%
 print("mHC-lite: max row/column error",
@@ -294,7 +296,7 @@ ax.set(xlabel="layers composed", ylabel="composite Amax gain (mean over samples)
        title=f"Products of {DEPTH} random mixing maps, n = {N}")
 ax.grid(alpha=0.3, which="both")
 ax.legend(fontsize=7)
-plt.show()
+show("composite-gain")
 
 for name, (fwd, bwd) in gains.items():
     print(f"{name:32s} composite gain at depth {DEPTH}: forward {fwd[-1]:9.3g}, "
@@ -332,7 +334,7 @@ ax.hist(hc_sigma, bins=bins, alpha=0.6, color="tab:red", label="HC-like I + 0.1�
 ax.hist(sigma_max, bins=bins, alpha=0.6, color="tab:blue", label="Sinkhorn (doubly stochastic)")
 ax.set(xlabel="largest singular value ‖H‖₂", ylabel="count", title="Spectral norm of single maps")
 ax.legend(fontsize=8)
-plt.show()
+show("spectral-norm")
 
 # %% [markdown]
 # ## Summary

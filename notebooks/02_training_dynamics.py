@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -52,6 +53,7 @@ import numpy as np
 from mhc import recipes, train
 from mhc.config import apply_overrides
 from mhc.metrics import read_jsonl
+from mhc.plot import show  # inline in Jupyter; saved to ./figures when run as a script
 
 RECIPE = "tiny"
 COMMON = ["wandb=disabled", "checkpoint=false"]
@@ -119,7 +121,7 @@ for ax in axes.flat:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
 plt.tight_layout()
-plt.show()
+show("curves")
 
 # %% [markdown]
 # Reading the curves:
@@ -145,7 +147,7 @@ ax.set(xlabel="connection site (2 per block)", ylabel="composite Amax gain up to
        title="per-site composite gain at the last step")
 ax.grid(alpha=0.3, which="both")
 ax.legend(fontsize=8)
-plt.show()
+show("per-site-gain")
 
 # %% [markdown]
 # ## Change one knob
@@ -182,7 +184,7 @@ for ax in axes:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
 plt.tight_layout()
-plt.show()
+show("knob")
 
 # %% [markdown]
 # With one iteration, columns are normalised once and then rows, so the column sums are whatever

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -51,6 +52,7 @@ import optax
 from flax import linen, nnx
 
 import mhc
+from mhc.plot import show  # inline in Jupyter; saved to ./figures when run as a script
 
 STEPS = 40 if SMOKE else 300
 BATCH = 64
@@ -85,7 +87,7 @@ for k in range(len(FREQS)):
     ax.plot(test_x[i].ravel(), lw=1, label=f"class {k}: {FREQS[k]:g} cycles")
 ax.set(xlabel="sample", ylabel="signal", title="one example per class")
 ax.legend(fontsize=7, ncol=4)
-plt.show()
+show("signals")
 
 # %% [markdown]
 # ## The model with plain residuals
@@ -244,7 +246,7 @@ ax.axhline(np.log(len(FREQS)), color="k", lw=0.7, ls=":", label="chance (log 4)"
 ax.set(xlabel="step", ylabel="training loss (5-step mean)", title="both models learn")
 ax.legend(fontsize=8)
 ax.grid(alpha=0.3)
-plt.show()
+show("loss")
 
 # %% [markdown]
 # ## The learned maps
@@ -274,7 +276,7 @@ for ax, (name, maps) in zip(axes, sites):
 axes[0].set_ylabel("output stream i")
 fig.suptitle("H_res of each site (mean over tokens)", fontsize=9)
 plt.tight_layout()
-plt.show()
+show("h-res")
 
 res_all = jnp.stack([maps.res for _, maps in sites])  # [sites, B, T, N, N]
 fwd, bwd = mhc.amax_gain(mhc.composite(res_all))

@@ -6,6 +6,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -21,12 +22,17 @@
 # HC the composite entries reach the hundreds; for mHC they stay bounded. This notebook does the
 # same for a checkpoint of this library:
 #
-# 1. build the model from the run's saved config and restore the weights from its checkpoint;
-# 2. run one sequence of the held-out split through `Decoder.forward`, which returns the maps of
-#    every connection site (`ModelOutput.maps`: `pre [2L, B, T, N]`, `post [2L, B, T, N]`,
-#    `res [2L, B, T, N, N]`, site `2l` = attention of block `l`, `2l + 1` = its FFN);
-# 3. plot `H_res` for one layer and for the composite, `H_pre` / `H_post` per layer, the Amax gain
-#    per layer and the doubly-stochastic error.
+# 1. `mhc.load_run(run_dir)` gives the run's model (weights of its latest checkpoint), config and
+#    step;
+# 2. `mhc.inspect_run.run_maps` runs held-out windows of the run's corpus through
+#    `Decoder.forward`, which returns the maps of every connection site (`pre [2L, B, T, N]`,
+#    `post [2L, B, T, N]`, `res [2L, B, T, N, N]`, site `2l` = attention of block `l`, `2l + 1` =
+#    its FFN), and `mhc.inspect_run.map_report` averages them over tokens, with the composite
+#    formed per token first, and adds the per-site statistics of `mhc.map_stats`;
+# 3. we plot `H_res` for one layer and for the composite, `H_pre` / `H_post` per layer, the Amax
+#    gain per layer and the doubly-stochastic error.
+#
+# The command `mhc inspect RUN_DIR [--step N]` draws all of this for one run (last section).
 #
 # Which runs: by default the stability study's runs `experiments/results/stability/mhc` and `.../hc`
 # (`python -m experiments.stability`; `small` recipe, 12 blocks = 24 sites, with checkpoints, kept
@@ -43,33 +49,21 @@ SMOKE = os.environ.get("MHC_NOTEBOOK_SMOKE", "0") == "1"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import glob
 import json
-import logging
 import tempfile
 
-import jax
-import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-from flax import nnx
 
 import mhc
-from mhc import checkpoint, data, diagnostics, recipes, rundir, train, train_step
+from mhc import inspect_run, recipes, train
 from mhc.config import apply_overrides
-from mhc.model import Decoder
+from mhc.plot import show  # inline in Jupyter; saved to ./figures when run as a script
 
-logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on read-only managers
 STUDY = "experiments/results/stability"  # relative to the repository root
 RUN_DIRS = {"hc": f"{STUDY}/hc", "mhc": f"{STUDY}/mhc"}
 
-
-def has_checkpoint(run_dir):
-    return os.path.isfile(os.path.join(run_dir, "config.json")) and any(
-        os.path.basename(p).isdigit() for p in glob.glob(os.path.join(run_dir, "checkpoints", "*")))
-
-
-if SMOKE or not all(has_checkpoint(d) for d in RUN_DIRS.values()):
+if SMOKE or not all(inspect_run.saved_steps(d) for d in RUN_DIRS.values()):
     # Tiny runs with checkpoints. The overrides match notebook 02's smoke runs (plus
     # checkpoint=true), so with a persistent compilation cache the two share compiled steps.
     tiny = ["n_layers=2", "d_model=32", "n_heads=2", "d_ff=64", "seq_len=32", "batch_size=4",
@@ -85,49 +79,30 @@ print("smoke:", SMOKE, "| runs:", RUN_DIRS)
 # %% [markdown]
 # ## Restore the model
 # A run directory holds `config.json` (the resolved config) and `checkpoints/<step>/` (orbax).
-# `mhc.rundir.load_run_config` rebuilds the `Config`; a fresh `Decoder` built from it gives the
-# structure, shapes and shardings, and `mhc.checkpoint.restore` fills in the weights in place
-# (the optimizer state is not needed for inspection, so we pass none).
+# `mhc.load_run` builds a `Decoder` from the config and restores the weights of the latest
+# checkpoint into it (or of `step=...`; the optimizer state is not needed for inspection).
 
 # %%
-def load(run_dir):
-    cfg = rundir.load_run_config(run_dir)
-    model = Decoder(cfg.model, rngs=nnx.Rngs(cfg.train.seed))
-    restored = checkpoint.restore(run_dir, model)
+loaded = {kind: mhc.load_run(run_dir) for kind, run_dir in RUN_DIRS.items()}
+for kind, (model, cfg, step) in loaded.items():
     m = cfg.model
-    print(f"{run_dir}: step {restored.step}, residual={m.residual}, {m.n_layers} blocks "
+    print(f"{kind}: step {step}, residual={m.residual}, {m.n_layers} blocks "
           f"({2 * m.n_layers} sites), width {m.d_model}, n = {m.streams}, "
           f"res_init={m.res_init}, sinkhorn_iters={m.sinkhorn_iters}")
-    return cfg, model
-
-
-loaded = {kind: load(run_dir) for kind, run_dir in RUN_DIRS.items()}
 
 # %% [markdown]
-# ## One held-out sequence
+# ## The maps on one held-out sequence
 # The same split the training loop evaluates on (`mhc.data.train_val_split` with the run's
-# `val_fraction`): the first `seq_len + 1` bytes of the validation tokens.
+# `val_fraction`): here the first `seq_len` tokens of the validation split (`batch=1`; `mhc
+# inspect` averages over 4 such windows by default).
 
 # %%
-cfg0 = loaded["mhc"][0]
-tokens, _ = data.load_tokens(cfg0.train.corpus, cfg0.train.token_dtype)
-_, val_tokens = data.train_val_split(tokens, cfg0.train.val_fraction)
-seq = np.asarray(val_tokens[: cfg0.train.seq_len + 1], np.int32)
-inputs_1xT, targets_1xT = seq[None, :-1], seq[None, 1:]
-print(repr(data.decode(seq)))
-
-
-@nnx.jit
-def forward(model, tokens_BxT):
-    return model.forward(tokens_BxT)
-
-
-outputs = {}
-for kind, (cfg, model) in loaded.items():
-    out = forward(model, jnp.asarray(inputs_1xT))
-    loss = float(train_step.cross_entropy(out.logits, jnp.asarray(targets_1xT)))
-    outputs[kind] = out
-    print(f"{kind}: loss on this sequence {loss:.3f} nats/byte; maps.res {out.maps.res.shape}")
+reports = {}
+for kind, (model, cfg, step) in loaded.items():
+    maps, source = inspect_run.run_maps(model, cfg, batch=1)
+    reports[kind] = inspect_run.map_report(maps)
+    print(f"{kind}: maps.res {maps.res.shape} on the {source}")
+cfg0 = loaded["mhc"].config
 
 # %% [markdown]
 # ## H_res heatmaps: one layer and the composite
@@ -150,18 +125,15 @@ def heatmap(ax, h_NxN, title):
     ax.set(title=title, ylabel="row sums (output streams)", xlabel="column sums (input streams)")
 
 
-fig, axes = plt.subplots(len(outputs), 2, figsize=(8, 4 * len(outputs)), squeeze=False)
+fig, axes = plt.subplots(len(reports), 2, figsize=(8, 4 * len(reports)), squeeze=False)
 chosen = {}
-for row, (kind, out) in zip(axes, outputs.items()):
-    res = out.maps.res[:, 0]  # [2L, T, N, N] (one sequence)
-    fwd, _ = mhc.amax_gain(res)
-    site = int(jnp.argmax(fwd.mean(-1)))
+for row, (kind, r) in zip(axes, reports.items()):
+    site = int(np.argmax(r["amax_fwd"]))
     chosen[kind] = site
-    heatmap(row[0], np.asarray(res[site].mean(0)), f"{kind}: H_res of site {site}")
-    heatmap(row[1], np.asarray(mhc.composite(res).mean(0)),
-            f"{kind}: composite of all {res.shape[0]} sites")
+    heatmap(row[0], r["res"][site], f"{kind}: H_res of site {site}")
+    heatmap(row[1], r["composite"][-1], f"{kind}: composite of all {len(r['res'])} sites")
 plt.tight_layout()
-plt.show()
+show("h-res")
 
 # %% [markdown]
 # For mHC every row sum is exactly 1 and every column sum is 1 up to Sinkhorn's truncation error,
@@ -176,32 +148,29 @@ plt.show()
 # HC's are `tanh`-gated and unconstrained.
 
 # %%
-fig, axes = plt.subplots(len(outputs), 2, figsize=(9, 0.25 * 2 * cfg0.model.n_layers + 2.5 * len(outputs)),
+fig, axes = plt.subplots(len(reports), 2, figsize=(9, 0.25 * 2 * cfg0.model.n_layers + 2.5 * len(reports)),
                          squeeze=False)
-for row, (kind, out) in zip(axes, outputs.items()):
+for row, (kind, r) in zip(axes, reports.items()):
     for ax, name in zip(row, ("pre", "post")):
-        m = np.asarray(getattr(out.maps, name)[:, 0].mean(1))  # [2L, N]
-        im = ax.imshow(m, aspect="auto", cmap="viridis")
+        im = ax.imshow(r[name], aspect="auto", cmap="viridis")  # [2L, N]
         ax.set(title=f"{kind}: H_{name} (mean over tokens)", xlabel="stream",
-               ylabel="connection site (2 per block)", xticks=range(m.shape[1]))
+               ylabel="connection site (2 per block)", xticks=range(r[name].shape[1]))
         plt.colorbar(im, ax=ax, fraction=0.05)
 plt.tight_layout()
-plt.show()
+show("pre-post")
 
 # %% [markdown]
 # ## Amax gain and doubly-stochastic error per layer
-# `mhc.diagnostics.map_stats` gives, per site: the single-layer Amax gain (forward: max row sum,
-# backward: max column sum, averaged over tokens), the same for the composite up to that site, and
-# the worst row and column error over tokens. These are the numbers the training loop logs at
-# every evaluation.
+# `mhc.map_stats` (in the report) gives, per site: the single-layer Amax gain (forward: max row
+# sum, backward: max column sum, averaged over tokens), the same for the composite up to that
+# site, and the worst row and column error over tokens. These are the numbers the training loop
+# logs at every evaluation.
 
 # %%
-stats = {kind: {k: np.asarray(v) for k, v in diagnostics.map_stats(
-    out.maps.pre, out.maps.post, out.maps.res).items()} for kind, out in outputs.items()}
 colors = {"hc": "tab:red", "mhc": "tab:blue"}
 
 fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-for kind, s in stats.items():
+for kind, s in reports.items():
     c = colors.get(kind, "k")
     sites = np.arange(1, len(s["amax_fwd"]) + 1)
     axes[0].plot(sites, s["amax_fwd"], "o-", color=c, ms=3, label=f"{kind} forward")
@@ -222,13 +191,24 @@ for ax in axes:
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
 plt.tight_layout()
-plt.show()
+show("gain")
 
-for kind, s in stats.items():
+for kind, s in reports.items():
     print(f"{kind:4s} composite gain at the last site: forward {s['composite_fwd'][-1]:.4g}, "
           f"backward {s['composite_bwd'][-1]:.4g}; worst single layer "
           f"{s['amax_fwd'].max():.4g} / {s['amax_bwd'].max():.4g}; smallest H_res entry "
           f"{s['res_min'].min():.3g}")
+
+# %% [markdown]
+# ## The same as a command
+# `mhc inspect RUN_DIR [--step N] [--out PNG]` does all of the above for one run: the text below
+# (per-site gains, diversity of H_res over depth, H_pre / H_post, the composite) and one PNG with
+# every site's H_res, the composite up to each site, H_pre / H_post, the gains and the diversity.
+
+# %%
+result = inspect_run.inspect(RUN_DIRS["mhc"], out=os.path.join(tempfile.mkdtemp(), "mhc.png"))
+print(result.text)
+print("PNG:", result.png)
 
 # %% [markdown]
 # ## Summary
@@ -242,6 +222,6 @@ summary = {kind: {"sites": int(len(s["amax_fwd"])), "chosen_site": chosen[kind],
                   "ds_row_err_max": float(s["ds_row_err"].max()),
                   "ds_col_err_max": float(s["ds_col_err"].max()),
                   "res_min": float(s["res_min"].min())}
-           for kind, s in stats.items()}
+           for kind, s in reports.items()}
 assert abs(summary["mhc"]["composite_fwd"] - 1) < 1e-4 and summary["mhc"]["res_min"] >= 0
 print("SUMMARY " + json.dumps(summary))

@@ -100,7 +100,14 @@ TRAIN_BAD = [
     (["debug_nan_steps=x"], "debug_nan_steps='x'; expected comma-separated integers"),
     (["vocab_size=100"], "'kjv' was tokenized with vocab_size=256 but the model has vocab_size=100"),
     (["eval_batches=100000"], "eval_batches=100000 but the held-out split has only"),
-    (["corpus=/nonexistent/text.txt"], "unknown corpus '/nonexistent/text.txt'"),
+    (["corpus=/nonexistent/text.txt"], "corpus file '/nonexistent/text.txt' does not exist"),
+    (["corpus=nofile.txt"], "corpus file 'nofile.txt' does not exist"),  # not "unknown name"
+    (["corpus=kjb"], "unknown corpus 'kjb': expected one of ('kjv', 'shakespeare')"),
+    (["lrr=1e-3"], "unknown config key 'lrr'; did you mean lr? (`mhc keys` lists every key)"),
+    (["sinkhorn_iter=3"], "did you mean sinkhorn_iters or"),
+    (["connection.manifod=kromhc"], "did you mean connection.manifold?"),
+    (["--recipe", "tinny"], "unknown recipe 'tinny'; did you mean tiny?"),
+    (["schedule_steps=-1"], "schedule_steps=-1; must be an integer >= 0 (0 = steps)"),
     (lambda p: [f"corpus={_text_file(p / 'empty.txt', '')}"], "empty.txt' is empty"),
     (lambda p: [f"corpus={_text_file(p / 'short.txt', 'ab' * 40)}"], "corpus too small"),
     (lambda p: [f"corpus={p / 'missing.bin'}"], "missing.bin' does not exist"),
@@ -125,6 +132,10 @@ RUN_DIR_BAD = [
      "config.json is unreadable"),
     (lambda p: ["--resume", "--run-dir", str(_tiny_run_config(p)), "n_layers=2"],
      "cannot change model.n_layers on resume"),
+    (lambda p: ["--resume", "--run-dir", str(_tiny_run_config(p)), "--steps", "100"],
+     "steps=100 is less than the run's steps=200: a resumed run can only be extended"),
+    (lambda p: ["--resume", "--run-dir", str(_tiny_run_config(p)), "--steps", "300",
+                "schedule_steps=300"], "cannot change train.schedule_steps on resume"),
 ]
 
 
@@ -150,6 +161,73 @@ def test_bad_run_directories(make_args, message, tmp_path, capsys):
     code = main(["train", *FAST, *args])
     _check_one_line(code, capsys, message)
     assert {p: os.path.getsize(p) for p in map(str, tmp_path.rglob("*"))} == before
+
+
+def test_resume_with_more_steps_extends_a_finished_run_at_its_final_lr(tmp_path, capsys):
+    """--resume --steps N trains a finished run on to step N; the LR schedule keeps the length it
+    was laid out over (schedule_steps pinned), so the LR stays at its final value (x0.1 lr)
+    instead of jumping back to lr as a schedule re-laid over N steps would."""
+    from trainkit import column
+
+    run_dir = str(tmp_path / "run")
+    args = ["train", "--run-dir", run_dir, *FAST, "warmup_steps=1", "lr=1e-3"]
+    assert main([*args, "--steps", "4"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--run-dir", run_dir, "--steps", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "resume to step 6 (LR schedule of 4 steps, then its final LR)" in out
+    assert "step 6/6" in out
+    lrs = column(run_dir, "lr")
+    # a 4-step schedule after 1 warmup step: x0.316 at step 4 and x0.1 from step 5 on (a
+    # schedule re-laid over 6 steps would still be at x0.316 at step 5)
+    assert len(lrs) == 6 and lrs[3] == pytest.approx(3.16e-4)
+    assert lrs[4] == lrs[5] == pytest.approx(1e-4)
+    saved = json.loads(open(os.path.join(run_dir, "config.json")).read())["train"]
+    assert (saved["steps"], saved["schedule_steps"]) == (6, 4)
+    assert os.path.isdir(os.path.join(run_dir, "checkpoints", "6"))
+    # extending again keeps the first schedule
+    assert main(["train", "--resume", "--run-dir", run_dir, "--steps", "7"]) == 0
+    assert column(run_dir, "lr")[6] == pytest.approx(1e-4)
+
+
+def test_run_dir_and_header_name_the_connection_variant(tmp_path, capsys, monkeypatch):
+    """The default directory names the connection overrides (a go_mhc run does not collide
+    with a kromhc run) and the header shows the manifold and every override."""
+    from mhc import recipes, train
+    from mhc.config import apply_overrides, default_run_dir
+
+    tiny = recipes.get("tiny")
+    assert default_run_dir(tiny, "tiny") == os.path.join("runs", "tiny-mhc-s0")
+    assert default_run_dir(apply_overrides(tiny, ["n_layers=2", "lr=1e-3"]), "tiny") == \
+        os.path.join("runs", "tiny-mhc-s0")  # scale and optimisation keep the recipe's name
+    names = {default_run_dir(apply_overrides(tiny, [o]), "tiny")
+             for o in ("manifold=go_mhc", "manifold=kromhc", "n_streams=2", "kernels=xla")}
+    assert names == {os.path.join("runs", n) for n in (
+        "tiny-mhc-manifold=go_mhc-s0", "tiny-mhc-manifold=kromhc-s0", "tiny-mhc-n_streams=2-s0",
+        "tiny-mhc-s0")}  # kernels: the same math, the same run
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(train, "run", lambda *a, **k: (_ for _ in ()).throw(
+        train.TrainingInterrupted("stub", 15, 0, None)))
+    main(["train", "--steps", "1", "manifold=go_mhc", *FAST])
+    header = capsys.readouterr().out.splitlines()[0]
+    assert header.startswith("mhc train: recipe=tiny residual=mhc manifold=go_mhc streams=4 "
+                             "overrides: d_model=32 n_layers=1 n_heads=2")
+    assert " steps=1 " in header and " wandb=disabled " in header
+    assert header.endswith(f"run_dir={os.path.join('runs', 'tiny-mhc-manifold=go_mhc-s0')}")
+
+
+def test_keys_are_listed_by_mhc_keys_and_train_help(capsys):
+    assert main(["keys", "sinkhorn"]) == 0
+    out = capsys.readouterr().out
+    assert "model sinkhorn_iters" in out and "int" in out and " 20" in out
+    assert "train" not in out.split("\n", 1)[1]  # only the matching keys
+    assert main(["keys", "--recipe", "small", "n_layers"]) == 0
+    assert "12" in capsys.readouterr().out
+    _check_one_line(main(["keys", "zzz"]), capsys, "no config key contains 'zzz'")
+    assert main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "model keys: n_streams, dynamic, manifold" in out and " d_model," in out
+    assert "train keys: steps" in out and "`mhc keys [TEXT]`" in out
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")

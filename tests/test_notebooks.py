@@ -132,3 +132,57 @@ def test_notebook_runs(name, kernel_env):
     text, images = _outputs(nb)
     assert images >= MIN_FIGURES[name], f"{name}: {images} figures"
     CHECKS[name](_summary(text))
+
+
+def test_notebooks_show_figures_through_mhc_plot_show():
+    """A bare plt.show() draws nothing when a notebook runs as a script (Agg); `mhc.plot.show`
+    saves the figure there instead, and shows it inline in a kernel."""
+    for name in NOTEBOOKS:
+        source = open(_path(name, "py")).read()
+        assert "plt.show()" not in source and "show(" in source, name
+
+
+def test_show_saves_the_figure_outside_a_kernel(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mhc.plot import show
+
+    monkeypatch.setenv("MHC_FIGURES_DIR", str(tmp_path / "figs"))
+    monkeypatch.setattr(sys, "argv", ["notebooks/09_example.py"])
+    plt.plot([0, 1], [1, 0])
+    path = show("line")
+    assert path == str(tmp_path / "figs" / "09_example-line.png")
+    assert os.path.getsize(path) > 1000 and not plt.get_fignums()  # saved and closed
+
+
+@pytest.mark.slow  # a whole notebook in a fresh process
+def test_a_notebook_run_as_a_script_saves_its_figures(tmp_path):
+    import subprocess
+
+    env = {**os.environ, "MHC_NOTEBOOK_SMOKE": "1", "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg",
+           "MHC_FIGURES_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, _path("01_constraint_geometry", "py")], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    saved = sorted(os.listdir(tmp_path))
+    assert saved == sorted(f"01_constraint_geometry-{n}.png" for n in (
+        "sinkhorn-convergence", "birkhoff", "composite-gain", "spectral-norm")), saved
+
+
+@pytest.mark.slow  # a whole notebook in a kernel
+def test_jupyter_nbconvert_executes_a_notebook(kernel_env, tmp_path):
+    """What notebooks/README.md shows: the notebooks extra brings nbconvert."""
+    import subprocess
+
+    pytest.importorskip("nbconvert")
+    done = subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook",
+                           "--execute", _path("01_constraint_geometry", "ipynb"),
+                           "--output-dir", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    nb = nbformat.read(str(tmp_path / "01_constraint_geometry.ipynb"), as_version=4)
+    text, images = _outputs(nb)
+    assert images >= MIN_FIGURES["01_constraint_geometry"]
+    _check_01(_summary(text))

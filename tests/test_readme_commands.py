@@ -43,6 +43,7 @@ SKIP = (
     ("pip install", "installs packages"),
     ("python -m pytest", "the whole test suite, of which this test is part"),
     ("jupyter lab", "starts an interactive server"),
+    ("jupyter nbconvert", "executes a notebook (tests/test_notebooks.py runs one this way)"),
     ("jupytext --sync", "rewrites the notebooks; their pairing is tests/test_notebooks.py's"),
     ("--coordinator", "a multi-host launch ($RANK comes from the launcher); the one-host 27b "
                       "line beside it is checked"),
