@@ -6,6 +6,7 @@
     mhc plot runs/tiny-mhc-s0
     mhc inspect runs/tiny-mhc-s0 [--step N]                  # the learned maps: PNG + text
     mhc eval runs/tiny-mhc-s0 --task data/hellaswag.jsonl [--shots K] [--out results.json]
+    mhc eval runs/tiny-mhc-s0 --harness lm-eval --tasks T1,T2 --include-path DIR   # .[eval]
     mhc compile --recipe 27b --mesh fsdp=64,expert=8 --hbm 80GiB
     mhc info
 Bad input exits with status 2 and one line `mhc: error: ...` naming the bad value, before anything
@@ -139,15 +140,52 @@ def _inspect(args) -> int:
 def _eval(args) -> int:
     from mhc import evaluate, rundir
 
+    if args.harness == "lm-eval":
+        return _eval_lm_eval(args)
+    for flag, value in (("--tasks", args.tasks), ("--include-path", args.include_path)):
+        if value is not None:
+            return _fail(f"{flag} is for --harness lm-eval; mhc's own evaluator takes --task PATH")
+    if not args.task:
+        return _fail("the following arguments are required: --task (or --harness lm-eval "
+                     "--tasks NAMES)")
     print(f"mhc eval: {args.run_dir} on {len(args.task)} task(s)", flush=True)
     results = evaluate.run(args.run_dir, args.task, shots=args.shots, limit=args.limit,
-                           step=args.step, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                           step=args.step, seed=args.seed, max_new_tokens=64
+                           if args.max_new_tokens is None else args.max_new_tokens,
                            batch_size=args.batch_size, max_len=args.max_len, verbose=True)
     print(f"checkpoint step {results['step']} ({results['residual']})")
     print(evaluate.format_table(results), flush=True)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         rundir.write_json_atomic(args.out, results)
+        print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+def _eval_lm_eval(args) -> int:
+    """`mhc eval --harness lm-eval`: the adapter of mhc/harness.py under lm-eval's evaluator."""
+    from mhc import rundir
+
+    for flag, value in (("--task", args.task), ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None:
+            return _fail(f"{flag} is for mhc's own evaluator; with --harness lm-eval name the "
+                         f"tasks with --tasks (generation lengths come from the task YAML)")
+    if not args.tasks:
+        return _fail("--harness lm-eval needs --tasks NAME[,NAME...]")
+    try:
+        from mhc import harness
+    except ImportError as e:
+        return _fail(str(e))
+    names = args.tasks.split(",")
+    print(f"mhc eval: {args.run_dir} on {len(names)} lm-eval task(s)", flush=True)
+    results = harness.run(args.run_dir, names, args.include_path, shots=args.shots,
+                          limit=args.limit, step=args.step, batch_size=args.batch_size,
+                          max_len=args.max_len, seed=args.seed)
+    print(f"checkpoint step {results['step']} ({results['residual']})")
+    print(harness.format_table(results), flush=True)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        rundir.write_json_atomic(args.out, harness.json_safe(results))
         print(f"wrote {args.out}", flush=True)
     return 0
 
@@ -319,14 +357,22 @@ def _parser() -> _Parser:
     p = sub.add_parser("eval", help="score a checkpoint on local task files (few-shot "
                                     "log-likelihood ranking / exact match, paper Table 4)")
     p.add_argument("run_dir")
-    p.add_argument("--task", action="append", required=True, metavar="[NAME=]PATH",
+    p.add_argument("--task", action="append", default=None, metavar="[NAME=]PATH",
                    help="JSONL task file (repeatable); format in mhc/tasks.py")
+    p.add_argument("--harness", choices=("mhc", "lm-eval"), default="mhc",
+                   help="mhc (default): our evaluator on --task files; lm-eval: "
+                        "lm-evaluation-harness on --tasks (pip install -e '.[eval]', offline)")
+    p.add_argument("--tasks", default=None, metavar="T1,T2",
+                   help="lm-eval task names (with --harness lm-eval)")
+    p.add_argument("--include-path", default=None, metavar="DIR",
+                   help="directory of lm-eval task YAMLs (with --harness lm-eval)")
     p.add_argument("--shots", type=int, default=None,
                    help="few-shot examples (default: Table 4's for a known task name, else 0)")
     p.add_argument("--limit", type=int, default=None, help="score the first N examples only")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--out", default=None, help="write the results (and predictions) as JSON")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="cap on generated tokens")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="cap on generated tokens (default 64)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-len", type=int, default=None,
                    help="context in tokens (default: the model's max_seq_len)")

@@ -42,6 +42,28 @@ def check_byte_level(cfg) -> None:
                         f"--tokenizer)")
 
 
+def open_run(run_dir: str, step: int | None = None, max_len: int | None = None):
+    """(model, config, step) of a byte-level run's checkpoint (the latest, or `step`); raises
+    TaskError naming the bad run directory, step or `max_len`. Also the lm-eval adapter's."""
+    if not os.path.isdir(run_dir):
+        raise TaskError(f"run directory {run_dir!r} does not exist")
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        raise TaskError(f"{run_dir!r} has no config.json (not an mhc run directory)")
+    check_byte_level(rundir.load_run_config(run_dir))
+    ckpts = checkpoint.directory(run_dir)  # complete steps only: orbax renames temp dirs last
+    steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
+    if not steps:
+        raise TaskError(f"run {run_dir!r} has no checkpoint (train with checkpoint=true)")
+    if step is not None and step not in steps:
+        raise TaskError(f"--step {step}: no such checkpoint in {run_dir!r}; available: "
+                        f"{', '.join(map(str, steps))}")
+    model, cfg, restored_step = checkpoint.load_model(run_dir, step)
+    if max_len is not None and max_len > cfg.model.max_seq_len:
+        raise TaskError(f"--max-len {max_len} exceeds the model's max_seq_len="
+                        f"{cfg.model.max_seq_len}")
+    return model, cfg, restored_step
+
+
 # ------------------------------------------------------------------------------- evaluation
 def evaluate_task(scorer: Scorer, task: Task, *, limit: int | None = None, seed: int = 1234,
                   max_new_tokens: int = 64) -> dict:
@@ -57,7 +79,9 @@ def evaluate_task(scorer: Scorer, task: Task, *, limit: int | None = None, seed:
             for choice in ex.choices:
                 cont = join_target(prompt, choice) + choice
                 requests.append((data.encode(prompt), data.encode(cont)))
-                owner.append((i, len(data.encode(cont))))
+                # acc_norm divides by the choice's bytes without the separator, as lm-eval's
+                # acc_bytes (= its acc_norm, per character, on ASCII choices)
+                owner.append((i, len(data.encode(choice))))
         ll = scorer.loglikelihood(requests)
         preds, at = [], 0
         for i in range(n):
@@ -108,20 +132,7 @@ def run(run_dir: str, task_specs, *, shots: int | None = None, limit: int | None
     if len(set(names)) < len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise TaskError(f"two tasks are named {dup!r}; name them with NAME=PATH")
-    if not os.path.isfile(os.path.join(run_dir, "config.json")):
-        raise TaskError(f"{run_dir!r} has no config.json (not an mhc run directory)")
-    check_byte_level(rundir.load_run_config(run_dir))
-    ckpts = checkpoint.directory(run_dir)  # complete steps only: orbax renames temp dirs last
-    steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
-    if not steps:
-        raise TaskError(f"run {run_dir!r} has no checkpoint (train with checkpoint=true)")
-    if step is not None and step not in steps:
-        raise TaskError(f"--step {step}: no such checkpoint in {run_dir!r}; available: "
-                        f"{', '.join(map(str, steps))}")
-    model, cfg, restored_step = checkpoint.load_model(run_dir, step)
-    if max_len is not None and max_len > cfg.model.max_seq_len:
-        raise TaskError(f"--max-len {max_len} exceeds the model's max_seq_len="
-                        f"{cfg.model.max_seq_len}")
+    model, cfg, restored_step = open_run(run_dir, step, max_len)
     scorer = Scorer(model, batch_size=batch_size, max_len=max_len)
     results = {}
     for task in tasks:
@@ -143,6 +154,11 @@ def format_table(results: dict) -> str:
         for metric in sorted(r["metrics"], key=lambda m: m != r["headline"]):
             rows.append((name, metric, f"{r['metrics'][metric]:.4f}", str(r["n"]),
                          str(r["shots"])))
+    return align(rows)
+
+
+def align(rows) -> str:
+    """Rows of strings as columns: the first two left-aligned, the numbers right-aligned."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                                for i, (c, w) in enumerate(zip(row, widths))) for row in rows)

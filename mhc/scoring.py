@@ -26,12 +26,15 @@ def bucket(n: int, cap: int) -> int:
     return min(max(MIN_BUCKET, 1 << max(n - 1, 0).bit_length()), cap)
 
 
-def _loglik(graphdef, state, inputs_BxT, targets_BxT, mask_BxT):
-    """Summed log-probability of the masked targets, per row."""
+def _loglik(graphdef, state, inputs_BxT, targets_BxT, mask_BxT, *, vocab_limit: int):
+    """Summed log-probability of the masked targets per row, and whether every masked target is
+    the argmax (ids below `vocab_limit`, as greedy decoding picks): lm-eval's `is_greedy`. One
+    program computes both, so `mhc eval` and the lm-eval adapter score with the same numbers."""
     logits, _ = nnx.merge(graphdef, state)(inputs_BxT)
     logp = jax.nn.log_softmax(logits, axis=-1)
     picked = jnp.take_along_axis(logp, targets_BxT[..., None], axis=-1)[..., 0]
-    return jnp.sum(picked * mask_BxT, axis=-1)
+    hit = jnp.argmax(logits[..., :vocab_limit], axis=-1) == targets_BxT
+    return jnp.sum(picked * mask_BxT, axis=-1), jnp.all(hit | (mask_BxT == 0), axis=-1)
 
 
 def _next_token(graphdef, state, tokens_BxT, last_B, *, vocab_limit: int):
@@ -49,18 +52,20 @@ class Scorer:
         self.graphdef, self.state = nnx.split(model)
         self.batch_size = batch_size
         self.max_len = max_len or model.cfg.max_seq_len
-        self._loglik = jax.jit(functools.partial(_loglik, self.graphdef))
+        vocab_limit = min(data.VOCAB_SIZE, model.cfg.vocab_size)
+        self._loglik = jax.jit(functools.partial(_loglik, self.graphdef, vocab_limit=vocab_limit))
         self._next = jax.jit(functools.partial(_next_token, self.graphdef,
-                                               vocab_limit=min(data.VOCAB_SIZE,
-                                                               model.cfg.vocab_size)))
+                                               vocab_limit=vocab_limit))
 
     def _batches(self, lengths):
         order = np.argsort(lengths, kind="stable")  # similar lengths share a batch
         return [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
-    def loglikelihood(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    def loglikelihood(self, requests: list[tuple[np.ndarray, np.ndarray]], *,
+                      with_greedy: bool = False):
         """Summed log-probability of each continuation given its context (token arrays);
-        contexts are cut from the left so context + continuation fits `max_len` + 1 tokens."""
+        contexts are cut from the left so context + continuation fits `max_len` + 1 tokens.
+        With `with_greedy`, also whether greedy decoding would produce each continuation."""
         seqs, n_cont = [], []
         for ctx, cont in requests:
             if len(ctx) == 0:  # no BOS in byte-level data: condition on a line break instead
@@ -71,7 +76,7 @@ class Scorer:
             full = np.concatenate([ctx, cont])[-(self.max_len + 1):]
             seqs.append(full)
             n_cont.append(len(cont))
-        out = np.zeros(len(seqs))
+        out, greedy = np.zeros(len(seqs)), np.zeros(len(seqs), bool)
         for rows in self._batches([len(s) for s in seqs]):
             t = bucket(max(len(seqs[r]) for r in rows) - 1, self.max_len)
             inputs = np.zeros((self.batch_size, t), np.int32)
@@ -81,8 +86,9 @@ class Scorer:
                 s = seqs[r]
                 inputs[i, :len(s) - 1], targets[i, :len(s) - 1] = s[:-1], s[1:]
                 mask[i, len(s) - 1 - n_cont[r]:len(s) - 1] = 1.0
-            out[rows] = np.asarray(self._loglik(self.state, inputs, targets, mask))[:len(rows)]
-        return out
+            ll, hit = self._loglik(self.state, inputs, targets, mask)
+            out[rows], greedy[rows] = np.asarray(ll)[:len(rows)], np.asarray(hit)[:len(rows)]
+        return (out, greedy) if with_greedy else out
 
     def greedy(self, prompts: list[np.ndarray], max_new_tokens: int,
                stops=("\n",)) -> list[str]:
