@@ -133,7 +133,7 @@ def _inspect(args) -> int:
     result = inspect_run.inspect(args.run_dir, args.step, args.out, batch=args.batch,
                                  seq_len=args.seq_len)
     print(result.text)
-    print(f"wrote {result.png}", flush=True)
+    print(f"wrote {result.png} and {os.path.splitext(result.png)[0]}.txt", flush=True)
     return 0
 
 

@@ -1,7 +1,7 @@
 """`mhc inspect RUN_DIR` and `mhc.load_run`: what a trained run's connection maps look like.
 
     model, cfg, step = mhc.load_run("runs/tiny-mhc-s0")          # latest checkpoint, no warnings
-    report = mhc.inspect_run.inspect("runs/tiny-mhc-s0")         # text + RUN_DIR/inspect-<step>.png
+    report = mhc.inspect_run.inspect("runs/tiny-mhc-s0")         # RUN_DIR/inspect-<step>.png, .txt
 
 The maps of a run are those of its model on data: the restored model runs forward on a few
 held-out windows of the run's own corpus (the split the training loop evaluates on; the bundled
@@ -230,7 +230,8 @@ class Inspection(typing.NamedTuple):
 def inspect(run_dir: str, step: int | None = None, out: str | None = None, *, batch: int = 4,
             seq_len: int | None = None) -> Inspection:
     """Load the run at `step` (default: latest), compute its maps on held-out data, write the PNG
-    (default RUN_DIR/inspect-<step>.png) and return the text with it."""
+    (default RUN_DIR/inspect-<step>.png) and the text beside it (same name, .txt), and return
+    both."""
     model, cfg, step = load_run(run_dir, step)
     m = cfg.model
     if m.residual == "residual":
@@ -246,4 +247,7 @@ def inspect(run_dir: str, step: int | None = None, out: str | None = None, *, ba
     out = out or os.path.join(run_dir, f"inspect-{step}.png")
     if os.path.dirname(os.path.abspath(out)):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    return Inspection(format_report(header, r), plot_report(r, title, out), step, r)
+    text = format_report(header, r)
+    with open(os.path.splitext(out)[0] + ".txt", "w") as f:  # the numbers beside the picture
+        f.write(text + "\n")
+    return Inspection(text, plot_report(r, title, out), step, r)

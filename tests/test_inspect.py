@@ -56,9 +56,10 @@ def test_inspect_writes_text_and_png_at_a_chosen_step(run_dir, tmp_path, capsys)
     assert "run step 2: residual=mhc manifold=sinkhorn n=4, 1 blocks (2 sites)" in out
     assert "maps on the held-out split of corpus 'kjv', 2 x 32 tokens" in out
     for text in ("0.attn", "0.ffn", "composite of all 2 sites' H_res", "column sums",
-                 f"wrote {png}"):
+                 f"wrote {png} and {tmp_path / 'maps.txt'}"):
         assert text in out, text
     assert os.path.getsize(png) > 20_000
+    assert (tmp_path / "maps.txt").read_text() in out  # the printed text, kept beside the PNG
     assert main(["inspect", run_dir]) == 0  # latest step, PNG beside the run
     assert os.path.isfile(os.path.join(run_dir, "inspect-4.png"))
 
