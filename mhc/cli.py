@@ -1,13 +1,16 @@
-"""The `mhc` command (also `python -m mhc`): train · data prepare · plot · eval · compile · info.
+"""The `mhc` command (also `python -m mhc`): train · data prepare · plot · inspect · eval · compile
+· keys · info.
 
     mhc train --recipe tiny --residual mhc [key=value ...]
     mhc train --resume --run-dir runs/tiny-mhc-s0           # continue exactly where it stopped
     mhc data prepare corpus/*.txt --out data/train.bin [--tokenizer tokenizer.json]
     mhc plot runs/tiny-mhc-s0
+    mhc train --resume --run-dir runs/tiny-mhc-s0 --steps 400  # train a run longer (same LR schedule)
     mhc inspect runs/tiny-mhc-s0 [--step N]                  # the learned maps: PNG + text
     mhc eval runs/tiny-mhc-s0 --task data/hellaswag.jsonl [--shots K] [--out results.json]
     mhc eval runs/tiny-mhc-s0 --harness lm-eval --tasks T1,T2 --include-path DIR   # .[eval]
     mhc compile --recipe 27b --mesh fsdp=64,expert=8 --hbm 80GiB
+    mhc keys [TEXT]                                           # the config keys, types, values
     mhc info
 Bad input exits with status 2 and one line `mhc: error: ...` naming the bad value, before anything
 is written. A run that aborts on non-finite steps exits 3; SIGTERM/SIGINT save a checkpoint and
