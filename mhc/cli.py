@@ -3,9 +3,9 @@
 
     mhc train --recipe tiny --residual mhc [key=value ...]
     mhc train --resume --run-dir runs/tiny-mhc-s0           # continue exactly where it stopped
+    mhc train --resume --run-dir runs/tiny-mhc-s0 --steps 400  # train a run longer (same LR schedule)
     mhc data prepare corpus/*.txt --out data/train.bin [--tokenizer tokenizer.json]
     mhc plot runs/tiny-mhc-s0
-    mhc train --resume --run-dir runs/tiny-mhc-s0 --steps 400  # train a run longer (same LR schedule)
     mhc inspect runs/tiny-mhc-s0 [--step N]                  # the learned maps: PNG + text
     mhc eval runs/tiny-mhc-s0 --task data/hellaswag.jsonl [--shots K] [--out results.json]
     mhc eval runs/tiny-mhc-s0 --harness lm-eval --tasks T1,T2 --include-path DIR   # .[eval]
