@@ -28,11 +28,8 @@ and this repository; synthetic data only: no corpus, no wandb, no matplotlib, no
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
-import functools
 import importlib.metadata
-import importlib.util
 import math
 import os
 import re
@@ -48,6 +45,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 if os.path.dirname(HERE) not in sys.path:  # run by path: the project's root for `experiments`
     sys.path.insert(0, os.path.dirname(HERE))
 
+from benchmarks.accelerator_programs import (  # noqa: E402  (after the path)
+    A_SHAPES, B_VARIANTS, GPU_DENSE, TINY, TRAIN_100M, TRAIN_SMOKE, moe_variants,
+    sinkhorn_programs, site_programs, step_time)
+
 PARTS = ("a", "b", "c", "d")
 TITLES = {"a": "(a) Pallas kernels vs the XLA reference",
           "b": "(b) Step time and memory: residual / HC / mHC / mHC-lite",
@@ -56,14 +57,6 @@ TITLES = {"a": "(a) Pallas kernels vs the XLA reference",
 # Share of the time left that each part may spend (unused time passes on to the later parts):
 # b compiles ten 0.8B-parameter steps, d trains for a few hundred steps.
 SHARES = {"a": 1.2, "b": 3.0, "c": 0.6, "d": 1.2}
-
-
-def _step_time():
-    """benchmarks/step_time.py as a module: its `build` is the step every part times."""
-    spec = importlib.util.spec_from_file_location("step_time", os.path.join(HERE, "step_time.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _one_line(e: BaseException) -> str:
@@ -143,45 +136,6 @@ SINKHORN_TOL = {"values": (1e-5, 1e-6), "grad": (1e-4, 1e-5)}  # (rtol, atol), f
 # differences; fp32 maps come from a D = N*C = 10240 long fp32 dot whose order differs
 SITE_TOL = {"new streams (bf16)": 2e-2, "H_pre": 1e-4, "H_post": 1e-4, "H_res": 1e-4,
             "d phi": 1e-2, "d bias": 1e-2, "d alpha": 1e-2, "d streams (bf16)": 2e-2}
-
-
-# n, C, tokens, Sinkhorn iterations, timing reps; smoke: n = 2 and 3 iterations keep the
-# interpret-mode programs (and their compile) small
-A_SHAPES = {False: (4, 2560, 4096, 20, 5), True: (2, 32, 40, 3, 1)}
-
-
-def sinkhorn_programs(convention: str, target: str, iters: int) -> dict:
-    """{"kernel", "xla"}: jitted (x [M, N, N], cotangent g) -> ((sum h·g, h), d x) of the Pallas
-    Sinkhorn on `target` and of `mhc.manifolds.sinkhorn`."""
-    from mhc import kernels, manifolds
-
-    def value_and_grad(fn):
-        def loss(x, g):
-            h = fn(x, iters, convention=convention)
-            return jnp.sum(h * g), h
-        return jax.jit(jax.value_and_grad(loss, has_aux=True))
-    return {"kernel": value_and_grad(functools.partial(kernels.sinkhorn, target=target)),
-            "xla": value_and_grad(manifolds.sinkhorn)}
-
-
-def site_programs(spec, targets) -> dict:
-    """{target or "xla" / "reference": jitted (params, streams [M, N, C], cotangent) -> ((loss,
-    (new, maps)), (d params, d streams))}: the fused site on each kernel target and the
-    pure-JAX site, every output carrying a cotangent; branch F = tanh."""
-    from mhc import connections as cx
-    from mhc import kernels
-
-    def site_fn(apply, site_spec):
-        def loss(params, streams, cot):
-            new, maps = apply(params, streams, jnp.tanh, site_spec)
-            return (jnp.sum(new.astype(jnp.float32) * cot) + jnp.sum(maps.res ** 2)
-                    + jnp.sum(maps.pre * maps.post)), (new, maps)
-        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
-    fns = {ref: site_fn(cx.apply_site, dataclasses.replace(spec, kernels=ref))
-           for ref in ("xla", "reference")}
-    fns.update({t: site_fn(functools.partial(kernels.apply_site, target=t), spec)
-                for t in targets})
-    return fns
 
 
 def part_a(p: Part, smoke: bool):
@@ -275,24 +229,6 @@ def part_a(p: Part, smoke: bool):
 
 
 # ----------------------------------------------------------------------------------- (b)
-# 829M parameters: state (fp32 params + AdamW) 9.3 GiB; XLA:CPU's memory analysis of the mHC step
-# at batch 1 gives 66 GiB temp (61 GiB with remat=streams). A variant that would not fit beside
-# the resident baseline is compiled (its memory reported) but not run.
-GPU_DENSE = ("d_model=2048", "n_layers=16", "n_heads=16", "d_ff=5632", "max_seq_len=4096",
-             "seq_len=4096", "batch_size=1", "dtype=bfloat16")
-TINY = ("d_model=32", "n_layers=2", "n_heads=2", "d_ff=64", "seq_len=32", "batch_size=2",
-        "n_streams=2")
-_KINDS = {"residual": ("residual=residual",), "mhc xla": ("residual=mhc", "kernels=xla"),
-          "mhc pallas": ("residual=mhc", "kernels=pallas"), "hc": ("residual=hc",),
-          "mhc-lite": ("residual=mhc", "manifold=mhc_lite")}
-# (label, overrides, remat) in priority order, the budget dropping the tail (the paper's
-# comparison, mHC under its selective recompute, comes early); the smoke run takes the first four
-B_VARIANTS = [(name.split()[0], _KINDS[name], remat) for name, remat in (
-    ("residual", "none"), ("mhc xla", "none"), ("mhc pallas", "none"), ("mhc xla", "streams"),
-    ("mhc pallas", "streams"), ("hc", "none"), ("mhc-lite", "none"), ("residual", "streams"),
-    ("hc", "streams"), ("mhc-lite", "streams"))]
-
-
 def _size(nbytes: float) -> str:
     return f"{nbytes / 2**30:.2f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MiB"
 
@@ -351,7 +287,7 @@ def part_b(p: Part, smoke: bool):
     from mhc import kernels
     from mhc.config import apply_overrides
 
-    build = _step_time().build
+    build = step_time().build
     base = make_config("tiny", TINY if smoke else GPU_DENSE)
     rounds, steps = (1, 1) if smoke else (4, 3)
     m, t = base.model, base.train
@@ -419,32 +355,10 @@ def part_b(p: Part, smoke: bool):
 
 
 # ----------------------------------------------------------------------------------- (c)
-MOE = ("ffn=moe", "d_model=512", "n_layers=4", "n_heads=8", "d_ff=1536", "n_routed_experts=16",
-       "n_shared_experts=1", "n_active_experts=2", "expert_ff=512", "max_seq_len=1024",
-       "seq_len=1024", "batch_size=8", "dtype=bfloat16")
-MOE_SMOKE = ("ffn=moe", "d_model=32", "n_layers=2", "n_heads=2", "d_ff=64", "n_routed_experts=4",
-             "n_shared_experts=1", "n_active_experts=2", "expert_ff=32", "seq_len=32",
-             "batch_size=2", "n_streams=2")
-
-
-def moe_variants(smoke: bool):
-    """(base config, {dispatch name: overrides}) of part c."""
-    from experiments.common import make_config
-
-    # no warmup: the second step's loss then depends on the first step's gradients
-    base = make_config("tiny", (*(MOE_SMOKE if smoke else MOE), "warmup_steps=0", "lr=1e-3"))
-    drop_free = base.model.n_routed_experts / base.model.n_active_experts  # capacity = all
-    variants = {"ragged": ("moe_dispatch=ragged",),
-                "capacity, drop-free": ("moe_dispatch=capacity", f"capacity_factor={drop_free}")}
-    if not smoke:  # the check needs only the two above: this one only adds a compile
-        variants["capacity"] = ("moe_dispatch=capacity",)
-    return base, variants
-
-
 def part_c(p: Part, smoke: bool):
     from mhc.config import apply_overrides
 
-    build = _step_time().build
+    build = step_time().build
     base, variants = moe_variants(smoke)
     m, t = base.model, base.train
     drop_free = m.n_routed_experts / m.n_active_experts
@@ -488,12 +402,6 @@ def part_c(p: Part, smoke: bool):
 
 
 # ----------------------------------------------------------------------------------- (d)
-TRAIN_100M = ("d_model=768", "n_layers=12", "n_heads=12", "d_ff=2560", "max_seq_len=1024",
-              "seq_len=1024", "batch_size=16", "dtype=bfloat16", "steps=300", "lr=1e-3",
-              "warmup_steps=30")
-TRAIN_SMOKE = (*TINY, "batch_size=4", "steps=5", "lr=1e-2", "warmup_steps=0")
-
-
 def ngram_batches(n_batches: int, batch: int, seq: int, vocab: int, seed: int = 0) -> dict:
     """[n_batches, B, T] inputs/targets: sequences of n-grams drawn from a fixed random pool
     (64 n-grams of 8 tokens), so all but the first token of each n-gram is predictable: the loss
@@ -515,7 +423,7 @@ def part_d(p: Part, smoke: bool):
     if p.over_budget(f"{t.steps} training steps"):
         return
     active, total = recipes.count_params(cfg)
-    step, state, _ = _step_time().build(cfg, "mhc")
+    step, state, _ = step_time().build(cfg, "mhc")
     data = ngram_batches(8, t.batch_size, t.seq_len, m.vocab_size)
     batch = jax.tree.map(lambda a: a[0], data)
     p.log(f"compile: {total:,} parameters")

@@ -20,13 +20,15 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from benchmarks import accelerator_programs as ap
+
 
 def _abstract(tree, sharding):
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                         tree)
 
 
-def programs(check, keys, smoke: bool, kernel_targets, dtype: str):
+def programs(keys, smoke: bool, kernel_targets, dtype: str):
     """[(part, name, jitted fn, example args)] of the check's parts `keys` (args may be
     concrete or ShapeDtypeStructs; only their shapes and dtypes are used), with the target's
     kernel targets and compute dtype (models are built outside its mesh: flax would constrain
@@ -39,37 +41,37 @@ def programs(check, keys, smoke: bool, kernel_targets, dtype: str):
     def build(cfg, kind=None, abstract=True):
         if cfg.model.dtype == "auto":
             cfg = apply_overrides(cfg, [f"dtype={dtype}"])
-        return check._step_time().build(cfg, kind, abstract=abstract)
+        return ap.step_time().build(cfg, kind, abstract=abstract)
 
     out = []
     if "a" in keys:
-        n, c, tokens, iters, _ = check.A_SHAPES[smoke]
+        n, c, tokens, iters, _ = ap.A_SHAPES[smoke]
         logits = jax.ShapeDtypeStruct((tokens, n, n), jnp.float32)
         for convention in manifolds.CONVENTIONS:
             for i, target in enumerate(kernel_targets):
-                fns = check.sinkhorn_programs(convention, target, iters)
+                fns = ap.sinkhorn_programs(convention, target, iters)
                 out += [("a", f"sinkhorn {convention} {target}", fns["kernel"], (logits,) * 2)]
                 out += [("a", f"sinkhorn {convention} xla", fns["xla"], (logits,) * 2)] * (i == 0)
         spec = cx.ConnectionSpec(width=c, n_streams=n, sinkhorn_iters=iters, kernels="pallas")
         params = jax.eval_shape(lambda: cx.init_params(spec, 1))
         streams = jax.ShapeDtypeStruct((tokens, n, c), jnp.bfloat16)
         cot = jax.ShapeDtypeStruct((tokens, n, c), jnp.float32)
-        for name, fn in check.site_programs(spec, kernel_targets).items():
+        for name, fn in ap.site_programs(spec, kernel_targets).items():
             out.append(("a", f"mHC site {name}", fn, (params, streams, cot)))
     if "b" in keys:
-        base = make_config("tiny", check.TINY if smoke else check.GPU_DENSE)
-        for label, overrides, remat in check.B_VARIANTS[:4] if smoke else check.B_VARIANTS:
+        base = make_config("tiny", ap.TINY if smoke else ap.GPU_DENSE)
+        for label, overrides, remat in ap.B_VARIANTS[:4] if smoke else ap.B_VARIANTS:
             cfg = apply_overrides(base, [*overrides, f"remat={remat}"])
             step, state, batch = build(cfg, cfg.model.residual, abstract=True)
             out.append(("b", f"{label} {' '.join(overrides[1:])} remat={remat}".replace("  ", " "),
                         step, (state, batch)))
     if "c" in keys:
-        base, variants = check.moe_variants(smoke)
+        base, variants = ap.moe_variants(smoke)
         for name, overrides in variants.items():
             step, state, batch = build(apply_overrides(base, overrides), abstract=True)
             out.append(("c", f"moe {name}", step, (state, batch)))
     if "d" in keys:
-        cfg = make_config("tiny", check.TRAIN_SMOKE if smoke else check.TRAIN_100M)
+        cfg = make_config("tiny", ap.TRAIN_SMOKE if smoke else ap.TRAIN_100M)
         step, state, batch = build(cfg, "mhc", abstract=True)
         out.append(("d", "training step (mHC ~100M)", step, (state, batch)))
     return out
@@ -89,7 +91,7 @@ def compile_all(check, target: str, keys, smoke: bool, out_path: str | None) -> 
     with jax.set_mesh(mesh):
         kernel_targets = kernels.backend_targets()
         dtype = ModelConfig(dtype="auto").compute_dtype
-    progs = programs(check, keys, smoke, kernel_targets, dtype)
+    progs = programs(keys, smoke, kernel_targets, dtype)
     with jax.set_mesh(mesh):
         print(f"compile-only for {t.name} ({t.compiler}): {len(progs)} programs", flush=True)
         for part, name, fn, args in progs:
