@@ -18,18 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 
 from mhc import rundir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# recipe, mesh (batch divides data*fsdp*expert; experts divide expert), overrides: remat and
-# microbatches chosen so that mHC fits an H100 (80 GB) and a v5p chip (95 GiB)
+# recipe, mesh (batch divides data*fsdp*expert; experts divide expert), overrides (remat and
+# microbatches chosen so that mHC fits an H100 (80 GB) and a v5p chip (95 GiB)), label, families
+# (None: all). 27b on v5p: with "auto" (ragged) dispatch libtpu refuses it at compile time
+# (CompileTimeHbmOom, 105 GB of temporaries for 95.73 GB: one sequence per device per microbatch
+# already), so a second row plans it with the capacity buffers.
 PLANS = [
-    ("3b", "fsdp=16,expert=4", ("remat=full", "microbatches=5")),
-    ("9b", "fsdp=32,expert=4", ("remat=full", "microbatches=4")),
-    ("27b", "fsdp=32,expert=8", ("remat=full", "microbatches=5")),
+    ("3b", "fsdp=16,expert=4", ("remat=full", "microbatches=5"), "", None),
+    ("9b", "fsdp=32,expert=4", ("remat=full", "microbatches=4"), "", None),
+    ("27b", "fsdp=32,expert=8", ("remat=full", "microbatches=5"), "", None),
+    ("27b", "fsdp=32,expert=8", ("remat=full", "microbatches=5", "moe_dispatch=capacity"),
+     "capacity", ("v5p",)),
 ]
 FAMILIES = {  # --target family -> the target name for a mesh of n devices
     "cpu": lambda n: "cpu", "v5p": lambda n: f"v5p-{2 * n}", "h100": lambda n: f"h100x{n}"}
@@ -46,15 +52,17 @@ def _mesh_size(mesh: str) -> int:
     return size
 
 
-def plan_name(family: str, recipe: str, variant: str, layers: int | None = None) -> str:
-    return f"{family}-{recipe}{f'-L{layers}' if layers else ''}-{variant}"
+def plan_name(family: str, recipe: str, variant: str, layers: int | None = None,
+              label: str = "") -> str:
+    return f"{family}-{recipe}{f'-L{layers}' if layers else ''}{f'-{label}' if label else ''}-" \
+           f"{variant}"
 
 
 def run_plan(raw: str, family: str, recipe: str, mesh: str, overrides, variant: str,
-             layers: int | None = None) -> dict:
+             layers: int | None = None, label: str = "") -> dict:
     """The plan's JSON (compiled now unless `raw` has it), with `error` set where the compiler
     refused (the refusal's one line)."""
-    path = os.path.join(raw, plan_name(family, recipe, variant, layers) + ".json")
+    path = os.path.join(raw, plan_name(family, recipe, variant, layers, label) + ".json")
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
@@ -68,7 +76,8 @@ def run_plan(raw: str, family: str, recipe: str, mesh: str, overrides, variant: 
     if not os.path.exists(path):  # refused: keep the compiler's one line, do not retry
         lines = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()
         rundir.write_json_atomic(path, {"recipe": recipe, "target": target, "mesh": mesh,
-                                        "error": lines[-1][:400]})
+                                        "overrides": [*overrides, *VARIANTS[variant]],
+                                        "error": lines[-1].removeprefix("mhc: error: ")[:400]})
     with open(path) as f:
         result = json.load(f)
     result.setdefault("provenance", rundir.provenance_entry(" ".join(cmd[2:])))
@@ -78,35 +87,39 @@ def run_plan(raw: str, family: str, recipe: str, mesh: str, overrides, variant: 
 
 def _gib(p: dict, key: str = "peak_bytes") -> str:
     if "error" in p:
-        return "refused" if "does not fit" not in p["error"] else "does not fit"
+        return {"not run": "-"}.get(p["error"], "does not fit" if "does not fit" in p["error"]
+                                    else "refused")
     return f"{p[key] / 2**30:.2f} GiB"
 
 
-def table(rows: list[tuple[str, str, str, dict]]) -> list[str]:
-    """rows: (family, recipe, mesh, {variant: plan})."""
+def table(rows: list[tuple[str, str, str, tuple, dict]]) -> list[str]:
+    """rows: (family, recipe, mesh, overrides, {variant: plan})."""
     out = ["| recipe | target | mesh | settings | residual peak | mHC peak | mHC / residual | "
            "mHC peak, Pallas kernels | fits | compile s (mHC) | compiler |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for family, recipe, mesh, plans in rows:
+    for family, recipe, mesh, overrides, plans in rows:
         res, mhc, pal = (plans.get(v, {"error": "not run"}) for v in VARIANTS)
         ratio = (f"{mhc['peak_bytes'] / res['peak_bytes']:.3f}"
                  if "error" not in res and "error" not in mhc else "-")
         hbm = mhc.get("hbm_bytes")
-        fits = ("-" if "error" in mhc or not hbm else
+        fits = ("no (compile-time OOM)" if "does not fit" in mhc.get("error", "") else
+                "-" if "error" in mhc or not hbm else
                 f"{'yes' if mhc['peak_bytes'] <= hbm else 'no'} ({hbm / 2**30:.1f} GiB)")
-        settings = " ".join(o for o in mhc.get("overrides", res.get("overrides", []))
-                            if not o.startswith(("residual=", "kernels=")))
-        out.append(f"| {recipe} | {mhc.get('target', res.get('target', family))} | {mesh} | "
-                   f"{settings} | {_gib(res)} | {_gib(mhc)} | {ratio} | "
-                   f"{_gib(pal) if pal.get('error') != 'not run' else '-'} | {fits} | "
-                   f"{mhc.get('compile_seconds', float('nan')):.0f} | "
-                   f"{mhc.get('compiler', '-')} |")
+        settings = " ".join(overrides)
+        seconds = f"{mhc['compile_seconds']:.0f}" if "compile_seconds" in mhc else "-"
+        compiler = mhc.get("compiler") or res.get("compiler") or re.sub(  # or the refusal's
+            r"^.*\((libtpu[^)]*\)|XLA[^)]*\))\).*$", r"\1", mhc.get("error", "-"))
+        compiler = "-" if compiler == "not run" else compiler
+        out.append(f"| {recipe} | {FAMILIES[family](_mesh_size(mesh))} | {mesh} | {settings} | "
+                   f"{_gib(res)} | {_gib(mhc)} | {ratio} | {_gib(pal)} | {fits} | {seconds} | "
+                   f"{compiler} |")
     return out
 
 
 def notes(rows) -> list[str]:
-    errors = [f"- {recipe} on {p.get('target', family)}, {variant}: `{p['error']}`"
-              for family, recipe, _, plans in rows for variant, p in plans.items()
+    errors = [f"- {recipe} on {p.get('target', family)} ({' '.join(overrides)}), {variant}: "
+              f"`{p['error'].removeprefix('mhc: error: ')}`"
+              for family, recipe, _, overrides, plans in rows for variant, p in plans.items()
               if "error" in p and p["error"] != "not run"]
     dates = sorted({p["provenance"]["date"][:10] for *_, plans in rows
                     for p in plans.values() if "provenance" in p})
@@ -136,8 +149,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--target", nargs="+", default=["v5p", "h100", "cpu"], choices=FAMILIES,
                    help="compiler families, in table order")
-    p.add_argument("--recipes", nargs="+", default=[r for r, _, _ in PLANS],
-                   choices=[r for r, _, _ in PLANS])
+    p.add_argument("--recipes", nargs="+", default=sorted({p[0] for p in PLANS}),
+                   choices=sorted({p[0] for p in PLANS}))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--raw", default=None, help="one JSON per plan (default: "
                    "benchmarks/results/aot_plans, or beside --out with --smoke)")
@@ -148,27 +161,29 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="one reduced-depth CPU plan")
     args = p.parse_args(argv)
     layers = None
-    plans = [(r, m, o) for r, m, o in PLANS if r in args.recipes]
+    plans = [p for p in PLANS if p[0] in args.recipes]
     if args.smoke:
         plans, layers = [("3b", "fsdp=4,expert=2", ("remat=full", "batch_size=16",
-                                                    "seq_len=256"))], 2
+                                                    "seq_len=256"), "", None)], 2
         args.target, args.variants, args.readme = ["cpu"], ["residual", "mhc"], ""
     args.raw = args.raw or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "raw")
                             if args.smoke else os.path.join(REPO, "benchmarks/results/aot_plans"))
     os.makedirs(args.raw, exist_ok=True)
     rows = []
     for family in args.target:
-        for recipe, mesh, overrides in plans:
+        for recipe, mesh, overrides, label, families in plans:
+            if families and family not in families:
+                continue
             found = {}
             for variant in args.variants:
-                name = plan_name(family, recipe, variant, layers)
+                name = plan_name(family, recipe, variant, layers, label)
                 path = os.path.join(args.raw, name + ".json")
                 if args.only_finished and not os.path.exists(path):
                     continue
                 print(f"{name}:", flush=True)
                 found[variant] = run_plan(args.raw, family, recipe, mesh, overrides, variant,
-                                          layers)
-            rows.append((family, recipe, mesh, found))
+                                          layers, label)
+            rows.append((family, recipe, mesh, overrides, found))
             print(table(rows)[-1], flush=True)
     text = "\n".join([*notes(rows), "", *table(rows)]) + "\n"
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
