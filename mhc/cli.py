@@ -50,8 +50,9 @@ def _resolve_config(args):
     if args.mesh:
         overrides.insert(0, f"mesh={args.mesh}")
     if not args.resume:
-        cfg = apply_overrides(recipes.get(args.recipe), overrides)
-        return cfg, args.run_dir or default_run_dir(cfg, args.recipe)
+        recipe = recipes.get(args.recipe)
+        cfg = apply_overrides(recipe, overrides)
+        return cfg, args.run_dir or default_run_dir(cfg, args.recipe, recipe)
     if not args.run_dir:
         raise ConfigError("--resume needs --run-dir RUN_DIR (the run to continue)")
     saved = rundir.load_run_config(args.run_dir)

@@ -412,14 +412,13 @@ NAMING_KEYS = tuple(f.name for f in dataclasses.fields(connections.ConnectionOpt
                                                "learned_maps")
 
 
-def default_run_dir(cfg: Config, recipe: str) -> str:
+def default_run_dir(cfg: Config, recipe: str, recipe_cfg: Config) -> str:
     """<out_dir>/<recipe>-<residual>[-key=value ...]-s<seed>, the key=value parts being the
-    `NAMING_KEYS` that differ from the recipe's (`run_name` replaces the whole name)."""
+    `NAMING_KEYS` in which `cfg` differs from `recipe_cfg` (the recipe's own config;
+    `run_name` replaces the whole name)."""
     if cfg.train.run_name:
         return os.path.join(cfg.train.out_dir, cfg.train.run_name)
-    from mhc import recipes  # recipes builds on this module
-
-    base = recipes.get(recipe).model
+    base = recipe_cfg.model
     variant = [f"{k}={_show(getattr(cfg.model, k))}" for k in NAMING_KEYS
                if getattr(cfg.model, k) != getattr(base, k)]
     name = "-".join([recipe, cfg.model.residual, *variant, f"s{cfg.train.seed}"])

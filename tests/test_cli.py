@@ -197,10 +197,10 @@ def test_run_dir_and_header_name_the_connection_variant(tmp_path, capsys, monkey
     from mhc.config import apply_overrides, default_run_dir
 
     tiny = recipes.get("tiny")
-    assert default_run_dir(tiny, "tiny") == os.path.join("runs", "tiny-mhc-s0")
-    assert default_run_dir(apply_overrides(tiny, ["n_layers=2", "lr=1e-3"]), "tiny") == \
+    assert default_run_dir(tiny, "tiny", tiny) == os.path.join("runs", "tiny-mhc-s0")
+    assert default_run_dir(apply_overrides(tiny, ["n_layers=2", "lr=1e-3"]), "tiny", tiny) == \
         os.path.join("runs", "tiny-mhc-s0")  # scale and optimisation keep the recipe's name
-    names = {default_run_dir(apply_overrides(tiny, [o]), "tiny")
+    names = {default_run_dir(apply_overrides(tiny, [o]), "tiny", tiny)
              for o in ("manifold=go_mhc", "manifold=kromhc", "n_streams=2", "kernels=xla")}
     assert names == {os.path.join("runs", n) for n in (
         "tiny-mhc-manifold=go_mhc-s0", "tiny-mhc-manifold=kromhc-s0", "tiny-mhc-n_streams=2-s0",
