@@ -135,7 +135,7 @@ def plan(cfg: Config, mesh_spec: str | None, *, devices=None, target: str = "cpu
 
 def kernel_calls(hlo_text: str) -> dict[str, int]:
     """Pallas kernel calls in a lowered program's text, by custom-call target."""
-    found = re.findall(r'custom_call_target\s*=\s*"([^"]+)"|stablehlo.custom_call @(\w+)',
+    found = re.findall(r'custom_call_target\s*=\s*"([^"]+)"|stablehlo.custom_call @([\w$.]+)',
                        hlo_text)
     names = [a or b for a, b in found]
     kernels = [n for n in names if n in ("tpu_custom_call", "mosaic_gpu", "mosaic_gpu_v2",

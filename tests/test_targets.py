@@ -298,3 +298,11 @@ def test_keep_host_on_cpu_leaves_a_users_choice(monkeypatch):
     before = jax.config.jax_platforms
     targets.keep_host_on_cpu()
     assert jax.config.jax_platforms == before
+
+
+def test_kernel_calls_are_counted_by_backend():
+    text = ("stablehlo.custom_call @tpu_custom_call(%0) stablehlo.custom_call @mosaic_gpu_v2(%1)"
+            " stablehlo.custom_call @__gpu$xla.gpu.triton(%2) stablehlo.custom_call "
+            "@__gpu$xla.gpu.triton(%3) stablehlo.custom_call @Sharding(%4)")
+    assert aot.kernel_calls(text) == {"__gpu$xla.gpu.triton": 2, "mosaic_gpu_v2": 1,
+                                      "tpu_custom_call": 1}
