@@ -130,7 +130,8 @@ def notes(rows) -> list[str]:
              f"(`python -m benchmarks.aot_plans`; one JSON per plan in "
              f"`benchmarks/results/aot_plans/`). Peak = arguments + temporaries + unaliased "
              f"outputs per device, from each compiler's memory analysis; the mHC columns carry "
-             f"n = 4 streams; batch and sequence as in Table 5."] +
+             f"n = 4 streams; batch and sequence as in Table 5; MoE dispatch \"auto\" is "
+             f"ragged on TPU and capacity on GPU and CPU unless a row says otherwise."] +
             (["", "Refused by the compiler:", *errors] if errors else []))
 
 
