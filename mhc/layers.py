@@ -7,11 +7,12 @@
 
 The modules hold parameters only (fp32, with logical axis names for sharding), so
 `nnx.state(model)` checkpoints and a jitted step traces once. The maps a call used are returned by
-`hc.apply(...)`, or recorded for a whole model by `mhc.capture_maps(model)(x)` (NNX's
-`nnx.capture` of the `nnx.Intermediate` that each call sows; nothing is stored outside it).
+`hc.apply(...)`, or recorded for a whole model by `mhc.capture_maps(model)(x)` (for that call
+only; nothing is stored on the modules).
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 from typing import Callable
 
@@ -37,8 +38,10 @@ HEAD_AXES = {"phi": ("embed", None), "bias": (None,), "alpha": ()}
 
 
 def _param(value: jax.Array, axes: tuple) -> nnx.Param:
-    return nnx.Param(value, out_sharding=axes, eager_sharding=False) if axes else \
-        nnx.Param(value)
+    if not axes:
+        return nnx.Param(value)
+    # the model's own way (mhc.model.attention.param_init), which every supported flax spells
+    return nnx.Param(nnx.with_partitioning(lambda *_: value, axes, eager_sharding=False)(None))
 
 
 def check_streams(streams, n: int, c: int, where: str) -> None:
@@ -61,8 +64,7 @@ class HyperConnection(nnx.Module):
 
     `hc(streams_BxTxNxC, branch)` -> new streams; `branch` maps `[B, T, C] -> [B, T, C]` (it
     includes its own pre-norm). The maps of the call: `hc.apply(...)` returns them, or
-    `mhc.capture_maps(model)(x)` records every site's (the call sows them as an
-    `nnx.Intermediate` that only `nnx.capture` keeps).
+    `mhc.capture_maps(model)(x)` records every site's (for that call only).
     `layer_index` places HC's one-hot read (and mHC's ±1 pre/post logits) on stream
     `layer_index mod n`: give each site of a model its own (0, 1, 2, ... in depth order; the
     default 0 puts every site on stream 0). `mhc.Sites` numbers them for you.
@@ -116,8 +118,9 @@ class HyperConnection(nnx.Module):
                  has_aux: bool = False):
         """New streams (with `has_aux`: (new streams, the branch's aux))."""
         new, maps, *aux = self.apply(streams_BxTxNxC, branch, has_aux=has_aux)
-        # kept only inside nnx.capture (mhc.capture_maps); elsewhere a no-op, so no state
-        self.sow(nnx.Intermediate, "maps", maps, capture_noop=True)
+        recording = _RECORDING.get()  # inside mhc.capture_maps only
+        if recording is not None:
+            recording[id(self)] = maps
         return (new, *aux) if has_aux else new
 
     @property
@@ -128,26 +131,38 @@ class HyperConnection(nnx.Module):
             "`out, maps = mhc.capture_maps(model)(x)` for every site of a model")
 
 
+# The sites' maps of the call in progress under `capture_maps` ({id(site): Maps}), else None: a
+# context of the call rather than module state, so nothing stays on the model and it works on
+# every flax this package supports (nnx.capture is newer than its floor).
+_RECORDING: contextvars.ContextVar = contextvars.ContextVar("mhc_capture_maps", default=None)
+
+
 def capture_maps(fn: Callable) -> Callable:
     """`mhc.capture_maps(model)(*args)` -> (output, {site path: Maps}).
 
-    Runs `fn` (a Module, a bound method, or a function whose first argument is the module, as
-    `nnx.capture` takes) and returns the maps used by each `HyperConnection` called as
-    `hc(...)` inside it, keyed by its path in the model ("blocks.0.hc_attn"; the last call's when
-    a site runs more than once), in the model's order. Call it inside a jitted function to get
-    the maps out of jit. Nothing stays on the module afterwards. Sites run by `hc.apply` or the
-    pure functions record nothing: they return their maps.
+    Runs `fn` (a Module, a bound method of one, or a function whose first argument is the
+    module) and returns the maps used by each `HyperConnection` called as `hc(...)` inside it,
+    keyed by its path in the model ("blocks.0.hc_attn"; the last call's when a site runs more
+    than once), in the model's order. Call it inside a jitted function to get the maps out of
+    jit. Nothing stays on the module afterwards. Sites run by `hc.apply` or the pure functions
+    record nothing: they return their maps.
     """
-    captured = nnx.capture(fn, nnx.Intermediate)
-
     def run(*args, **kwargs):
-        out, sown = captured(*args, **kwargs)
-        maps = {}
-        for path, var in nnx.to_flat_state(sown):
-            calls = var.get_value()
-            if path[-1] == "maps" and calls and isinstance(calls[-1], Maps):
-                maps[".".join(str(k) for k in path[:-1])] = calls[-1]
-        return out, maps
+        module = fn if isinstance(fn, nnx.Module) else getattr(fn, "__self__", None)
+        if not isinstance(module, nnx.Module):
+            module = args[0] if args and isinstance(args[0], nnx.Module) else None
+        if module is None:
+            raise TypeError("mhc.capture_maps(fn): fn must be an nnx.Module, a bound method of "
+                            "one, or a function whose first argument is the module")
+        paths = {id(node): ".".join(str(k) for k in path)
+                 for path, node in nnx.iter_graph(module) if isinstance(node, HyperConnection)}
+        recorded = {}
+        token = _RECORDING.set(recorded)
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            _RECORDING.reset(token)
+        return out, {name: recorded[key] for key, name in paths.items() if key in recorded}
 
     return run
 
