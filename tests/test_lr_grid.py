@@ -116,10 +116,9 @@ def test_grid_extends_upward_and_keeps_every_old_point():
 
 @pytest.mark.skipif(not os.path.isdir(RECORDS), reason="no committed LR-sensitivity records")
 def test_every_committed_record_is_reused_by_the_extended_plan():
-    """Reuse compares a record's overrides with the plan's: the old kinds, depths, LRs and seeds
-    must plan exactly what the committed records ran (the new kinds and KEEP keys change none)."""
-    old_kinds = ("residual", "hc", "mhc", "mhc_lite", "unconstrained")
-    jobs = lrs.plan(old_kinds, lrs.DEPTHS, lrs.LRS[:8], (0, 1, 2), runs_root="r")
+    """Reuse compares a record's overrides with the plan's: the plan must hold exactly what every
+    committed record ran (the old grid's and the controls' runs alike; KEEP keys change none)."""
+    jobs = lrs.plan(tuple(lrs.KINDS), lrs.DEPTHS, lrs.LRS, tuple(range(5)), runs_root="r")
     names = {name: overrides for name, _, _, _, _, overrides, *_ in jobs}
     on_disk = {f[:-5] for f in os.listdir(RECORDS) if f.endswith(".json")}
     assert on_disk and on_disk <= set(names)
