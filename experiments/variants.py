@@ -37,7 +37,7 @@ import sys
 import numpy as np
 
 from experiments import ablations, common
-from paper_repro.common import seeded_verdict
+from paper_repro.common import RULE, seeded_verdict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MHC = ("residual=mhc",)
@@ -170,7 +170,7 @@ def table(summary: dict, cost: dict, sources: dict) -> list[str]:
         ratio = (f"{c['step_ms'] / res_ms:.2f}x / {c['temp_mb'] / res_mb:.2f}x"
                  if c and res_ms else "–")
         vs_res = seeded_verdict(s["gaps_vs_residual"], -1) if label != "residual" else "–"
-        vs_mhc = (seeded_verdict(s["gaps_vs_mhc"], -1)
+        vs_mhc = (seeded_verdict(s["gaps_vs_mhc"], -1, headline=True)
                   if label not in ("residual", "mhc") and s["gaps_vs_mhc"] else "–")
         neg = s["ds_neg_mass_max"]
         lines.append(
@@ -263,12 +263,11 @@ def main(argv=None) -> int:
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}; {len(read)} runs "
              f"trained at commits {meta['runs_commits']}. Overrides: `{' '.join(overrides)}`. "
              "Gaps are eval loss minus the reference's, paired by seed (negative = better); "
-             "± is the sample std over seeds. Verdict rule: \"yes\" needs >= 3 seeds of the "
-             "claimed sign and |mean| > 2 SE. Step time and compiled temporary memory: one "
+             "± is the sample std over seeds. Step time and compiled temporary memory: one "
              "training step of each config in one process, median of interleaved rounds. "
              "Negative mass: the largest sum of negative H_res entries over tokens and steps "
              "(0 on the Birkhoff polytope; \"–\" for runs that predate the metric). sHC keeps "
-             "row and column sums exactly 1 but is not doubly stochastic by design.", ""]
+             "row and column sums exactly 1 but is not doubly stochastic by design.", "", RULE, ""]
     lines += table(summary, cost, sources) + [""] + frozen_note(summary)
     lines += [lite_note(cfgs["residual"].model.d_model), ""]
     common.write_report(os.path.join(args.out, "summary.md"), lines, missing)

@@ -24,20 +24,26 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from scipy import stats
+
 from experiments.common import provenance, runs_commits
 
 RESULTS = os.path.join(REPO, "paper_repro", "results")
 
-MIN_SEEDS = 3      # fewer seeds cannot show that a sign is more than seed noise
-SE_MULTIPLE = 2.0  # |mean| must exceed this many standard errors
-RULE = ("Verdict rule: a measured claim is \"yes\" only when at least 3 seeds all show the sign "
-        "the paper claims and |mean| > 2 standard errors (SE = sample sd / sqrt(n)); \"no\" when "
-        "the same evidence holds with the opposite sign; anything else (1 or 2 seeds, mixed "
-        "signs, |mean| <= 2 SE, a single endpoint of a single run) is \"inconclusive\". Checks "
-        "that do not depend on a seed (formulas vs XLA cost analysis, parameter counts, "
-        "compile-time memory fits, identities that hold by construction) are \"yes\" or \"no\" "
-        "(deterministic) against the tolerance the cell states. \"n/a\": the paper gives no "
-        "number to compare with.")
+MIN_SEEDS = 3       # a paired t-test needs a spread; fewer seeds decide nothing
+HEADLINE_SEEDS = 5  # the 30-block rows, Fig. 5 and the variants' gaps against mHC
+ALPHA = 0.05        # two-sided
+RULE = ("Verdict rule: a measured claim is a paired t-test over seeds (one paired difference per "
+        "seed; t = mean / (sd / sqrt(n)), df = n - 1): \"yes\" when the two-sided p < 0.05 and "
+        "the mean has the sign the paper claims, \"no\" when p < 0.05 with the opposite sign, "
+        "else \"inconclusive\"; t, df, p and n are printed beside the verdict. Fewer than 3 "
+        "seeds (5 for the headline claims: the 30-block rows, Fig. 5, the variants' gaps against "
+        "mHC), no spread (sd = 0, e.g. equal grid LRs) or a non-finite value are "
+        "\"inconclusive\". A claim made of parts is \"no\" if one part is \"no\", \"yes\" "
+        "if every part is, and names the part that decided. Checks that do not depend on a seed "
+        "(formulas vs XLA cost analysis, parameter counts, compile-time memory fits, identities "
+        "that hold by construction) are \"yes\" or \"no\" (deterministic) against the "
+        "tolerance the cell states. \"n/a\": the paper gives no number to compare with.")
 VERDICTS = ("yes", "no", "inconclusive", "n/a")
 
 
@@ -49,36 +55,41 @@ class Row:
     agrees: str
 
 
-def seeded_verdict(values, sign: int) -> str:
-    """`RULE` applied to one measured claim: `values` holds one number per seed, signed so that
-    `sign` (+1 or -1) is what the paper claims (e.g. loss gaps with sign -1 for "mHC is below
-    the baseline", `bound - peak` with +1 for "the peak stays under the bound"). NaN or zero
-    counts as neither sign. Returns the verdict with its evidence, e.g. "yes (3/3 seeds,
-    mean/SE 4.8)" or "inconclusive (2 seeds, signs mixed)"."""
+def paired_t(values) -> tuple[float, int, float]:
+    """(t, df, two-sided p) of a one-sample t-test of `values` (paired differences) against 0.
+    Needs >= 2 finite values with sd > 0."""
+    v = [float(x) for x in values]
+    n = len(v)
+    mean = sum(v) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
+    t = mean / (sd / math.sqrt(n))
+    return t, n - 1, float(2 * stats.t.sf(abs(t), n - 1))
+
+
+def seeded_verdict(values, sign: int, headline: bool = False) -> str:
+    """`RULE` applied to one measured claim: `values` holds one paired difference per seed,
+    signed so that `sign` (+1 or -1) is what the paper claims (e.g. loss gaps with sign -1 for
+    "mHC is below the baseline", `bound - peak` with +1 for "the peak stays under the bound").
+    `headline` claims need `HEADLINE_SEEDS` seeds. Returns the verdict with its evidence, e.g.
+    "yes (t = 6.12, df = 4, p = 0.0036, n = 5)" or "inconclusive (2 seeds; needs >= 3)"."""
     if sign not in (1, -1):
         raise ValueError(f"sign={sign!r}; must be +1 or -1")
     v = [float(x) for x in values]
-    n = len(v)
-    if n < 2:
-        return f"inconclusive ({seeds_note(n)})"
-    claimed = sum(x * sign > 0 for x in v)
-    opposite = sum(x * sign < 0 for x in v)
-    mixed = max(claimed, opposite) < n
-    if n < MIN_SEEDS:
-        return f"inconclusive ({n} seeds{', signs mixed' if mixed else ''})"
-    if claimed == opposite == 0:  # e.g. the same largest stable LR for both kinds on every seed
-        return f"inconclusive ({n} seeds, no difference on any seed)"
-    if mixed:
-        tied = n - claimed - opposite
-        return (f"inconclusive ({n} seeds, signs mixed: {claimed}/{n} as claimed"
-                + (f", {tied} tied" if tied else "") + ")")
-    mean = sum(v) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in v) / (n - 1))
-    ratio = abs(mean) / (sd / math.sqrt(n)) if sd > 0 else math.inf
-    side = f"{n}/{n} seeds" + ("" if claimed == n else " opposite")
-    if ratio <= SE_MULTIPLE:
-        return f"inconclusive ({side}, mean/SE {ratio:.1f} <= {SE_MULTIPLE:g})"
-    return f"{'yes' if claimed == n else 'no'} ({side}, mean/SE {ratio:.1f})"
+    n, need = len(v), HEADLINE_SEEDS if headline else MIN_SEEDS
+    if n < need:
+        return f"inconclusive ({seeds_note(n)}; needs >= {need}" + \
+            (" for a headline claim)" if headline else ")")
+    bad = sum(not math.isfinite(x) for x in v)
+    if bad:
+        return f"inconclusive ({bad} of {n} seeds not finite)"
+    if max(v) == min(v):  # no spread: a t-test cannot separate this from seed noise
+        return (f"inconclusive ({n} seeds, no difference on any seed)" if v[0] == 0 else
+                f"inconclusive ({n} seeds, all {v[0]:+.3g}: sd = 0, no spread to test)")
+    t, df, p = paired_t(v)
+    evidence = f"t = {t:+.2f}, df = {df}, p = {p:.2g}, n = {n}"
+    if p >= ALPHA:
+        return f"inconclusive ({evidence})"
+    return f"{'yes' if t * sign > 0 else 'no'} ({evidence})"
 
 
 def exact_verdict(ok: bool, tolerance: str) -> str:

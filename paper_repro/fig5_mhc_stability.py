@@ -75,17 +75,17 @@ def main(argv=None) -> int:
         common.Row("mHC training loss gap vs residual at the end (mean of last 10 % of steps, "
                    "per seed; claim: negative)", f"{PAPER_GAP}",
                    cell([p["mhc_gap"] for p in per]),
-                   common.seeded_verdict([p["mhc_gap"] for p in per], -1)),
+                   common.seeded_verdict([p["mhc_gap"] for p in per], -1, headline=True)),
         common.Row("mHC eval loss gap vs residual, per seed (claim: negative)",
                    "(final gap -0.021, training loss)", cell([p["eval_gap"] for p in per]),
-                   common.seeded_verdict([p["eval_gap"] for p in per], -1)),
+                   common.seeded_verdict([p["eval_gap"] for p in per], -1, headline=True)),
         common.Row("HC training loss gap vs residual at the end, per seed",
                    "negative until its surge", cell([p["hc_gap"] for p in per]), "n/a"),
         common.Row("mHC grad norm / residual (median over the second half, per seed; claim: "
                    "within 2x)", "comparable to the baseline", cell(ratios, ".2f"),
                    common.all_of({
-                       "above 0.5": common.seeded_verdict([r - 0.5 for r in ratios], +1),
-                       "below 2": common.seeded_verdict([2 - r for r in ratios], +1)})),
+                       "above 0.5": common.seeded_verdict([r - 0.5 for r in ratios], +1, True),
+                       "below 2": common.seeded_verdict([2 - r for r in ratios], +1, True)})),
         common.Row("HC grad norm / residual (median over the second half, per seed)",
                    "departs from the baseline around its surge",
                    cell([p["hc_ratio"] for p in per], ".2f"), "n/a"),

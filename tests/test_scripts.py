@@ -55,7 +55,7 @@ def test_aot_plans_smoke(tmp_path):
     assert _load("benchmarks/aot_plans.py").main(["--smoke", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| 3b | cpu | fsdp=4,expert=2 |" in text and "GiB" in text
-    assert "XLA:CPU" in text and len(list((tmp_path / "raw").glob("*.json"))) == 2
+    assert "XLA:CPU" in text and len(list((tmp_path / "raw").glob("*.json"))) == 1
 
 
 @pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
@@ -90,7 +90,7 @@ def test_paper_repro_stability_figures_smoke(tmp_path):
     fig7 = (tmp_path / "fig7_mhc_amax.md").read_text()
     assert ("| composite forward gain (max over steps and seeds) | about 1 | 1.000000 | yes "
             "(deterministic; ") in fig7
-    assert "| inconclusive (1 seed) |" in fig7 and "Runs read: 1, trained at commits: " in fig7
+    assert "| inconclusive (1 seed; needs >= 3) |" in fig7 and "Runs read: 1, trained at commits: " in fig7
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert runs == ["hc-s0", "mhc-s0", "residual-s0"]
     # the README is generated from these tables: one index row per item, missing ones marked

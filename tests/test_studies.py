@@ -240,7 +240,7 @@ def test_lr_sensitivity_and_long_run_smoke(tmp_path):
     assert lr_proxy.main(["--study", str(out), "--out", str(tmp_path / "proxy")]) == 0
     proxy = (tmp_path / "proxy" / "lr_proxy.md").read_text()
     assert "1 blocks: best eval loss over the grid, mHC minus residual" in proxy
-    assert "| inconclusive (1 seed) |" in proxy
+    assert "| inconclusive (1 seed; needs >= 3) |" in proxy
     lo = tmp_path / "long"
     assert long_run.main(["--smoke", "--lr", "0.01", "--out", str(lo)]) == 0
     summary = json.loads((lo / "summary.json").read_text())["summary"]
