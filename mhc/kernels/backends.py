@@ -30,7 +30,10 @@ import jax
 
 from mhc import targets
 
-OPS = ("sinkhorn", "site")  # the ops a row names a module for
+# the ops a row names a module for, and what that module defines (see sinkhorn_op.py, site_op.py)
+OPS = {"sinkhorn": ("call",),
+       "site": ("BACKEND", "ROWS", "MAX_LOGITS", "input_fwd", "input_bwd", "output_fwd",
+                "output_bwd")}
 
 
 def _always() -> bool:

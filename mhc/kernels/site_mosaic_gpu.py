@@ -1,11 +1,10 @@
 """The fused site's kernels on Mosaic GPU (JAX >= 0.12), written for Hopper's memory hierarchy
 (the interface: `site_op.py`; the building blocks: `mosaic_gpu_pipeline.py`).
 
-Same arrays in and out as the Pallas generic kernels (`site_pallas.py`), but a different
-schedule, because a token tile's streams do not fit in shared memory (SMEM) at the paper's width:
-64 tokens x N*C = 10240 bf16 lanes is 1.25 MiB, against 228 KiB of SMEM per H100 SM. So every
-kernel streams `[TM, TC]` chunks of the streams through SMEM (TMA copies, two chunks in flight)
-and keeps only per-token values in registers:
+Same arrays in and out as `site_pallas.py`, but a different schedule: a token tile's streams do
+not fit in shared memory (SMEM) at the paper's width (64 tokens x N*C = 10240 bf16 lanes is
+1.25 MiB, against 228 KiB per H100 SM). So every kernel streams `[TM, TC]` chunks of the streams
+through SMEM (TMA copies, two chunks in flight) and keeps only per-token values in registers:
   input forward   pass 1 over the D = N*Cp lanes: x·phi on the tensor cores (`plgpu.wgmma` into a
                   `[TM, Zp]` fp32 accumulator) and sum(x²) for the RMS; the coefficient math on
                   `[TM]` vectors; pass 2 over the Cp lanes: the branch input sum_i H_pre,i · x_i
@@ -15,12 +14,10 @@ and keeps only per-token values in registers:
   output forward  one pass: new_i = sum_k H_res,ik x_k + H_post,i f.
   output backward one pass: d x, d f, and the per-token d H_post / d H_res reductions.
 Matmul precision: the tensor cores take equal operand dtypes, so with bf16 streams phi (fp32) is
-split into bf16 hi + lo parts and both are multiplied (about 16 bits of phi, above the paper's
-tf32); fp32 streams go in as tf32. The backward's d proj is split the same way. Mosaic GPU's
-interpret mode multiplies in full fp32, so the CPU tests check the schedule and the math, not
-the tensor-core rounding (the accelerator check does). Not compiled by ptxas, run or timed on a
-GPU here; the interpret mode's race detector flags emit_pipeline's own pattern, so it cannot
-judge these.
+split into bf16 hi + lo parts, both multiplied (about 16 bits of phi, above the paper's tf32);
+fp32 streams go in as tf32; the backward's d proj is split the same way. Mosaic GPU's interpret
+mode multiplies in full fp32 (and its race detector flags emit_pipeline's own pattern): the CPU
+tests check the schedule and the math, not the tensor-core rounding nor races. Not run here.
 """
 from __future__ import annotations
 
@@ -182,6 +179,13 @@ def _coefficients(post, res, s):
     return to_rows((post, s.n), (res, s.n * s.n))
 
 
+def _post_res(c_gmem, rows, n):
+    """This program's H_post as N `[TM]` vectors and H_res as an N x N entry list, from the
+    token-minor rows `[N + N*N, Mp]` (through SMEM)."""
+    c = with_copies(lambda c_smem: vecs(c_smem, n + n * n), c_gmem.at[:, rows])
+    return c[:n], nested(c[n:], n)
+
+
 def output_fwd(s, x, f, post, res):
     """`H_res·x + H_postᵀ·f` -> new streams `[Mp, N*Cp]` in the streams' dtype."""
     n, mp = s.n, x.shape[0]
@@ -190,8 +194,7 @@ def output_fwd(s, x, f, post, res):
 
     def body(x_gmem, f_gmem, c_gmem, o_gmem):
         rows = tile_rows()
-        c = with_copies(lambda c_smem: vecs(c_smem, n + n * n), c_gmem.at[:, rows])
-        post, res = c[:n], nested(c[n:], n)
+        post, res = _post_res(c_gmem, rows, n)
 
         def step(_, *refs):
             xs, f_smem, outs = refs[:n], refs[n], refs[n + 1:]
@@ -216,8 +219,7 @@ def output_bwd(s, x, f, post, res, g):
 
     def body(x_gmem, f_gmem, c_gmem, g_gmem, gx_gmem, gf_gmem, gc_gmem):
         rows = tile_rows()
-        c = with_copies(lambda c_smem: vecs(c_smem, n + n * n), c_gmem.at[:, rows])
-        post, res = c[:n], nested(c[n:], n)
+        post, res = _post_res(c_gmem, rows, n)
 
         def step(_, *refs):
             xs, f_smem, gs = refs[:n], refs[n], refs[n + 1:2 * n + 1]

@@ -35,9 +35,19 @@ MAX_LOGITS = None
 
 
 # ----------------------------------------------------------------------------- helpers
+def _lanes(s: Static, i, j):
+    """Lanes of chunk j (traced) of stream i (static) in a `[TM, N*Cp]` block."""
+    return pl.ds(pl.multiple_of(i * s.cp + j * s.tc, s.tc), s.tc)
+
+
+def _width_lanes(s: Static, j):
+    """Lanes of chunk j (traced) in a `[TM, Cp]` block (branch input / output)."""
+    return pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)
+
+
 def _chunk(ref, s: Static, n, j):
     """Chunk j (traced) of stream n (static) of a `[TM, N*Cp]` ref."""
-    return ref[:, pl.ds(pl.multiple_of(n * s.cp + j * s.tc, s.tc), s.tc)]
+    return ref[:, _lanes(s, n, j)]
 
 
 def _maps_from_logits(logits, s: Static):
@@ -59,7 +69,7 @@ def _input_kernel(x_ref, phi_ref, gate_ref, bias_ref, b_ref, pre_ref, post_ref, 
         def body(j, carry, i=i):
             ssq, proj = carry
             xs = _chunk(x_ref, s, i, j).astype(F32)
-            w = phi_ref[pl.ds(pl.multiple_of(i * s.cp + j * s.tc, s.tc), s.tc), :]
+            w = phi_ref[_lanes(s, i, j), :]
             return (ssq + jnp.sum(xs * xs, axis=1, keepdims=True),
                     proj + jnp.dot(xs, w, precision=HIGHEST, preferred_element_type=F32))
         ssq, proj = jax.lax.fori_loop(0, nc, body, (ssq, proj))
@@ -76,7 +86,7 @@ def _input_kernel(x_ref, phi_ref, gate_ref, bias_ref, b_ref, pre_ref, post_ref, 
 
     def mix(j, _):
         acc = sum(pre[i] * _chunk(x_ref, s, i, j).astype(F32) for i in range(n))
-        b_ref[:, pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)] = acc.astype(b_ref.dtype)
+        b_ref[:, _width_lanes(s, j)] = acc.astype(b_ref.dtype)
         return 0
     jax.lax.fori_loop(0, nc, mix, 0)
 
@@ -89,7 +99,7 @@ def _input_bwd_kernel(x_ref, phi_ref, gate_ref, bias_ref, u_ref, r_ref, gb_ref, 
     pre = [v + s.pre_eps for v in pre_s]
 
     def dots(j, acc):  # d pre_i = sum_c d b · x_i
-        gb = gb_ref[:, pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)].astype(F32)
+        gb = gb_ref[:, _width_lanes(s, j)].astype(F32)
         return [a + jnp.sum(gb * _chunk(x_ref, s, i, j).astype(F32), axis=1, keepdims=True)
                 for i, a in enumerate(acc)]
     dpre = jax.lax.fori_loop(0, nc, dots, [jnp.zeros_like(r) for _ in range(n)])
@@ -108,30 +118,32 @@ def _input_bwd_kernel(x_ref, phi_ref, gate_ref, bias_ref, u_ref, r_ref, gb_ref, 
     for i in range(n):
         def body(j, _, i=i):
             xs = _chunk(x_ref, s, i, j).astype(F32)
-            w = phi_ref[pl.ds(pl.multiple_of(i * s.cp + j * s.tc, s.tc), s.tc), :]
-            gb = gb_ref[:, pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)].astype(F32)
+            w = phi_ref[_lanes(s, i, j), :]
+            gb = gb_ref[:, _width_lanes(s, j)].astype(F32)
             g = jax.lax.dot_general(gproj, w, (((1,), (1,)), ((), ())), precision=HIGHEST,
                                     preferred_element_type=F32)
             g = g + coef * xs + pre[i] * gb
-            gx_ref[:, pl.ds(pl.multiple_of(i * s.cp + j * s.tc, s.tc), s.tc)] = (
-                g.astype(gx_ref.dtype))
+            gx_ref[:, _lanes(s, i, j)] = g.astype(gx_ref.dtype)
             return 0
         jax.lax.fori_loop(0, nc, body, 0)
 
 
 # ----------------------------------------------------------------------- output path
+def _post_res(post_ref, res_ref, n):
+    """The tile's H_post as N `[TM, 1]` columns and H_res as an N x N entry list."""
+    return lane_columns(post_ref[...], n), nested(lane_columns(res_ref[...], n * n), n)
+
+
 def _output_kernel(x_ref, f_ref, post_ref, res_ref, o_ref, *, s: Static):
     n, nc = s.n, s.cp // s.tc
-    post = lane_columns(post_ref[...], n)
-    res = nested(lane_columns(res_ref[...], n * n), n)
+    post, res = _post_res(post_ref, res_ref, n)
 
     def body(j, _):
-        f = f_ref[:, pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)].astype(F32)
+        f = f_ref[:, _width_lanes(s, j)].astype(F32)
         xs = [_chunk(x_ref, s, i, j).astype(F32) for i in range(n)]
         for i in range(n):
             out = sum(res[i][k] * xs[k] for k in range(n)) + post[i] * f
-            o_ref[:, pl.ds(pl.multiple_of(i * s.cp + j * s.tc, s.tc), s.tc)] = (
-                out.astype(o_ref.dtype))
+            o_ref[:, _lanes(s, i, j)] = out.astype(o_ref.dtype)
         return 0
     jax.lax.fori_loop(0, nc, body, 0)
 
@@ -139,19 +151,17 @@ def _output_kernel(x_ref, f_ref, post_ref, res_ref, o_ref, *, s: Static):
 def _output_bwd_kernel(x_ref, f_ref, post_ref, res_ref, g_ref, gx_ref, gf_ref, gpost_ref,
                        gres_ref, *, s: Static):
     n, nc = s.n, s.cp // s.tc
-    post = lane_columns(post_ref[...], n)
-    res = nested(lane_columns(res_ref[...], n * n), n)
+    post, res = _post_res(post_ref, res_ref, n)
 
     def body(j, acc):
         gpost, gres = acc
-        sl = pl.ds(pl.multiple_of(j * s.tc, s.tc), s.tc)
+        sl = _width_lanes(s, j)
         f = f_ref[:, sl].astype(F32)
         xs = [_chunk(x_ref, s, i, j).astype(F32) for i in range(n)]
         gs = [_chunk(g_ref, s, i, j).astype(F32) for i in range(n)]
         for k in range(n):
             gx = sum(res[i][k] * gs[i] for i in range(n))
-            gx_ref[:, pl.ds(pl.multiple_of(k * s.cp + j * s.tc, s.tc), s.tc)] = (
-                gx.astype(gx_ref.dtype))
+            gx_ref[:, _lanes(s, k, j)] = gx.astype(gx_ref.dtype)
         gf_ref[:, sl] = sum(post[i] * gs[i] for i in range(n)).astype(gf_ref.dtype)
         gpost = [gpost[i] + jnp.sum(gs[i] * f, axis=1, keepdims=True) for i in range(n)]
         gres = [gres[i * n + k] + jnp.sum(gs[i] * xs[k], axis=1, keepdims=True)
