@@ -147,7 +147,7 @@ def part_a(p: Part, smoke: bool):
     p.lines += [f"Shapes: {tokens} tokens, n = {n}, C = {c}, Sinkhorn {iters} iterations; "
                 f"streams bf16, maps fp32. Kernel targets: {', '.join(targets)}"
                 + (" (interpret mode: the timings below are not performance numbers)."
-                   if "interpret" in targets[0] else "."),
+                   if kernels.backends.resolve(targets[0]).interpret else "."),
                 "Tolerances: Sinkhorn values |err| <= 1e-6 + 1e-5·|ref|, gradients |err| <= "
                 "1e-5 + 1e-4·|ref| (measured: worst |err| / that bound, ok if <= 1); site: "
                 "max |err| / max |ref| against the bound listed.", "",

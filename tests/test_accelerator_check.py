@@ -26,16 +26,16 @@ def test_smoke_passes_every_part_and_writes_the_report(tmp_path, capsys):
         assert re.search(rf"^## \({part}\) .*: PASS$", text, re.M), part
     assert "ERROR" not in text and "FAIL" not in printed
     # (a) every kernel comparison, values and gradients, against both references
-    from mhc.kernels import mosaic_gpu
+    from mhc import kernels
     for row in ("| sinkhorn paper (interpret) vs mhc.manifolds | grad |",
                 "| sinkhorn deepseek_v4 (interpret) vs mhc.manifolds | values |",
                 *(["| sinkhorn paper (mosaic_gpu_interpret) vs mhc.manifolds | grad |"]
-                  if mosaic_gpu.available() else []),
+                  if kernels.available("mosaic_gpu") else []),
                 "| fused site (interpret) vs kernels=xla | d phi |",
                 "| fused site (interpret) vs kernels=reference | d streams (bf16) |",
                 *(["| fused site (mosaic_gpu_interpret) vs kernels=xla | H_res |",
                    "| fused site (mosaic_gpu_interpret) vs kernels=reference | d phi |"]
-                  if mosaic_gpu.available() else [])):
+                  if kernels.available("mosaic_gpu") else [])):
         assert row in text and text.split(row)[1].split("\n")[0].endswith("| yes |"), row
     assert "| mHC site (interpret), F = tanh, [40, 2, 32] bf16 |" in text  # kernel / XLA time
     # (b) the baseline, both mHC implementations and the recompute variant, with ratios

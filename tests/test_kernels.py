@@ -14,7 +14,6 @@ from flax import nnx
 
 from mhc import connections as cx
 from mhc import kernels, manifolds
-from mhc.kernels import mosaic_gpu
 from mhc.config import ConfigError, ModelConfig
 from mhc.model import Decoder
 
@@ -27,7 +26,7 @@ def _close(a, b, rtol):
 
 
 # Pallas' interpret mode, and Mosaic GPU's own interpret mode where this JAX has it (>= 0.12)
-MOSAIC_GPU = pytest.mark.skipif(not mosaic_gpu.available(),
+MOSAIC_GPU = pytest.mark.skipif(not kernels.available("mosaic_gpu"),
                                 reason="Mosaic GPU's kernel entry point and interpret mode: jax >= 0.12")
 INTERPRET_TARGETS = ["interpret", pytest.param("mosaic_gpu_interpret", marks=MOSAIC_GPU)]
 
@@ -232,8 +231,8 @@ def test_kernels_lower_for_gpu_and_tpu(target, platform, c):
 def test_mosaic_gpu_site_rows_and_smem_budget():
     """Mosaic GPU: 64 token rows per program (one warpgroup's wgmma), a bad block_m is named,
     and every kernel's pipeline buffers fit the SMEM budget at the paper's shape."""
-    from mhc.kernels import fused_site_mgpu as fm
-    from mhc.kernels.fused_site import Static, chunk_width
+    from mhc.kernels import mosaic_gpu_pipeline as fm, site_mosaic_gpu
+    from mhc.kernels.site_layout import Static
     spec = cx.ConnectionSpec(width=32, n_streams=2)
     with pytest.raises(ValueError, match="block_m=8.*64 token rows"):
         kernels.apply_site(cx.init_params(spec, 1), jnp.zeros((4, 2, 32)), jnp.tanh, spec,
@@ -243,10 +242,10 @@ def test_mosaic_gpu_site_rows_and_smem_budget():
         kernels.apply_site(cx.init_params(spec16, 1), jnp.zeros((4, 16, 16)), jnp.tanh, spec16,
                            target="mosaic_gpu_interpret")
     c = 2560
-    s = Static(n=4, c=c, cp=c, tc=chunk_width(c), block_m=fm.TM, iters=20, convention="paper",
-               eps=1e-6, pre_eps=0.0, norm_eps=1e-6, target="mosaic_gpu")
+    s = Static(n=4, c=c, cp=c, tc=kernels.chunk_width(c), block_m=site_mosaic_gpu.ROWS, iters=20,
+               convention="paper", eps=1e-6, pre_eps=0.0, norm_eps=1e-6, target="mosaic_gpu")
     for chunks in (2, 5, 13, 14):  # the kernels' [TM, TC] buffers per pipeline step
-        tc = fm._chunk(s, chunks, 2)
+        tc = fm.chunk_lanes(s, chunks, 2)
         assert s.cp % tc == 0 and tc >= 16
         assert chunks * fm.STEPS_IN_FLIGHT * fm.TM * tc * 2 <= fm.SMEM_BUDGET
 
@@ -254,14 +253,14 @@ def test_mosaic_gpu_site_rows_and_smem_budget():
 def test_tensor_core_operand_split_keeps_16_bits():
     """bf16 hi + lo parts of an fp32 array reconstruct it to 2^-16 relative (the Mosaic GPU
     site's phi and d proj operands); fp32 operands pass through whole (tf32 on the GPU)."""
-    from mhc.kernels.fused_site_mgpu import _split
+    from mhc.kernels.mosaic_gpu_pipeline import split_operands
     a = jax.random.normal(jax.random.key(0), (64, 32)) * jnp.logspace(-3, 3, 32)
-    hi, lo = _split(a, jnp.bfloat16)
+    hi, lo = split_operands(a, jnp.bfloat16)
     assert hi.dtype == lo.dtype == jnp.bfloat16
     back = hi.astype(jnp.float32) + lo.astype(jnp.float32)
     assert float(jnp.max(jnp.abs(back - a) / jnp.abs(a))) <= 2.0 ** -16
     assert float(jnp.max(jnp.abs(hi.astype(jnp.float32) - a) / jnp.abs(a))) > 2.0 ** -10
-    (whole,) = _split(a, jnp.float32)
+    (whole,) = split_operands(a, jnp.float32)
     assert whole is a
 
 

@@ -145,7 +145,7 @@ def test_sinkhorn_kernel_per_shard_matches_reference():
 
 
 def test_mosaic_tpu_chunks_are_whole_vregs():
-    from mhc.kernels.fused_site import chunk_width
+    from mhc.kernels import chunk_width
     for c in (64, 96, 256, 2560):
         assert chunk_width(c, "mosaic") == 128
     assert chunk_width(64) == 64 and chunk_width(96) == 32
