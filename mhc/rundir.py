@@ -41,13 +41,20 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# What the studies and tables write: changes there do not change the code that runs, and a
+# study that rewrote its own summary must not mark the next run or table "dirty"
+OUTPUTS = (":(exclude,glob)**/results/**", ":(exclude)README.md", ":(exclude)paper_repro/README.md")
+
+
 def source_version() -> dict:
     """{"commit": short hash or "unknown", "dirty": bool or None} of the code that is running:
-    the git checkout that holds this `mhc` package (an installed copy has no commit)."""
+    the git checkout that holds this `mhc` package (an installed copy has no commit). "dirty":
+    a tracked file outside the outputs (`OUTPUTS`: results folders, generated READMEs) differs
+    from the commit."""
     commit = _git("rev-parse", "--short=10", "HEAD")
     if commit is None:
         return {"commit": "unknown", "dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUTS)
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 

@@ -190,3 +190,29 @@ def test_choose_regime_rule():
                "moves-better": row(2.05, 0.2, 0.05)}
     assert choose_regime(summary)[0] == "moves-better"
     assert choose_regime({"residual": row(1.0, 0, 0), "frozen": row(1.9, 0.001, 0)})[0] is None
+
+
+def test_dirty_means_code_changed_not_results(tmp_path, monkeypatch):
+    """A study rewriting its own summary (a results folder, a generated README) leaves the tree
+    clean for the next run; any other tracked change makes it dirty."""
+    import subprocess
+
+    from mhc import rundir
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+    (tmp_path / "experiments" / "results").mkdir(parents=True)
+    (tmp_path / "experiments" / "results" / "summary.md").write_text("a\n")
+    (tmp_path / "README.md").write_text("a\n")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(rundir, "_SOURCE", str(tmp_path))
+    assert rundir.source_version()["dirty"] is False
+    (tmp_path / "experiments" / "results" / "summary.md").write_text("b\n")
+    (tmp_path / "README.md").write_text("b\n")
+    (tmp_path / "untracked.py").write_text("x = 1\n")
+    assert rundir.source_version()["dirty"] is False
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert rundir.source_version()["dirty"] is True
