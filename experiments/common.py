@@ -185,13 +185,16 @@ def mean_spread(values) -> tuple[float, float]:
 
 
 def provenance(run_dirs=()) -> dict:
-    """Date, commit (with the dirty flag) and device of the numbers a script writes, and the
-    commits the runs it reads were trained at (`runs_commits`; "unrecorded" for old runs)."""
+    """Date, commit (with the dirty flag), device and JAX version (compiled memory and cost depend
+    on the XLA release) of the numbers a script writes, and the commits the runs it reads were
+    trained at (`runs_commits`; "unrecorded" for old runs)."""
+    import jax
+
     from mhc import rundir
     version = rundir.source_version()
     commit = version["commit"] + ("+dirty" if version["dirty"] else "")
     meta = {"date": datetime.date.today().isoformat(), "commit": commit,
-            "device": rundir.machine()}
+            "device": rundir.machine(), "jax": jax.__version__}
     if run_dirs:
         meta["runs_commits"] = runs_commits(run_dirs)
     return meta

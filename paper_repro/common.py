@@ -144,7 +144,7 @@ def write(name: str, title: str, rows: list[Row], out_dir: str, command: str,
             if n_runs else "Runs read: none.")
     lines = [f"# {title}", "",
              f"Produced by `{command}` on {meta['date']}, commit {meta['commit']}, "
-             f"{meta['device']}. {runs}", "",
+             f"{meta['device']}, jax {meta['jax']}. {runs}", "",
              "| quantity | paper says | we measure | agrees? |", "|---|---|---|---|"]
     lines += ["| " + " | ".join(md_cell(v) for v in dataclasses.astuple(r)) + " |" for r in rows]
     lines += ["", RULE]
