@@ -183,8 +183,9 @@ def largest_stable(by_lr: dict[float, list[dict]]) -> float:
 def summarize(metrics: dict) -> dict:
     """{(kind, depth): summary} from {(kind, depth, lr, seed): run metrics}."""
     out = {}
-    grid = sorted({lr for _, _, lr, _ in metrics})  # a seed counts once its whole curve exists
     for kind, depth in sorted({(k, d) for k, d, _, _ in metrics}, key=lambda x: (x[1], x[0])):
+        # a seed counts once its whole curve over the depth's grid (every LR run at it) exists
+        grid = sorted({lr for _, d, lr, _ in metrics if d == depth})
         runs = {(lr, s): m for (k, d, lr, s), m in metrics.items() if (k, d) == (kind, depth)}
         lrs = [lr for lr in grid if any(key[0] == lr for key in runs)]
         seeds = sorted({s for _, s in runs})

@@ -78,6 +78,20 @@ def test_largest_stable_stops_at_a_surge_and_counts_both():
     assert "| 2/8 | 3 (3) |" in lrs.table({("hc", 30): summary})[2]
 
 
+def test_a_depth_is_judged_on_its_own_grid():
+    """The grid's top LRs exist only at 30 blocks: a 6-block seed with the whole 6-block grid
+    is complete (the LR proxy and the study both), not dropped for the LRs run elsewhere."""
+    from paper_repro import lr_proxy
+    ok = lrs.run_metrics(_record([5.5] + [2.0] * 20, 2.1))
+    metrics = {(k, d, lr, s): ok for k in ("hc", "mhc") for s in (0, 1, 2)
+               for d, grid in ((6, (1e-3, 1e-2)), (30, (1e-3, 1e-2, 1e-1))) for lr in grid}
+    summary = lrs.summarize(metrics)
+    assert summary[("hc", 6)]["seeds_complete"] == [0, 1, 2] and summary[("hc", 6)]["lrs"] == [
+        1e-3, 1e-2]
+    assert set(lr_proxy.by_seed(metrics, "hc", 6)) == {0, 1, 2}
+    assert len(lr_proxy.paired(metrics, "mhc", "hc", 6, lr_proxy._stable)) == 3
+
+
 def _committed(name):
     with open(os.path.join(RECORDS, f"{name}.json")) as f:
         return lrs.run_metrics(json.load(f))
