@@ -185,3 +185,49 @@ def test_hc_res_only_learns_h_res_alone():
 def test_unknown_kind_is_one_clear_line():
     with pytest.raises(SystemExit, match="--kinds: unknown nope; allowed: .*identity_hc"):
         lrs.main(["--kinds", "nope", "--only-finished"])
+
+
+# ------------------------------------------------------------------ the depth law (bisection)
+def test_bisection_finds_every_edge_in_log2_runs():
+    from experiments.depth_law import bisect_edge
+    for n in (1, 3, 10):
+        for edge in range(-1, n):
+            found, asked = bisect_edge(n, lambda i: i <= edge)
+            assert found == edge
+            assert len(asked) <= math.ceil(math.log2(n + 1)) and len(set(asked)) == len(asked)
+
+
+def test_monotone_violations_and_the_edge_fit():
+    from experiments import depth_law
+    ok, bad = {"unstable": False}, {"unstable": True}
+    assert depth_law.monotone_violations({1e-3: ok, 1e-2: bad, 1e-1: ok, 1.0: bad}) == [1e-1]
+    assert depth_law.monotone_violations({1e-3: ok, 1e-2: ok, 1e-1: bad}) == []
+    # edge = 0.3 * depth^-0.5 exactly, plus end-of-grid seeds the fit must ignore
+    edges = {d: [0.3 * d ** -0.5] * 3 + [math.inf] for d in (6, 12, 30, 60)}
+    fit = depth_law.edge_fit(edges)
+    assert fit["slope"] == pytest.approx(-0.5) and fit["slope_se"] == pytest.approx(0, abs=1e-9)
+    assert fit["at_paper_depth"] == pytest.approx(0.3 * 30 ** -0.5) and fit["points"] == 12
+    assert math.isnan(depth_law.edge_fit({6: [0.1, 0.2]})["slope"])
+
+
+def test_seed_edges_reads_a_bisection_from_the_runs_there_are():
+    from experiments import depth_law
+    grid = (1e-3, 1e-2, 1e-1)
+    ok, bad = {"unstable": False}, {"unstable": True}
+    metrics = {("hc", 12, 1e-2, 0): ok, ("hc", 12, 1e-1, 0): bad,   # bisection asks 1, 2
+               ("hc", 12, 1e-2, 1): bad, ("hc", 12, 1e-3, 1): bad,  # asks 1, 0: none stable
+               ("hc", 12, 1e-2, 2): ok}                              # unfinished: left out
+    assert depth_law.seed_edges(metrics, "hc", 12, grid) == {0: 1e-2, 1: -math.inf}
+
+
+@pytest.mark.slow
+def test_depth_law_smoke(tmp_path):
+    from experiments import depth_law
+    assert depth_law.main(["--smoke", "--kinds", "residual,mhc", "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "depth_law.md").read_text()
+    assert "| residual |" in text and "| mhc |" in text and "1 blocks" in text
+    # a second call trains nothing: every bisection step is a record now
+    records = sorted(p.name for p in (tmp_path / "records").iterdir())
+    assert depth_law.main(["--smoke", "--kinds", "residual,mhc", "--out", str(tmp_path),
+                           "--only-finished"]) == 0
+    assert sorted(p.name for p in (tmp_path / "records").iterdir()) == records

@@ -1,0 +1,200 @@
+"""Depth law of stability: each kind's largest stable LR at 6, 12, 30 and 60 blocks, found by
+bisection on the LR grid, and how it moves with depth.
+
+The LR-sensitivity study (`experiments.lr_sensitivity`) sweeps every grid point at 6 and 30
+blocks. Sweeping 12 and 60 blocks as well would cost ~4x more, so here each (kind, depth, seed)
+looks for its stability edge by bisection over the same grid: stability is taken to be monotone
+in the LR (stable up to an edge, unstable above it; the swept depths check this assumption, see
+`monotone_violations`), so ceil(log2(len(grid) + 1)) = 4 runs find the edge of a 10-point grid.
+Runs have the lr_sensitivity study's names, configs and compact records (the same records
+folder), so every swept run is reused and every bisection run extends the sweep.
+
+Per (kind, depth): the per-seed edges; per kind: the least-squares slope of log10(edge) against
+log10(depth) over all seeds and depths, with its standard error and the edge it extrapolates to
+at the paper's depth (30 blocks, 60 sites: measured here, so the fit is a summary of the trend,
+not an extrapolation). An edge at the grid's top is a lower bound and one below the grid's
+bottom an upper bound: those seeds are reported and left out of the fit.
+
+    python -m experiments.depth_law                          # 4 kinds x 4 depths x 5 seeds
+    python -m experiments.depth_law --depths 12 --seeds 0    # one depth, one seed
+    python -m experiments.depth_law --only-finished          # tabulate, train nothing
+    python -m experiments.depth_law --smoke --out /tmp/dl    # seconds: wiring check
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+from experiments import common, lr_sensitivity as lrs
+
+KINDS = ("residual", "hc", "mhc", "identity_hc")
+DEPTHS = (6, 12, 30, 60)
+SEEDS = (0, 1, 2, 3, 4)
+PAPER_DEPTH = 30  # blocks (60 sites)
+
+
+def bisect_edge(n: int, stable) -> tuple[int, list[int]]:
+    """(largest index i in [-1, n - 1] with `stable(i)` true, assuming stable(j) for every j <= i
+    and unstable above; -1: none; the indices asked, in order)."""
+    lo, hi, asked = -1, n, []
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        asked.append(mid)
+        if stable(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, asked
+
+
+def monotone_violations(curve: dict[float, dict]) -> list[float]:
+    """The LRs of a swept curve {lr: run metrics} that are stable above an unstable LR: where
+    bisection's assumption fails (it then finds one of the edges, not necessarily the lowest)."""
+    out, seen_unstable = [], False
+    for lr in sorted(curve):
+        if curve[lr]["unstable"]:
+            seen_unstable = True
+        elif seen_unstable:
+            out.append(lr)
+    return out
+
+
+def edge_fit(edges: dict[int, list[float]]) -> dict:
+    """Least squares log10(edge) = a + b log10(depth) over every (depth, seed) with a finite
+    interior edge; b's standard error; the fitted edge at PAPER_DEPTH. NaN with < 3 points or a
+    single depth."""
+    pts = [(math.log10(d), math.log10(e)) for d, es in edges.items() for e in es
+           if math.isfinite(e)]
+    if len(pts) < 3 or len({x for x, _ in pts}) < 2:
+        return {"slope": math.nan, "slope_se": math.nan, "at_paper_depth": math.nan,
+                "points": len(pts)}
+    x, y = np.array(pts).T
+    (b, a), cov = np.polyfit(x, y, 1, cov="unscaled")
+    resid = y - (a + b * x)
+    sigma2 = float(resid @ resid) / (len(x) - 2)
+    return {"slope": float(b), "slope_se": float(math.sqrt(cov[0, 0] * sigma2)),
+            "at_paper_depth": float(10 ** (a + b * math.log10(PAPER_DEPTH))), "points": len(pts)}
+
+
+def seed_edges(metrics: dict, kind: str, depth: int, grid) -> dict[int, float]:
+    """{seed: largest stable LR} from the runs there are; a seed whose bisection is unfinished
+    is left out. Edges at the grid's ends are +inf (stable at the top) / -inf (none stable)."""
+    out = {}
+    for seed in sorted({s for k, d, _, s in metrics if (k, d) == (kind, depth)}):
+        runs = {lr: m for (k, d, lr, s), m in metrics.items() if (k, d, s) == (kind, depth, seed)}
+        known = True
+
+        def stable(i):
+            nonlocal known
+            if grid[i] not in runs:
+                known = False
+                return False
+            return not runs[grid[i]]["unstable"]
+        i, _ = bisect_edge(len(grid), stable)
+        if known:
+            out[seed] = math.inf if i == len(grid) - 1 else (-math.inf if i < 0 else grid[i])
+    return out
+
+
+def run(kinds, depths, seeds, grid, out: str, runs_root: str, smoke=False, train=True) -> dict:
+    """Bisect every (kind, depth, seed), training what is missing; {(kind, depth): {seed: edge}}
+    and the metrics read."""
+    records_dir = os.path.join(out, common.RECORDS)
+    os.makedirs(records_dir, exist_ok=True)
+    if train:
+        common.enable_compile_cache()
+    metrics = {}
+    for depth in depths:
+        for seed in seeds:
+            for kind in kinds:
+                def stable(i, kind=kind, depth=depth, seed=seed):
+                    job = lrs.plan((kind,), (depth,), (grid[i],), (seed,), smoke=smoke,
+                                   runs_root=runs_root)[0]
+                    name, *_, overrides, cfg, run_dir = job
+                    path = os.path.join(records_dir, f"{name}.json")
+                    if not common.recorded(path, overrides):
+                        if not train:
+                            return False
+                        common.train_or_resume(cfg, run_dir, verbose=not smoke,
+                                               label=f"{name} (bisection)")
+                        common.write_json(path, common.compact_run(run_dir, overrides, lrs.KEEP))
+                    m, _, _ = lrs.load(records_dir, [job])
+                    metrics.update(m)
+                    return not m[(kind, depth, grid[i], seed)]["unstable"]
+                bisect_edge(len(grid), stable)
+    edges = {(k, d): seed_edges(metrics, k, d, grid) for k in kinds for d in depths}
+    return {"edges": edges, "metrics": metrics}
+
+
+def table(edges: dict, kinds, depths, grid) -> list[str]:
+    fmt = lambda e: ("> top" if e == math.inf else "< bottom" if e == -math.inf  # noqa: E731
+                     else f"{e:g}")
+    lines = ["| kind | " + " | ".join(f"{d} blocks" for d in depths)
+             + " | slope of log10 edge vs log10 depth (± SE) | fitted edge at 30 blocks |",
+             "|---|" + "---|" * (len(depths) + 2)]
+    for kind in kinds:
+        by_depth = {d: list(edges[(kind, d)].values()) for d in depths}
+        fit = edge_fit(by_depth)
+        cells = [", ".join(fmt(e) for e in by_depth[d]) or "–" for d in depths]
+        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {fit['slope']:+.2f} ± "
+                     f"{fit['slope_se']:.2f} ({fit['points']} points) | "
+                     f"{fit['at_paper_depth']:.3g} |")
+    return lines
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results",
+                                                 "lr_sensitivity"),
+                   help="the LR-sensitivity study's folder: its records are shared")
+    p.add_argument("--runs", default=None, help="where runs train (default runs/lr_sensitivity)")
+    p.add_argument("--only-finished", action="store_true", help="train nothing")
+    p.add_argument("--smoke", action="store_true", help="tiny models, 4 steps: wiring check")
+    args = p.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    bad = [k for k in kinds if k not in lrs.KINDS]
+    if bad or not kinds:
+        raise SystemExit(f"--kinds: unknown {', '.join(bad) or '(none)'}; allowed: "
+                         f"{', '.join(lrs.KINDS)}")
+    depths, seeds = lrs._floats(args.depths, "depths", int), lrs._floats(args.seeds, "seeds", int)
+    grid = lrs.LRS
+    if args.smoke:
+        depths, seeds, grid = (1, 2), (0,), lrs.LRS[:1]  # one run per (kind, depth)
+    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke
+                              else os.path.join(REPO, "runs", "lr_sensitivity"))
+    result = run(kinds, depths, seeds, grid, args.out, runs_root, args.smoke,
+                 train=not args.only_finished)
+    curves = {}
+    for (k, d, lr, s), m in result["metrics"].items():
+        curves.setdefault((k, d, s), {})[lr] = m
+    swept = {key: c for key, c in curves.items() if set(c) == set(grid)}
+    violations = {key: v for key, c in swept.items() if (v := monotone_violations(c))}
+    meta = common.provenance()
+    lines = ["# Depth law of stability: largest stable LR by bisection", "",
+             f"{meta['date']}, commit {meta['commit']}, {meta['device']}, jax {meta['jax']}. "
+             f"{len(result['metrics'])} runs read (the LR-sensitivity study's records); grid "
+             f"{', '.join(map(str, grid))}; seeds {list(seeds)}. Stable: neither diverged nor "
+             "surged (the LR-sensitivity study's criteria). Cells: per-seed largest stable LR "
+             "('> top': stable at the grid's top, a lower bound; '< bottom': none stable; both "
+             "are left out of the fit).", "", *table(result["edges"], kinds, depths, grid), "",
+             f"Bisection assumes stability is monotone in the LR. Of {len(swept)} fully swept "
+             f"curves, {len(violations)} break it"
+             + (": " + "; ".join(f"{k}-L{d}-s{s} stable again at {v}"
+                                 for (k, d, s), v in sorted(violations.items())) if violations
+                else "") + "."]
+    common.write_report(os.path.join(args.out, "depth_law.md"), lines)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
