@@ -62,7 +62,7 @@ def lite_logit_matching_sinkhorn(n: int, offdiag_logit: float) -> float:
 
 # --------------------------------------------------------------------------------- KromHC
 def kron_factors(n: int) -> int:
-    """K with n = 2^K: KromHC's number of 2x2 factors (ValueError for another n)."""
+    """k with n = 2^k: KromHC's number of 2x2 factors (ValueError for another n)."""
     if not isinstance(n, int) or n < 1 or n & (n - 1):
         raise ValueError(f"manifold='kromhc' needs n_streams a power of two (1, 2, 4, 8, ...); "
                          f"got n_streams={n!r}")
@@ -70,15 +70,15 @@ def kron_factors(n: int) -> int:
 
 
 def kromhc(logits_xY: jax.Array, n: int) -> jax.Array:
-    """KromHC (arXiv 2601.21579): `H = U_1 ⊗ U_2 ⊗ ... ⊗ U_K` for n = 2^K, each factor
+    """KromHC (arXiv 2601.21579): `H = U_1 ⊗ U_2 ⊗ ... ⊗ U_k` for n = 2^k, each factor
     `U_k = [[p_k, 1 - p_k], [1 - p_k, p_k]]` with `p_k = softmax(logits[2k:2k+2])[0]`; U_1 is the
     outermost factor (it acts on the most significant bit of the stream index), as in the
-    authors' code. Exactly doubly stochastic and symmetric with 2K logits per token, instead of
-    mHC-lite's n!. logits `[..., 2K]` -> H `[..., n, n]`, fp32."""
+    authors' code. Exactly doubly stochastic and symmetric with 2k logits per token, instead of
+    mHC-lite's n!. logits `[..., 2k]` -> H `[..., n, n]`, fp32."""
     k = kron_factors(n)
     z = jnp.asarray(logits_xY, jnp.float32)
     batch = z.shape[:-1]
-    p = jax.nn.softmax(z.reshape(*batch, k, 2), axis=-1)[..., 0]  # [..., K]
+    p = jax.nn.softmax(z.reshape(*batch, k, 2), axis=-1)[..., 0]  # [..., k]
     h = jnp.ones((*batch, 1, 1), jnp.float32)
     for i in range(k):
         q = p[..., i, None, None]
@@ -100,7 +100,7 @@ def _kromhc_init(n: int, how: str, offdiag_logit: float) -> np.ndarray:
 def kromhc_logit_matching_sinkhorn(n: int, offdiag_logit: float) -> float:
     """The KromHC per-factor logit L' (factor init [0, L']) whose initial H_res has the diagonal of
     Sinkhorn's soft identity with logits 0 / `offdiag_logit`: the diagonal of a Kronecker product
-    of K factors with p = 1 / (1 + e^L') is p^K, so p = a^(1/K), a = 1 / (1 + (n-1)·e^L)."""
+    of k factors with p = 1 / (1 + e^L') is p^k, so p = a^(1/k), a = 1 / (1 + (n-1)·e^L)."""
     k = kron_factors(n)
     a = soft_identity_diagonal(n, offdiag_logit)
     p = a ** (1.0 / max(k, 1))

@@ -29,7 +29,8 @@ def _raw_init(n: int, how: str, offdiag_logit: float) -> np.ndarray:
     return np.full(n * n, 1.0 / n, np.float32)
 
 
+# no logits: H = I whatever the init, so only the identity init is honest
 IDENTITY = Manifold("identity", identity, count=lambda n: 0, initial_logits=_no_logits,
-                    guarantees=GUARANTEES, sinkhorn_start=None)
+                    guarantees=GUARANTEES, inits=("identity",), sinkhorn_start=None)
 UNCONSTRAINED = Manifold("unconstrained", as_square, initial_logits=_raw_init,
                          doubly_stochastic=False, sinkhorn_start=None)
