@@ -18,7 +18,8 @@ and how it starts from Sinkhorn's diagonal; `get(name)` returns one, `register(n
                    stochastic), Y = (N - 1)²                                   (orthogonal.py)
   identity         H = I (plain residual mixing), Y = 0
   unconstrained    H = reshape(logits) (Hyper-Connections), Y = N*N                 (plain.py)
-A new manifold: a module declaring its `Manifold`, and its line in `BUILT_IN` below.
+A new manifold: a module declaring its `Manifold`, imported on the line of the families below,
+and its entry in `BUILT_IN`; tests/test_manifold_contract.py then checks it like the others.
 """
 from mhc.manifolds import orthogonal, permutations, plain, sinkhorn_knopp
 from mhc.manifolds.base import (_REGISTRY, DOUBLY_STOCHASTIC, GUARANTEES, INITS,
