@@ -8,9 +8,9 @@ elementwise ops over whole vregs / warps instead of a tiny `[N, N]` reduction pe
 
 The math works on N x N nested lists of same-shaped arrays (`entries[i][j]`) so the fused site
 kernels (`fused_site.py`) reuse it on `[TM, 1]` columns. Conventions are those of
-`mhc.manifolds.sinkhorn_iterations` (`sinkhorn_paper`: log domain, columns then rows, `iters`
-times, exp at the end; `sinkhorn_deepseek_v4`: softmax + eps, columns, (iters - 1) x (rows,
-columns), eps in every denominator, returned transposed).
+`mhc.manifolds` (`_sinkhorn_paper`: log domain, columns then rows, `iters` times, exp at the end;
+`_sinkhorn_deepseek_v4`: softmax + eps, columns, (iters - 1) x (rows, columns), eps in every
+denominator, returned transposed).
 
 Backward: nothing is stored between forward and backward but the logits. The backward kernel
 walks the iterations in reverse and recomputes iterate k-1 from the logits for every k (t²/2
