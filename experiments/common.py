@@ -237,21 +237,15 @@ STUDY_REGIME = ("res_offdiag_logit=-2",)
 STRESS_REGIME = ("res_offdiag_logit=-2", "connection_lr_mult=10")
 
 
-# manifolds whose off-diagonal logit means something else than Sinkhorn's: the function of
-# `mhc.manifolds` that translates Sinkhorn's logit into theirs (the same starting diagonal)
-MATCHING_SINKHORN_START = {"mhc_lite": "lite_logit_matching_sinkhorn",
-                           "kromhc": "kromhc_logit_matching_sinkhorn"}
-
-
 def regime_overrides(kind_overrides, regime=STUDY_REGIME) -> tuple[str, ...]:
     """The options of `regime` that apply to the kind given by `kind_overrides` (e.g.
     ("residual=hc",)): one the config refuses for that kind (an off-diagonal logit for HC or
     the unconstrained map, a Sinkhorn range cap for mHC-lite) is left out, a plain residual
     (no connection parameters) gets none, and mHC-lite's and KromHC's off-diagonal logits are
-    translated so that they start from Sinkhorn's H_res (mHC-lite) or its diagonal (KromHC;
-    `MATCHING_SINKHORN_START`). sHC's and go-mHC's inits make that translation themselves.
+    translated so that they start from Sinkhorn's H_res (mHC-lite) or its diagonal (KromHC):
+    each manifold declares that translation (`mhc.manifolds.Manifold.sinkhorn_start`; sHC's
+    and go-mHC's inits make it themselves, so theirs returns the logit unchanged).
     """
-    from mhc import manifolds
     from mhc.config import ConfigError
     kind = make_config("tiny", kind_overrides)
     if kind.model.residual == "residual":
@@ -259,9 +253,9 @@ def regime_overrides(kind_overrides, regime=STUDY_REGIME) -> tuple[str, ...]:
     kept = []
     for option in regime:
         key, _, value = option.partition("=")
-        matching = MATCHING_SINKHORN_START.get(kind.model.connection_spec().manifold)
-        if key == "res_offdiag_logit" and matching is not None:
-            value = getattr(manifolds, matching)(kind.model.n_streams, float(value))
+        sinkhorn_start = kind.model.connection_spec().res_manifold.sinkhorn_start
+        if key == "res_offdiag_logit" and sinkhorn_start is not None:
+            value = sinkhorn_start(kind.model.n_streams, float(value))
             option = f"{key}={value:.6g}"
         try:
             make_config("tiny", [*kind_overrides, *kept, option])

@@ -3,12 +3,18 @@
 Conventions of the whole package (module docstrings and shape-suffixed names such as
 `streams_BxTxNxC` use them; each module's docstring lists the letters it uses):
 
+  Shape suffixes: a name ends in its shape, one letter per axis joined by `x` (`streams_BxTxNxC`
+  is `[B, T, N, C]`). A leading `x` stands for any number of leading axes: `streams_xNxC` is
+  `[..., N, C]`, taken with whatever batch shape the caller has (`logits_xY`: `[..., Y]`).
+
   Dimension letters (one meaning each)
     B batch            T tokens of a sequence     M tokens flattened (B*T rows of a kernel)
     N streams (n)      C width (d_model)          D = N*C, the streams flattened
-    Q = N*N entries of H_res                      Z = 2N + N*N logits of a site (pre, post, res)
+    Q = N*N entries of H_res                      Y logits of H_res (the manifold's count;
+    Z = 2N + Y logits of a site (pre, post, res)    N*N for Sinkhorn, N! for mHC-lite)
     V vocabulary       L layers (blocks; 2L connection sites)
-    H attention heads  K head dim                 R rank of MLA's KV latent
+    H attention heads  K query/key head dim       J value head dim (MLA's differs from K)
+    R rank of MLA's KV latent
     E routed experts   A active experts per token F expert width
     G dispatch groups  S tokens of a group        U capacity (slots per expert)
     A trailing `p` (Qp, Zp, Mp, Cp) is that size padded for a kernel's block.

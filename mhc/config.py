@@ -9,12 +9,11 @@ import typing
 
 from mhc import connections, manifolds
 from mhc.metrics import WANDB_MODES
+from mhc.model_choices import ATTENTION, DISPATCH, FFN
 from mhc.remat import REMAT
 
 DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
 COLLAPSE = (*connections.COLLAPSE, "head")  # head: a learned HyperHead (mhc.layers)
-ATTENTION = ("mha", "mla")
-FFN = ("dense", "moe")
 TOKEN_DTYPES = ("auto", "uint16", "uint32")
 LR_SCHEDULES = ("paper", "constant")  # after the linear warmup (see mhc.train_step.lr_schedule)
 
@@ -97,9 +96,6 @@ class ModelConfig(connections.ConnectionOptions):
         _positive_int(self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
         _choice(self, "attention", ATTENTION)
         _choice(self, "ffn", FFN)
-        # the list lives beside the dispatch code; a module-level import would cycle through
-        # mhc.model's package (transformer imports this module)
-        from mhc.model.moe import DISPATCH
         _choice(self, "moe_dispatch", DISPATCH)
         _check(self.mtp_depth in (0, 1), f"mtp_depth={self.mtp_depth!r}; allowed: 0, 1")
         _check(self.mtp_weight >= 0, f"mtp_weight={self.mtp_weight!r}; must be >= 0")

@@ -14,7 +14,8 @@ Kinds:
   hc        Hyper-Connections (Zhu et al.): per-stream RMSNorm, tanh-gated dynamic terms + static
   mhc       mHC (paper Eqs. 7-9): RMSNorm over the flattened N*C state, one fused linear head,
             sigmoid / 2·sigmoid / manifold projection (Sinkhorn by default)
-  mhc_lite  mHC with the mHC-lite manifold (convex hull of permutations, exact)
+  mhc_lite  mHC with the mHC-lite manifold (convex hull of permutations, exact): a manifold
+            choice spelled as a kind (`KIND_MANIFOLD`), whatever `manifold` says
 """
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ from mhc import manifolds
 from mhc.maps import BRANCH_OUT, KERNELS, MAP_NAMES, MAY_FUSE, Maps, call_branch
 
 KINDS = ("residual", "hc", "mhc", "mhc_lite")
+# kinds that are mHC with a fixed manifold: `kind="mhc_lite"` (`residual=mhc_lite`, the spelling
+# of the mHC-lite runs) projects H_res onto mHC-lite's manifold, whatever `manifold` says
+KIND_MANIFOLD = {"mhc_lite": "mhc_lite"}
+# the defaults of the manifolds' options, stated once in their declarations (`Manifold.options`)
+_SINKHORN, _GO_MHC = manifolds.get("sinkhorn").options, manifolds.get("go_mhc").options
 COLLAPSE = ("sum", "mean")
 
 
@@ -42,19 +48,19 @@ class ConnectionOptions:
     n_streams: int = 4
     dynamic: bool = True
     manifold: str = "sinkhorn"
-    sinkhorn_iters: int = 20
-    sinkhorn_convention: str = "paper"
-    sinkhorn_grad: str = "recompute"
+    sinkhorn_iters: int = _SINKHORN["sinkhorn_iters"]  # 20, the paper's t_max
+    sinkhorn_convention: str = _SINKHORN["sinkhorn_convention"]  # "paper"
+    sinkhorn_grad: str = _SINKHORN["sinkhorn_grad"]  # "recompute"
     res_init: str = "identity"
     # logit of the non-identity terms of the "identity" init (-8: H_res ≈ I to 3e-4, mHC-lite's
     # choice; -2: a soft identity, diagonal ≈ 0.71 at n = 4, that AdamW can move in few steps)
     res_offdiag_logit: float = manifolds.OFF_DIAGONAL_LOGIT
     # Sinkhorn only: rescale each token's logits so that max - min <= cap before projecting
     # (range-capped Sinkhorn, RRCS; None = off)
-    sinkhorn_range_cap: float | None = None
+    sinkhorn_range_cap: float | None = _SINKHORN["sinkhorn_range_cap"]  # None
     alpha_init: float = 0.01
     pre_eps: float | None = None  # added to H_pre; None = 1e-6 for deepseek_v4, else 0
-    go_block: int = manifolds.GO_BLOCK  # manifold go_mhc: block size s of its orthogonal Q
+    go_block: int = _GO_MHC["go_block"]  # go_mhc: block size s of its orthogonal Q (2)
     # the implementation of the site, one of mhc.maps.KERNELS ("reference": plain einsums +
     # autodiff, the formulation the fast paths are tested against)
     kernels: str = "auto"
@@ -81,20 +87,18 @@ class ConnectionSpec(ConnectionOptions):
             raise ValueError(f"n_streams={self.n_streams!r}; must be an integer >= 1")
         if not isinstance(self.width, int) or self.width < 1:
             raise ValueError(f"width={self.width!r}; must be an integer >= 1")
-        if self.kind == "mhc_lite":
-            object.__setattr__(self, "manifold", "mhc_lite")
-        manifold = manifolds.get(self.manifold)  # raises on an unknown name
+        manifolds.get(self.manifold)  # raises on an unknown name, even where the kind fixes it
         if self.kind in ("mhc", "mhc_lite"):  # raises on an unknown res_init / offdiag logit
-            manifold.init_logits(self.n_streams, self.res_init, self.res_offdiag_logit,
-                                 **self.manifold_options)
+            self.res_manifold.init_logits(self.n_streams, self.res_init, self.res_offdiag_logit,
+                                          **self.manifold_options)
         if self.sinkhorn_range_cap is not None:
             cap = self.sinkhorn_range_cap
             if not isinstance(cap, (int, float)) or isinstance(cap, bool) or not cap > 0:
                 raise ValueError(f"sinkhorn_range_cap={cap!r}; must be > 0 (or None = off)")
-            if self.kind != "mhc" or self.manifold != "sinkhorn":
+            if self.kind != "mhc" or "sinkhorn_range_cap" not in self.manifold_options:
                 raise ValueError(f"sinkhorn_range_cap={cap!r} applies to kind='mhc' with "
                                  f"manifold='sinkhorn' (got kind={self.kind!r}, "
-                                 f"manifold={self.manifold!r})")
+                                 f"manifold={self.res_manifold.name!r})")
         if self.kind == "hc" and (self.res_init != "identity"
                                   or self.res_offdiag_logit != manifolds.OFF_DIAGONAL_LOGIT):
             raise ValueError(f"res_init={self.res_init!r}, res_offdiag_logit="
@@ -120,13 +124,18 @@ class ConnectionSpec(ConnectionOptions):
                                1e-6 if self.sinkhorn_convention == "deepseek_v4" else 0.0)
 
     @property
+    def res_manifold(self) -> manifolds.Manifold:
+        """The manifold H_res is projected onto: `manifold`, or the one the kind fixes."""
+        return manifolds.get(KIND_MANIFOLD.get(self.kind, self.manifold))
+
+    @property
     def num_res_logits(self) -> int:
-        return manifolds.get(self.manifold).num_logits(self.n_streams, **self.manifold_options)
+        return self.res_manifold.num_logits(self.n_streams, **self.manifold_options)
 
     @property
     def manifold_options(self) -> dict:
-        """The options this site's manifold takes besides n (`Manifold.options`)."""
-        return {o: getattr(self, o) for o in manifolds.get(self.manifold).options}
+        """This site's values of the options its manifold declares (`Manifold.options`)."""
+        return {o: getattr(self, o) for o in self.res_manifold.options}
 
 
 # ------------------------------------------------------------------------------ parameters
@@ -154,7 +163,7 @@ def init_params(spec: ConnectionSpec, layer_index=0) -> dict[str, jax.Array]:
                        "theta_res": jnp.zeros((n, c), jnp.float32), "alpha": alpha}
         return params
     k = spec.num_res_logits
-    res_bias = jnp.asarray(manifolds.get(spec.manifold).init_logits(
+    res_bias = jnp.asarray(spec.res_manifold.init_logits(
         n, spec.res_init, spec.res_offdiag_logit, **spec.manifold_options))
     pre_post = 2.0 * one_hot - 1.0
     params = {"bias": jnp.concatenate([pre_post, pre_post, res_bias])}
@@ -290,9 +299,7 @@ def mhc_maps(params: dict, streams_xNxC: jax.Array, spec: ConnectionSpec) -> Map
     logits = mhc_logits(params, streams_xNxC, spec)
     pre = jax.nn.sigmoid(logits[..., :n]) + spec.pre_eps
     post = 2.0 * jax.nn.sigmoid(logits[..., n:2 * n])
-    res = manifolds.get(spec.manifold).project(
-        logits[..., 2 * n:], n, iters=spec.sinkhorn_iters, convention=spec.sinkhorn_convention,
-        grad=spec.sinkhorn_grad, range_cap_to=spec.sinkhorn_range_cap, **spec.manifold_options)
+    res = spec.res_manifold.project(logits[..., 2 * n:], n, **spec.manifold_options)
     return Maps(pre, post, res)
 
 

@@ -297,7 +297,9 @@ def test_connection_spec_pre_eps_and_kinds():
         == 1e-6
     assert connections.ConnectionSpec(C, kind="mhc").pre_eps == 0.0
     spec = connections.ConnectionSpec(C, kind="mhc_lite")
-    assert spec.manifold == "mhc_lite" and spec.num_res_logits == 24
+    # the kind fixes the manifold without rewriting the `manifold` option
+    assert spec.res_manifold.name == "mhc_lite" and spec.num_res_logits == 24
+    assert spec == connections.ConnectionSpec(C, kind="mhc_lite", manifold="sinkhorn")
     hc = mhc.HyperConnection(C, n_streams=N, kind="mhc_lite")
     assert hc.params["phi"][...].shape == (N * C, 2 * N + 24)
     assert connections.init_params(connections.ConnectionSpec(C, kind="residual")) == {}

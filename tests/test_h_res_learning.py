@@ -85,7 +85,7 @@ def test_range_cap_rescales_per_matrix_and_is_differentiable():
     assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
     # the -8 identity's logits are brought back to a range Sinkhorn resolves in 20 iterations
     ident = jnp.asarray(manifolds.get("sinkhorn").init_logits(4, "identity"))
-    h = manifolds.get("sinkhorn").project(ident, 4, range_cap_to=2.0)
+    h = manifolds.get("sinkhorn").project(ident, 4, sinkhorn_range_cap=2.0)
     assert 0.5 < float(jnp.diagonal(h).mean()) < 0.9
     with pytest.raises(ValueError, match="sinkhorn_range_cap=0"):
         connections.ConnectionSpec(width=8, sinkhorn_range_cap=0)

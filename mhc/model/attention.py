@@ -1,7 +1,7 @@
 """Causal self-attention: multi-head (MHA) and DeepSeek's Multi-head Latent Attention (MLA).
 
-Dimension letters (see `mhc`'s docstring): B batch, T tokens, C width, H heads, K head dim, R
-rank of the KV latent.
+Dimension letters (see `mhc`'s docstring): B batch, T tokens, C width, H heads, K query/key head
+dim, J value head dim, R rank of the KV latent.
 Parameters carry logical axis names (see mhc/sharding.py) for sharding.
 """
 from __future__ import annotations
@@ -29,15 +29,16 @@ def rope(x_BxTxHxK: jax.Array, positions_T: jax.Array, theta: float) -> jax.Arra
     return out.astype(x_BxTxHxK.dtype)
 
 
-def causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxD) -> jax.Array:
-    """softmax(q kᵀ / sqrt(K) + causal mask) v in fp32 logits; v may have its own head dim D."""
+def causal_attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxJ) -> jax.Array:
+    """softmax(q kᵀ / sqrt(K) + causal mask) v in fp32 logits -> `[B, T, H, J]` (v may have its
+    own head dim J, as MLA's)."""
     scale = q_BxTxHxK.shape[-1] ** -0.5
     logits = jnp.einsum("bqhk,bshk->bhqs", q_BxTxHxK, k_BxTxHxK,
                         preferred_element_type=jnp.float32) * scale
     t = q_BxTxHxK.shape[1]
     logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v_BxTxHxD.dtype)
-    return jnp.einsum("bhqs,bshd->bqhd", probs, v_BxTxHxD)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v_BxTxHxJ.dtype)
+    return jnp.einsum("bhqs,bshj->bqhj", probs, v_BxTxHxJ)
 
 
 class CausalSelfAttention(nnx.Module):

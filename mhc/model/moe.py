@@ -22,8 +22,8 @@ from jax.sharding import PartitionSpec as P
 from mhc import sharding, targets
 from mhc.model.attention import param_init
 from mhc.model.mlp import SwiGLU
+from mhc.model_choices import DISPATCH
 
-DISPATCH = ("auto", "capacity", "ragged")
 # what "auto" dispatches by, per platform of the mesh in context (`targets.current_platform`).
 # GPU: XLA:GPU expands `ragged_dot` densely (the 3b plan for 8 H100s: 1,130.58 GiB per device
 # with ragged, 63.10 GiB with capacity; benchmarks/README.md, "MoE dispatch on GPU").
