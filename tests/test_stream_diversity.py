@@ -167,3 +167,32 @@ def test_map_stats_and_summary_carry_the_mean_zero_gains():
     stats = jax.jit(diagnostics.map_stats)(one, one, one[..., None])
     np.testing.assert_array_equal(stats["mz_gain"], 0.0)
     np.testing.assert_array_equal(stats["composite_mz_gain"], 0.0)
+
+
+@pytest.mark.parametrize("overrides, diverse", [
+    (["residual=residual"], False),                       # one stream: 0, keys still defined
+    # copied streams, but H_post's init logits (+1 on stream l mod N) write unequally
+    (["residual=mhc"], True),
+    (["residual=mhc", "stream_offset_std=0.1"], True),    # learned offsets: the streams differ
+    (["residual=mhc", "single_pass=true", "stream_offset_std=0.1"], True),
+])
+def test_model_reports_the_last_sites_stream_diversity(overrides, diverse):
+    from flax import nnx
+
+    from mhc import train_step
+    from mhc.model import Decoder
+    from trainkit import tiny_config
+    cfg = tiny_config(*overrides)
+    model = Decoder(cfg.model, rngs=nnx.Rngs(0))
+    tokens = jnp.asarray(np.arange(2 * 8).reshape(2, 8) % 256, jnp.int32)
+    out = nnx.jit(lambda m, t: m.forward(t))(model, tokens)
+    assert out.stream_diversity.shape == (2, 8) and out.stream_diversity.dtype == jnp.float32
+    assert bool((out.stream_diversity > 0).all()) == diverse
+    assert bool(jnp.isfinite(out.stream_diversity).all())
+    scalars, per_layer = train_step._map_metrics(out.maps, model.initial_res(),
+                                                 out.stream_diversity)
+    assert float(scalars["stream_diversity"]) == pytest.approx(float(out.stream_diversity.mean()))
+    assert per_layer["mz_gain"].shape == per_layer["composite_mz_gain"].shape == (2,)
+    single = 0.0 if cfg.model.residual == "residual" else 1.0  # N = 1: 1⊥ = {0}; hard identity
+    assert float(scalars["res_mz_gain_max"]) == pytest.approx(single, abs=2e-3)
+    assert float(scalars["composite_mz_gain"]) == pytest.approx(single, abs=4e-3)
