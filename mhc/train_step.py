@@ -76,14 +76,17 @@ def cross_entropy(logits_BxTxV, targets_BxT) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT).mean()
 
 
-def _map_metrics(maps, res0_NxN) -> tuple[dict, dict]:
-    """Scalar diagnostics (composite/single Amax, H statistics, H_res's movement from `res0`,
-    the sites' initial map) and the per-layer arrays."""
+def _map_metrics(maps, res0_NxN, stream_diversity_BxT=None) -> tuple[dict, dict]:
+    """Scalar diagnostics (composite/single Amax and mean-zero gains, H statistics, H_res's
+    movement from `res0`, the sites' initial map, the token mean of the last site's stream
+    diversity) and the per-layer arrays."""
     stats = diagnostics.map_stats(maps.pre, maps.post, maps.res, res0_NxN)
+    diversity = ({} if stream_diversity_BxT is None
+                 else {"stream_diversity": stream_diversity_BxT.mean()})
     return {**diagnostics.summarize(stats),
             "h_pre_mean": stats["pre_mean"].mean(), "h_post_mean": stats["post_mean"].mean(),
             "h_res_diag_mean": stats["res_diag_mean"].mean(),
-            "h_res_min": stats["res_min"].min()}, stats
+            "h_res_min": stats["res_min"].min(), **diversity}, stats
 
 
 def _router_metrics(router: dict) -> dict:
@@ -170,7 +173,7 @@ def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
         model.balance_routers(out.router["load"])
     nnx.update((model, optimizer), jax.tree.map(lambda new, old: jnp.where(finite, new, old),
                                                 nnx.state((model, optimizer)), before))
-    scalars, per_layer = _map_metrics(out.maps, model.initial_res())
+    scalars, per_layer = _map_metrics(out.maps, model.initial_res(), out.stream_diversity)
     lr = {} if schedule is None else {"lr": schedule(updates_done)}
     return {**losses, "grad_norm": grad_norm, "finite": finite, **lr,
             **scalars, **_router_metrics(out.router)}, per_layer

@@ -95,7 +95,8 @@ def test_map_stats_shapes_and_values():
     stats = map_stats(pre, post, res)
     expected_keys = {"amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd", "ds_row_err",
                      "ds_col_err", "ds_neg_mass", "pre_mean", "post_mean", "res_diag_mean", "res_min",
-                     "res_offdiag", "res_dist_init", "res_entropy", "res_token_std"}
+                     "res_offdiag", "res_dist_init", "res_entropy", "res_token_std",
+                     "mz_gain", "composite_mz_gain"}
     assert set(stats) == expected_keys
     for key, value in stats.items():
         assert value.shape == (L,), key

@@ -47,11 +47,13 @@ def test_short_run_loss_falls_and_writes_everything(tmp_path):
     assert len(rows) == 30 and [r["step"] for r in rows] == list(range(1, 31))
     assert result.final_loss < result.first_loss - 1.0  # ln(256) = 5.5 -> below 4.5
     for key in ("loss", "grad_norm", "lr", "tokens_per_s", "mfu", "amax_fwd", "amax_bwd",
-                "layer_amax_fwd_max", "h_pre_mean", "h_post_mean", "h_res_diag_mean"):
+                "layer_amax_fwd_max", "h_pre_mean", "h_post_mean", "h_res_diag_mean",
+                "res_mz_gain_max", "composite_mz_gain", "stream_diversity"):
         assert all(np.isfinite(r[key]) for r in rows), key
     assert rows[-1]["tokens"] == 30 * 8 * 32 and 0 < rows[-1]["mfu"] < 1
     assert abs(rows[-1]["amax_fwd"] - 1.0) < 1e-4  # mHC: rows of every H_res sum to 1
     assert "eval_loss" in rows[9] and len(rows[9]["layers"]["composite_fwd"]) == 4
+    assert len(rows[9]["layers"]["mz_gain"]) == len(rows[9]["layers"]["composite_mz_gain"]) == 4
     assert json.load(open(tmp_path / "config.json"))["model"]["residual"] == "mhc"
     # the final checkpoint restores into a fresh model with identical outputs
     fresh = Decoder(cfg.model, rngs=nnx.Rngs(123))

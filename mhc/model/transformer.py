@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mhc import connections, sharding
+from mhc import connections, diagnostics, sharding
 from mhc.config import ModelConfig
 from mhc.connections import Maps
 from mhc.layers import HyperConnection, HyperHead
@@ -110,6 +110,8 @@ class ModelOutput(NamedTuple):
     maps: Maps
     router: dict
     mtp_logits: jax.Array | None = None  # [B, T, V]: position t predicts token t+2
+    # [B, T]: `diagnostics.stream_diversity` of the last site's output streams (before the merge)
+    stream_diversity: jax.Array | None = None
 
 
 def _make_stack(cfg: ModelConfig, first: int, count: int, moe: bool, rngs: nnx.Rngs):
@@ -234,6 +236,8 @@ class Decoder(nnx.Module):
             attn_maps.append(attn)
             ffn_maps.append(ffn)
             router = stats or router
+        # a [B, T] by-product for the logs (XLA drops it where the caller does not use it)
+        diversity = diagnostics.stream_diversity(streams[0] if cfg.single_pass else streams)
         x = self._merge(streams)
         logits = self.lm_head(self.final_norm(x)).astype(jnp.float32)
         mtp_logits = self._mtp(x, tokens_BxT) if self.mtp_block is not None else None
@@ -241,7 +245,7 @@ class Decoder(nnx.Module):
         ffn = jax.tree.map(lambda *a: jnp.concatenate(a), *ffn_maps)
         maps = jax.tree.map(lambda a, f: jnp.stack([a, f], 1).reshape(-1, *a.shape[1:]),
                             attn, ffn)
-        return ModelOutput(logits, Maps(*maps), router, mtp_logits)
+        return ModelOutput(logits, Maps(*maps), router, mtp_logits, diversity)
 
     def _mtp(self, hidden_BxTxC, tokens_BxT):
         """One extra block on [norm(h_t); norm(embed(token_{t+1}))]; the last position has no
