@@ -78,7 +78,8 @@ BASE = ("d_model=64", "n_heads=4", "d_ff=192", "seq_len=64", "batch_size=8",
 KEEP = ("step", "loss", "eval_loss", "grad_norm", "lr", "skipped", "amax_fwd", "amax_bwd",
         "amax_fwd_max", "amax_bwd_max", "layer_amax_fwd_max", "layer_amax_bwd_max",
         "ds_col_err_max", "h_res_offdiag", "h_res_offdiag_max", "h_res_dist_init",
-        "h_res_entropy", "h_res_token_std", "h_pre_mean", "h_post_mean")
+        "h_res_entropy", "h_res_token_std", "h_pre_mean", "h_post_mean",
+        "res_mz_gain_max", "composite_mz_gain", "stream_diversity")  # absent in older records
 
 
 def run_name(kind: str, depth: int, lr: float, seed: int) -> str:
