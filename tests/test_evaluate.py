@@ -407,7 +407,7 @@ def test_table4_rows_fill_benchmarks_from_user_tasks():
                                              "mine": (0.2, 4)})}, fixtures=False)
     mmlu = next(r for r in rows if r.quantity.startswith("MMLU"))
     assert mmlu.ours == "27.5 / - / 37.5 (n=40; 1 seed)"  # weighted by n
-    assert mmlu.agrees == "inconclusive (1 seed)"  # one checkpoint per kind: one seed
+    assert mmlu.agrees == "inconclusive (1 seed; needs >= 3)"  # one checkpoint per kind: one seed
     assert next(r for r in rows if r.quantity.startswith("PIQA")).agrees == "n/a"
     assert rows[-1].quantity == "task mine (acc, 5-shot, n=4)"
     assert rows[-1].ours == "10.0 / - / 20.0"

@@ -238,8 +238,8 @@ def test_write_region_replaces_only_the_region(tmp_path):
     collect.write_region(str(top), str(results))
     text = top.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{collect.REGION_END}\nrest\n")
-    assert "hand-typed" not in text and "not run yet: `python -m paper_repro.fig3_hc_amax`" in text
-    common.write("fig3_hc_amax", "Fig. 3", [common.Row("renamed quantity", "p", "o", "n/a")],
+    assert "hand-typed" not in text and "not run yet: `python -m paper_repro.fig8_heatmaps`" in text
+    common.write("fig8_heatmaps", "Fig. 8", [common.Row("renamed quantity", "p", "o", "n/a")],
                  str(results), "python x")
     with pytest.raises(ValueError, match="0 rows start with"):
         collect.write_region(str(top), str(results))
