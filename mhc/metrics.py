@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from mhc import results
+
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -87,8 +89,9 @@ class JsonlSink(Sink):
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a ``JsonlSink`` file back; top-level "nan"/"inf"/"-inf" strings become floats.
 
-    A last line cut short (the writer was killed mid-line) is ignored."""
-    with open(path, encoding="utf-8") as f:
+    ``path`` or, where it is absent, ``path.xz`` (a finished run stored compressed:
+    ``mhc.results``). A last line cut short (the writer was killed mid-line) is ignored."""
+    with results.open_text(path) as f:
         lines = [line for line in f if line.strip()]
     rows = []
     for i, line in enumerate(lines):
