@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from mhc import results
-
 _NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 
 
@@ -91,6 +89,9 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
     ``path`` or, where it is absent, ``path.xz`` (a finished run stored compressed:
     ``mhc.results``). A last line cut short (the writer was killed mid-line) is ignored."""
+    # imported here: `import mhc` loads this module, and `python -m mhc.results` warns when
+    # the package has loaded mhc.results before running it
+    from mhc import results
     with results.open_text(path) as f:
         lines = [line for line in f if line.strip()]
     rows = []
