@@ -4,6 +4,8 @@ committed results folders."""
 import lzma
 import math
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -11,6 +13,9 @@ from experiments import common
 from mhc import metrics, results, train
 from mhc.config import extend
 from trainkit import REPO, column, events, tiny_config
+
+LIMIT_TOTAL = 15_000_000  # bytes: the working tree's committed results (issue 26)
+LIMIT_PLAIN = 200_000  # bytes: a committed .json/.jsonl left plain (summaries people read)
 
 
 
@@ -104,3 +109,27 @@ def test_cat_prints_a_stored_file(tmp_path, capsys):
 
 def test_the_studies_records_folder_is_the_one_compressed():
     assert common.RECORDS == results.RECORDS
+
+
+def _committed_results() -> list[str]:
+    out = None
+    if shutil.which("git") is not None:
+        out = subprocess.run(["git", "ls-files", "-z", "--", "*/results/*"], cwd=REPO,
+                             capture_output=True, text=True)
+    if out is None or out.returncode != 0:
+        pytest.skip("not a git checkout")
+    paths = [os.path.join(REPO, p) for p in out.stdout.split("\0") if p]
+    return [p for p in paths if os.path.isfile(p)]  # a file deleted in the work tree: not counted
+
+
+def test_committed_results_are_stored_compactly():
+    """Run logs and records are committed compressed, nothing plain over LIMIT_PLAIN, and all
+    committed results together stay under LIMIT_TOTAL (every clone carries them)."""
+    paths = _committed_results()
+    plain = [os.path.relpath(p, REPO) for p in paths if results.selected(p)]
+    assert not plain, f"commit these compressed (python -m mhc.results compress): {plain[:5]}"
+    big = [os.path.relpath(p, REPO) for p in paths
+           if p.endswith((".json", ".jsonl")) and os.path.getsize(p) > LIMIT_PLAIN]
+    assert not big, f"over {LIMIT_PLAIN} bytes uncompressed: {big[:5]}"
+    total = sum(os.path.getsize(p) for p in paths)
+    assert total <= LIMIT_TOTAL, f"committed results: {total} bytes > {LIMIT_TOTAL}"
