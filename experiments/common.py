@@ -40,10 +40,11 @@ def _resolved(cfg):
 def finished(cfg, run_dir: str, need_checkpoint: bool = True) -> bool:
     """True when `run_dir` holds a completed run of exactly `cfg` (with its final checkpoint in
     the current format when the config checkpoints and `need_checkpoint`)."""
+    from mhc import results
     from mhc.metrics import read_jsonl
     from mhc.rundir import RunDirError, load_run_config
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(metrics_path):
+    if not results.exists(metrics_path):  # plain, or compressed once finished
         return False
     try:
         same = _resolved(load_run_config(run_dir)) == _resolved(cfg)
@@ -57,8 +58,9 @@ def finished(cfg, run_dir: str, need_checkpoint: bool = True) -> bool:
 
 def train_or_reuse(cfg, run_dir: str, *, verbose: bool = True, label: str = "") -> list[dict]:
     """Metrics rows of `cfg` trained into `run_dir`; a finished run of the same config is reused
-    (so figures that share runs train them once), anything else there is replaced."""
-    from mhc import train
+    (so figures that share runs train them once), anything else there is replaced. The finished
+    run's step log is stored compressed (`mhc.results`): these run directories are committed."""
+    from mhc import results, train
     from mhc.metrics import read_jsonl
     if finished(cfg, run_dir):
         if verbose:
@@ -71,6 +73,7 @@ def train_or_reuse(cfg, run_dir: str, *, verbose: bool = True, label: str = "") 
             print(f"== {label or run_dir}: {m.residual}, {m.n_layers} blocks, d_model {m.d_model}, "
                   f"{t.steps} steps, seed {t.seed}", flush=True)
         train.run(cfg, run_dir, verbose=verbose)
+    results.compress(run_dir)
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
 
 
@@ -107,11 +110,11 @@ def compact_run(run_dir: str, overrides, keep, layer_keys=(), layer_every: int =
     """The committed record of one finished run: its overrides, provenance, event counts and,
     per metrics row, the `keep` keys (6 significant digits); with `layer_keys`, the per-site
     arrays of those stats every `layer_every` steps (`layers`)."""
-    from mhc import rundir
+    from mhc import results, rundir
     from mhc.metrics import read_jsonl
     rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     events_path = os.path.join(run_dir, "events.jsonl")
-    events = read_jsonl(events_path) if os.path.isfile(events_path) else []
+    events = read_jsonl(events_path) if results.exists(events_path) else []
     counts = {k: sum(e.get("event") == k for e in events) for k in ("loss_spike", "nonfinite")}
 
     def rnd(v):
@@ -129,18 +132,28 @@ def compact_run(run_dir: str, overrides, keep, layer_keys=(), layer_every: int =
             "events": counts, "rows": out_rows}
 
 
-RECORDS = "records"  # OUT/<RECORDS>/<run>.json: the committed compact record of each run
+# OUT/<RECORDS>/<run>.json: the committed compact record of each run, stored as <run>.json.xz
+# (`write_record`; readers name the .json). The same name as `mhc.results.RECORDS`, which
+# compresses what such a folder holds (not imported here: importing mhc loads JAX).
+RECORDS = "records"
 
 
 def recorded(path: str, overrides) -> dict | None:
     """The compact record at `path` if it is of a finished run with exactly `overrides` (so a
     fresh checkout continues a long study without retraining what is committed), else None."""
+    from mhc import results
     try:
-        with open(path) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
+        record = results.read_json(path)
+    except (OSError, ValueError):  # missing or unreadable
         return None
     return record if record.get("overrides") == list(overrides) else None
+
+
+def write_record(path: str, record: dict) -> None:
+    """Store a compact record (`compact_run`) at `path` + ".xz", as `write_json` would write it;
+    a record that would not change is left as it is (a reused run keeps git clean)."""
+    from mhc import results
+    results.write_json(path, record, default=float)
 
 
 def final_metrics(rows: list[dict]) -> dict:

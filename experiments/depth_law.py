@@ -123,7 +123,8 @@ def run(kinds, depths, seeds, grid, out: str, runs_root: str, smoke=False, train
                             return False
                         common.train_or_resume(cfg, run_dir, verbose=not smoke,
                                                label=f"{name} (bisection)")
-                        common.write_json(path, common.compact_run(run_dir, overrides, lrs.KEEP))
+                        common.write_record(path, common.compact_run(run_dir, overrides,
+                                                                     lrs.KEEP))
                     m, _, _ = lrs.load(records_dir, [job])
                     metrics.update(m)
                     return not m[(kind, depth, grid[i], seed)]["unstable"]

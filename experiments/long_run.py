@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             common.train_or_resume(cfg, run_dir, verbose=not args.smoke, label=name)
             records[kind] = common.compact_run(run_dir, overrides, KEEP, LAYER_KEYS,
                                                layer_every=LAYER_EVERY)
-            common.write_json(record_path, records[kind])
+            common.write_record(record_path, records[kind])
     summary = {kind: summarize(rec) for kind, rec in records.items()}
     plot(records, os.path.join(args.out, "long_run.png"))
     meta = {**common.provenance(), "lr": args.lr, "seed": args.seed, "overrides": base,

@@ -33,8 +33,8 @@ fixed, Table 1's first row): the controls of which part buys the stability and w
 
 Runs train in `--runs` (default runs/lr_sensitivity, not committed; interrupted runs resume
 from their last checkpoint, finished ones are reused); each finished run is also written,
-compacted, to OUT/records/<kind>-L<depth>-lr<lr>-s<seed>.json (its config, provenance, events and
-the per-step metrics the tables use), and the tables are computed from those files alone.
+compacted, to OUT/records/<kind>-L<depth>-lr<lr>-s<seed>.json.xz (its config, provenance, events
+and the per-step metrics the tables use), and the tables are computed from those files alone.
 
     python -m experiments.lr_sensitivity                     # the full grid (560 runs)
     python -m experiments.lr_sensitivity --depths 6 --seeds 0
@@ -44,7 +44,6 @@ the per-step metrics the tables use), and the tables are computed from those fil
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -108,14 +107,14 @@ def plan(kinds, depths, lrs, seeds, extra=(), smoke=False, runs_root=None):
 def load(records_dir: str, jobs) -> tuple[dict, list[dict], list[str]]:
     """({(kind, depth, lr, seed): run metrics}, the records read, names of the planned `jobs`
     with no record yet) from the compact records in `records_dir`."""
+    from mhc import results
     metrics, read, missing = {}, [], []
     for name, kind, depth, lr, seed, *_ in jobs:
         path = os.path.join(records_dir, f"{name}.json")
-        if not os.path.isfile(path):
+        if not results.exists(path):
             missing.append(name)
             continue
-        with open(path) as f:
-            read.append(json.load(f))
+        read.append(results.read_json(path))
         metrics[(kind, depth, lr, seed)] = run_metrics(read[-1])
     return metrics, read, missing
 
@@ -324,7 +323,7 @@ def main(argv=None) -> int:
                 continue
             common.train_or_resume(cfg, run_dir, verbose=not args.smoke,
                                    label=f"[{i}/{len(jobs)}] {name}")
-            common.write_json(record_path, common.compact_run(run_dir, overrides, KEEP))
+            common.write_record(record_path, common.compact_run(run_dir, overrides, KEEP))
     metrics, read, missing = load(records_dir, jobs)
     if not metrics:
         raise SystemExit(f"no finished runs in {records_dir}; run without --only-finished")

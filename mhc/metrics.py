@@ -87,8 +87,12 @@ class JsonlSink(Sink):
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a ``JsonlSink`` file back; top-level "nan"/"inf"/"-inf" strings become floats.
 
-    A last line cut short (the writer was killed mid-line) is ignored."""
-    with open(path, encoding="utf-8") as f:
+    ``path`` or, where it is absent, ``path.xz`` (a finished run stored compressed:
+    ``mhc.results``). A last line cut short (the writer was killed mid-line) is ignored."""
+    # imported here: `import mhc` loads this module, and `python -m mhc.results` warns when
+    # the package has loaded mhc.results before running it
+    from mhc import results
+    with results.open_text(path) as f:
         lines = [line for line in f if line.strip()]
     rows = []
     for i, line in enumerate(lines):

@@ -12,6 +12,7 @@ import math
 import os
 import sys
 
+from mhc import results
 from mhc.metrics import read_jsonl
 
 
@@ -43,13 +44,13 @@ def _lines(ax, rows, specs, log: bool = False, **set_kw) -> bool:
 def plot_run(run_dir: str, out: str | None = None) -> str:
     """Write the run's curves to `out` (default RUN_DIR/curves.png) and return the path."""
     path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
+    if not results.exists(path):
         raise FileNotFoundError(f"{run_dir!r} has no metrics.jsonl (not a run directory?)")
     rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{path!r} is empty: the run has not finished a step yet")
     events_path = os.path.join(run_dir, "events.jsonl")
-    events = read_jsonl(events_path) if os.path.isfile(events_path) else []
+    events = read_jsonl(events_path) if results.exists(events_path) else []
 
     import matplotlib
     matplotlib.use("Agg")

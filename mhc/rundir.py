@@ -10,6 +10,9 @@ killed at any time.
     RUN_DIR/checkpoints/<step>  orbax: model, optimizer, data iterator, RNG, config
     RUN_DIR/wandb/              the wandb run (offline unless wandb=online), its id in `run_id`
 
+A finished run a study commits keeps its step log as `metrics.jsonl.xz` (`mhc.results`; readers
+take the plain name, and a resume makes it plain again).
+
 A run directory is never overwritten without `overwrite`, is checked before anything is written,
 and is removed again when a run fails before its first step.
 """

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mhc import checkpoint, data, metrics, rundir, sharding
+from mhc import checkpoint, data, metrics, results, rundir, sharding
 from mhc.config import Config, ConfigError
 from mhc.model import Decoder
 from mhc.train_step import (evaluate, flops_per_token, lr_schedule, make_optimizer, peak_flops,
@@ -316,9 +316,12 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
             rundir.write_json_atomic(os.path.join(run_dir, "config.json"), cfg.to_dict())
             rundir.record_provenance(run_dir, resume)
             metrics_path = os.path.join(run_dir, "metrics.jsonl")
+            events_path = os.path.join(run_dir, "events.jsonl")
             if resume:
+                for path in (metrics_path, events_path):  # a compressed log grows plain again
+                    results.to_plain(path)
                 metrics.truncate_jsonl(metrics_path, start)
-            events = metrics.JsonlSink(os.path.join(run_dir, "events.jsonl"))
+            events = metrics.JsonlSink(events_path)
             sinks = [metrics.JsonlSink(metrics_path), rundir.wandb_sink(cfg, run_dir)]
             if verbose:
                 sinks.append(metrics.ConsoleProgress(t.steps, every=t.log_every))

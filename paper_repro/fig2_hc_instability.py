@@ -19,12 +19,13 @@ from paper_repro import common
 
 from experiments.common import final_metrics
 from mhc.metrics import read_jsonl
+from mhc.results import exists
 
 
 def spikes(run_dir: str) -> list[int]:
     """Steps flagged as loss spikes by the trainer (events.jsonl)."""
     path = os.path.join(run_dir, "events.jsonl")
-    rows = read_jsonl(path) if os.path.isfile(path) else []
+    rows = read_jsonl(path) if exists(path) else []
     return [r["step"] for r in rows if r.get("event") == "loss_spike"]
 
 

@@ -1,7 +1,6 @@
 """The LR-sensitivity grid of issue 25: the surge criterion beside divergence, the two controls
 (identity-HC, HC with only H_res learned), the grid extended upward with every old point and
 committed record kept, and five seeds at 30 blocks."""
-import json
 import math
 import os
 
@@ -12,7 +11,7 @@ import pytest
 
 from experiments import common
 from experiments import lr_sensitivity as lrs
-from mhc import connections
+from mhc import connections, results
 
 RECORDS = os.path.join(common.REPO, "experiments", "results", "lr_sensitivity", common.RECORDS)
 
@@ -93,11 +92,10 @@ def test_a_depth_is_judged_on_its_own_grid():
 
 
 def _committed(name):
-    with open(os.path.join(RECORDS, f"{name}.json")) as f:
-        return lrs.run_metrics(json.load(f))
+    return lrs.run_metrics(results.read_json(os.path.join(RECORDS, f"{name}.json")))
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(RECORDS, "hc-L30-lr0.01-s1.json")),
+@pytest.mark.skipif(not results.exists(os.path.join(RECORDS, "hc-L30-lr0.01-s1.json")),
                     reason="the committed LR-sensitivity records are not in this checkout")
 def test_the_surge_rule_on_the_committed_hc_runs():
     """Issue 25: HC-30 seed 1 at LR 0.01 surged and counted as stable; with the surge rule HC-30's
@@ -134,7 +132,7 @@ def test_every_committed_record_is_reused_by_the_extended_plan():
     committed record ran (the old grid's and the controls' runs alike; KEEP keys change none)."""
     jobs = lrs.plan(tuple(lrs.KINDS), lrs.DEPTHS, lrs.LRS, tuple(range(5)), runs_root="r")
     names = {name: overrides for name, _, _, _, _, overrides, *_ in jobs}
-    on_disk = {f[:-5] for f in os.listdir(RECORDS) if f.endswith(".json")}
+    on_disk = {f.removesuffix(results.SUFFIX).removesuffix(".json") for f in os.listdir(RECORDS)}
     assert on_disk and on_disk <= set(names)
     for name in sorted(on_disk):
         assert common.recorded(os.path.join(RECORDS, f"{name}.json"), names[name]), name

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from mhc import results
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,7 +26,7 @@ def test_stability_smoke(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 0, name
     for kind in ("residual", "hc", "mhc"):
         for seed in (0, 1):
-            assert (tmp_path / f"{kind}-s{seed}" / "metrics.jsonl").is_file()
+            assert results.exists(tmp_path / f"{kind}-s{seed}" / "metrics.jsonl")
     summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
     assert set(summary) == {"residual", "hc", "mhc"}
     assert summary["mhc"]["seeds"] == [0, 1]

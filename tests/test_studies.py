@@ -10,6 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from experiments import ablations, common, scaling
+from mhc import results
 from paper_repro import fig6_scaling, table1_hc_ablation
 
 
@@ -182,9 +183,10 @@ def test_committed_records_are_not_gitignored():
         pytest.skip("not a git checkout")
     for study in ("lr_sensitivity", "long_run", "h_res_regime", "ablations_stress"):
         for sub in (common.RECORDS, "trained"):
-            path = f"experiments/results/{study}/{sub}/x-s0.json"
-            ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode
-            assert ignored == 1, f"{path} is gitignored"
+            for path in (f"experiments/results/{study}/{sub}/x-s0.json",
+                         f"experiments/results/{study}/{sub}/x-s0.json.xz"):
+                ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode
+                assert ignored == 1, f"{path} is gitignored"
 
 
 def test_lr_sensitivity_arithmetic():
@@ -227,15 +229,15 @@ def test_lr_sensitivity_and_long_run_smoke(tmp_path):
     data = json.loads((out / "summary.json").read_text())
     assert set(data["summary"]) == {"residual-L1", "mhc-L1"}
     assert len(os.listdir(out / "records")) == 4  # 2 kinds x 2 learning rates, compact records
-    record = json.loads(next((out / "records").iterdir()).read_text())
+    record = results.read_json(next((out / "records").iterdir()))  # stored compressed
     assert record["provenance"][0]["commit"] and record["rows"][0]["step"] == 1
     assert not any(os.path.isdir(os.path.join(out, "trained", d, "checkpoints"))
                    for d in os.listdir(out / "trained"))  # deleted once finished
     assert "LR sensitivity" in (out / "summary.md").read_text()
     # a second call reuses every run (nothing trains: the records are rewritten as they were)
-    before = {p.name: p.read_text() for p in (out / "records").iterdir()}
+    before = {p.name: p.read_bytes() for p in (out / "records").iterdir()}
     assert lr_sensitivity.main(["--smoke", "--kinds", "residual,mhc", "--out", str(out)]) == 0
-    assert {p.name: p.read_text() for p in (out / "records").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (out / "records").iterdir()} == before
     from paper_repro import lr_proxy  # the paper_repro row reads the same records
     assert lr_proxy.main(["--study", str(out), "--out", str(tmp_path / "proxy")]) == 0
     proxy = (tmp_path / "proxy" / "lr_proxy.md").read_text()
