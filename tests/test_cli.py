@@ -163,6 +163,7 @@ def test_bad_run_directories(make_args, message, tmp_path, capsys):
     assert {p: os.path.getsize(p) for p in map(str, tmp_path.rglob("*"))} == before
 
 
+@pytest.mark.slow  # a whole multi-step or sharded run
 def test_resume_with_more_steps_extends_a_finished_run_at_its_final_lr(tmp_path, capsys):
     """--resume --steps N trains a finished run on to step N; the LR schedule keeps the length it
     was laid out over (schedule_steps pinned), so the LR stays at its final value (x0.1 lr)

@@ -116,6 +116,7 @@ def _one_update(mult: float):
         lambda path, a, b: (jax.tree_util.keystr(path), np.asarray(a) - b), after, before)
 
 
+@pytest.mark.slow  # a whole multi-step or sharded run
 def test_connection_lr_mult_scales_only_connection_updates():
     base = dict(jax.tree.leaves(_one_update(1.0), is_leaf=lambda x: isinstance(x, tuple)))
     scaled = dict(jax.tree.leaves(_one_update(10.0), is_leaf=lambda x: isinstance(x, tuple)))

@@ -453,6 +453,7 @@ def _one_model_step(overrides):
     return model, before, np.asarray(model.dense_blocks.ffn_hc.params["bias"][...])
 
 
+@pytest.mark.slow  # a whole multi-step or sharded run
 def test_kromhc_site_trains_in_the_model():
     """manifold=kromhc through the whole model: one training step on the XLA path, finite
     gradients that reach the residual logits, H_res exactly doubly stochastic."""

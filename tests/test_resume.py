@@ -162,6 +162,7 @@ def test_keep_last_and_keep_every(tmp_path):
         assert mngr.all_steps() == [3, 6, 7, 8]  # the last 2, and every multiple of 3
 
 
+@pytest.mark.slow  # a whole multi-step or sharded run
 def test_resume_on_an_8_device_mesh(reference, tmp_path, monkeypatch):
     """Stop a one-device run after step 4 (SIGTERM), continue it on 8 devices (data=4 x tensor=2):
     the checkpoint is restored straight onto the mesh and training goes on (not bitwise: the

@@ -30,7 +30,10 @@ def reference():
     return losses, nnx.state(model, (nnx.Param, nnx.Variable))
 
 
-@pytest.mark.parametrize("mesh_spec", ["data=8", "fsdp=4,expert=2", "fsdp=2,tensor=4"])
+# one mesh in the fast part; the other two are slow (each a whole sharded training run)
+@pytest.mark.parametrize("mesh_spec", ["fsdp=4,expert=2",
+                                       pytest.param("data=8", marks=pytest.mark.slow),
+                                       pytest.param("fsdp=2,tensor=4", marks=pytest.mark.slow)])
 def test_sharded_step_matches_single_device(mesh_spec, reference):
     """Tolerances: losses 1e-5 (reduction order differs across shards), parameters after two
     AdamW steps at lr 1e-2: 2e-4 absolute."""

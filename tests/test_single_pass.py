@@ -90,6 +90,7 @@ def test_mtp_head_carries_its_own_pre_mix():
     assert np.abs(g[:4]).max() > 0  # its last pre reaches the MTP head's merge
 
 
+@pytest.mark.slow  # a whole multi-step or sharded run
 def test_sharded_single_pass_step_matches_one_device():
     assert len(jax.devices()) == 8
     cfg = _cfg()
