@@ -274,6 +274,12 @@ def layer_records(rows) -> list[dict]:
     return [{"step": r["step"], **r["layers"]} for r in rows if "layers" in r]
 
 
+def peak_record(rows) -> dict:
+    """The logged per-site record with the largest composite gain (forward or backward)."""
+    return max(layer_records(rows),
+               key=lambda r: max(max(r["composite_fwd"]), max(r["composite_bwd"])))
+
+
 def amax_figure(rows, kind: str, title: str, path: str) -> dict:
     """Per-site Amax gain of `kind`'s H_res: (a) single site, (b) composite from the first site,
     forward and backward, at the logged step where the composite peaked and at the end. Returns
@@ -282,9 +288,7 @@ def amax_figure(rows, kind: str, title: str, path: str) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    records = layer_records(rows)
-    peak = max(records, key=lambda r: max(max(r["composite_fwd"]), max(r["composite_bwd"])))
-    end = records[-1]
+    peak, end = peak_record(rows), layer_records(rows)[-1]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, prefix, name in ((axes[0], "amax", "(a) single site"),
                              (axes[1], "composite", "(b) composite from site 1")):

@@ -23,12 +23,6 @@ PAPER_PEAK = 3000  # HC's composite Amax gain, 27B (Fig. 3b)
 PAPER_SITES = 60   # the 27B model's sites (30 blocks, 2 sites each)
 
 
-def peak_record(rows) -> dict:
-    """The logged per-site record with the largest composite gain."""
-    return max(common.layer_records(rows),
-               key=lambda r: max(max(r["composite_fwd"]), max(r["composite_bwd"])))
-
-
 def growth_fits(composite) -> dict:
     """How the composite gain g_s (site s = 1..S) grows over depth: least-squares fits of a
     geometric law (log g = a + b s) and a linear one (g = c + d s), each scored by its RMS error
@@ -53,7 +47,7 @@ def main(argv=None) -> int:
                        os.path.join(args.out, "fig3_hc_amax.png"))
     # per-step scalars: the per-site records (logged on some steps) can miss the peak
     peaks = [common.step_peaks(by_seed[s]) for s in seeds]
-    records = [peak_record(by_seed[s]) for s in seeds]
+    records = [common.peak_record(by_seed[s]) for s in seeds]
     fits = [growth_fits(r["composite_fwd"]) for r in records]
     n_sites = len(records[0]["composite_fwd"])
     comp = [max(p["amax_fwd_max"], p["amax_bwd_max"]) for p in peaks]
