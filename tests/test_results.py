@@ -66,6 +66,33 @@ def test_compress_is_lossless_deterministic_and_idempotent(tmp_path):
         results.compress(tmp_path / "nowhere")
 
 
+def test_a_step_log_keeps_float32_values_in_float32_text(tmp_path):
+    """Device metrics are float32 values: stored with float32's shortest text they read back as
+    the same float32 (and the same float64 after widening); float64-only values, NaN, ints,
+    strings and nested per-site arrays are kept exactly."""
+    import json
+
+    import numpy as np
+    rng = np.random.default_rng(0)
+    f32 = [float(np.float32(v)) for v in rng.normal(size=64) * 10.0 ** rng.integers(-8, 8, 64)]
+    rows = [{"step": i, "loss": v, "time_s": math.pi * (i + 1), "bad": math.nan, "tag": "x",
+             "layers": {"amax": [v, -v, 0.0]}} for i, v in enumerate(f32)]
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plain = log.stat().st_size
+    results.compress_file(log)
+    stored = lzma.decompress((tmp_path / "metrics.jsonl.xz").read_bytes()).decode()
+    back = [json.loads(line) for line in stored.splitlines()]
+    assert len(stored) < plain - 64 * 3 * 4  # three float32 values a row, digits fewer each
+    for r, b in zip(rows, back):
+        assert np.float32(b["loss"]) == np.float32(r["loss"])
+        assert float(np.float32(b["loss"])) == r["loss"]  # exact after widening back
+        assert b["time_s"] == r["time_s"] and math.isnan(b["bad"])  # float64-only: exact
+        assert (b["step"], b["tag"]) == (r["step"], r["tag"]) and type(b["step"]) is int
+        assert np.array_equal(np.float32(b["layers"]["amax"]), np.float32(r["layers"]["amax"]))
+    assert results.compact_line(json.dumps({"x": 2.3096230030059814})) == '{"x": 2.309623}'
+
+
 def test_a_rewritten_record_keeps_its_bytes(tmp_path):
     """A reused run writes its record again: same content, same file (even one another liblzma
     wrote with other settings), so `git status` stays clean."""
