@@ -136,6 +136,14 @@ def build(results: str, readme: str) -> str:
            "and the commits their training runs were made at. Figs. 2, 3, 5, 7 and 8 share the "
            "residual/HC/mHC runs of `experiments/stability.py` (3 seeds, trained once, then "
            "reused).", "",
+           "A new paper figure is one file, `paper_repro/<name>.py`, built on the study layer "
+           "`study/` and never on `experiments/` or `benchmarks/` (`tests/test_layout.py`): "
+           "`study.verdict` for its rows and the rule's verdicts (`seeded_verdict`, "
+           "`exact_verdict`), `study.report.publish` for the table with its provenance and exact "
+           "command, `study.flags` for its flags (the shared ones by name, its own with `flag`) "
+           "and a plan such as `study.stability` for the runs it reads. It declares its flags, "
+           "keeps `main` to at most 40 lines, and is added to `ENTRIES` in "
+           "`paper_repro/collect.py` (and to `CLAIMS` for a claim of the top-level README).", "",
            RULE, ""]
     index = ["| item | command | runtime (2 CPU cores) | verdicts |", "|---|---|---|---|"]
     sections = []
