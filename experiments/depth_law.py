@@ -6,8 +6,11 @@ grid point at 6 and 30 blocks. Sweeping 12 and 60 blocks as well would cost ~4x 
 (kind, depth, seed) looks for its stability edge by bisection over the same grid: stability is
 taken to be monotone in the LR (stable up to an edge, unstable above it; the swept depths check
 this assumption, see `monotone_violations`), so ceil(log2(len(grid) + 1)) = 4 runs find the edge
-of a 10-point grid. Runs have the lr_sensitivity study's names, configs and compact records (the
-same records folder), so every swept run is reused and every bisection run extends the sweep.
+of the 13-point grid. The grid is the LR-sensitivity grid (0.001 to 1.0) extended upward by
+`ABOVE` (2.15, 4.64, 10): at 30 blocks the residual, mHC and identity-HC are stable at 1.0 on
+every seed, so the sweep's grid cannot place their edge (it is censored there). Runs have the
+lr_sensitivity study's names, configs and compact records (the same records folder), so every
+swept run is reused and every bisection run extends the sweep.
 
 Per (kind, depth): the per-seed edges; per kind: the least-squares slope of log10(edge) against
 log10(depth) over all seeds and depths, with its standard error and the edge it extrapolates to
@@ -36,6 +39,8 @@ KINDS = ("residual", "hc", "mhc", "identity_hc")
 DEPTHS = (6, 12, 30, 60)
 SEEDS = (0, 1, 2, 3, 4)
 PAPER_DEPTH = 30  # blocks (60 sites)
+ABOVE = (2.15, 4.64, 10.0)  # the sweep's grid continued in thirds of a decade
+GRID = (*lr_grid.LRS, *ABOVE)
 FLAGS = (flags.kinds(lr_grid.KINDS, default=",".join(KINDS)),
          flags.flag("depths", default=",".join(map(str, DEPTHS)), help=None),
          flags.flag("seeds", default=",".join(map(str, SEEDS)), help=None),
@@ -155,7 +160,7 @@ def report_lines(result: dict, kinds, depths, seeds, grid) -> list[str]:
     curves = {}
     for (k, d, lr, s), m in result["metrics"].items():
         curves.setdefault((k, d, s), {})[lr] = m
-    swept = {key: c for key, c in curves.items() if set(c) == set(grid)}
+    swept = {key: c for key, c in curves.items() if set(c) >= set(lr_grid.LRS)}
     violations = {key: v for key, c in swept.items() if (v := monotone_violations(c))}
     meta = provenance()
     return ["# Depth law of stability: largest stable LR by bisection", "",
@@ -165,8 +170,8 @@ def report_lines(result: dict, kinds, depths, seeds, grid) -> list[str]:
             "surged (the LR-sensitivity study's criteria). Cells: per-seed largest stable LR "
             "('> top': stable at the grid's top, a lower bound; '< bottom': none stable; both "
             "are left out of the fit).", "", *table(result["edges"], kinds, depths, grid), "",
-            f"Bisection assumes stability is monotone in the LR. Of {len(swept)} fully swept "
-            f"curves, {len(violations)} break it"
+            f"Bisection assumes stability is monotone in the LR. Of {len(swept)} curves swept "
+            f"over the LR-sensitivity grid, {len(violations)} break it"
             + (": " + "; ".join(f"{k}-L{d}-s{s} stable again at {v}"
                                 for (k, d, s), v in sorted(violations.items())) if violations
                else "") + "."]
@@ -174,7 +179,7 @@ def report_lines(result: dict, kinds, depths, seeds, grid) -> list[str]:
 
 def main(argv=None) -> int:
     args = flags.parser(__doc__, *FLAGS, out=lr_grid.STUDY).parse_args(argv)
-    depths, seeds, grid = args.depths, args.seeds, lr_grid.LRS
+    depths, seeds, grid = args.depths, args.seeds, GRID
     if args.smoke:
         depths, seeds, grid = (1, 2), (0,), lr_grid.LRS[:1]  # one run per (kind, depth)
     result = run(args.kinds, depths, seeds, grid, args.out,

@@ -299,3 +299,33 @@ def test_variants_summary_pairs_by_seed_and_flags_a_frozen_h_res():
     assert variants.learns("mhc", s["mhc"]) == "yes"
     assert variants.learns("go_mhc", s["go_mhc"]) == "**no**"
     assert "go_mhc" in " ".join(variants.frozen_note(s))
+
+
+def test_diversity_plan_starts_each_kind_where_the_docstring_says_and_tables_by_seed():
+    from experiments import diversity
+    jobs = {kind: cfg for _, kind, seed, _, cfg, _ in diversity.plan(list(diversity.KINDS), (0,),
+                                                                      runs_root="/unused")}
+    assert jobs["mhc_soft"].model.connection_spec().res_offdiag_logit == -2.0
+    assert jobs["mhc_hard"].model.connection_spec().res_offdiag_logit == -8.0
+    assert jobs["identity_hc"].model.connection_spec().res_manifold.name == "identity"
+    assert {cfg.model.n_layers for cfg in jobs.values()} == {diversity.DEPTH}
+
+    def record(composite, loss):  # a compact record: two logged rows and a final eval
+        rows = [{"step": 1, "loss": 5.5, "composite_mz_gain": composite[0],
+                 "res_mz_gain_max": 0.6, "stream_diversity": 0.001},
+                {"step": 150, "loss": 2.0, "eval_loss": loss, "composite_mz_gain": composite[1],
+                 "res_mz_gain_max": 0.7, "stream_diversity": 0.01}]
+        return {"rows": rows, "events": {"nonfinite": 0, "loss_spike": 0}}
+    metrics = {}
+    for s, (soft, hard) in enumerate(((1e-5, 0.9), (2e-5, 0.95), (1e-5, 0.97))):
+        metrics[("mhc_soft", s)] = diversity.run_metrics(record((1e-5, soft), 2.30 + s / 100))
+        metrics[("mhc_hard", s)] = diversity.run_metrics(record((0.99, hard), 2.20 + s / 99))
+    m = metrics[("mhc_hard", 0)]
+    assert (m["composite_mz_gain_start"], m["composite_mz_gain_end"]) == (0.99, 0.9)
+    assert m["eval_loss"] == 2.20 and not m["unstable"]
+    rows = {line.split(" | ")[0]: line for line in
+            diversity.table(metrics, ["mhc_soft", "mhc_hard"], (0, 1, 2))[2:]}
+    assert "3/3" in rows["| mhc_soft"] and "0/3" in rows["| mhc_hard"]  # collapsed below 1e-2
+    hard = rows["| mhc_hard"].split(" | ")
+    assert hard[-2].endswith(")") and ": yes (" in hard[-2]  # keeps ~10^4.7 times more
+    assert ": yes (" in hard[-1]  # lower eval loss on every seed, with spread
