@@ -27,7 +27,6 @@ and this repository; synthetic data only: no corpus, no wandb, no matplotlib, no
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib.metadata
 import math
@@ -42,12 +41,13 @@ import jax.numpy as jnp
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-if os.path.dirname(HERE) not in sys.path:  # run by path: the project's root for `experiments`
+if os.path.dirname(HERE) not in sys.path:  # run by path: the project's root for `study`
     sys.path.insert(0, os.path.dirname(HERE))
 
 from benchmarks.accelerator_programs import (  # noqa: E402  (after the path)
     A_SHAPES, B_VARIANTS, GPU_DENSE, TINY, TRAIN_100M, TRAIN_SMOKE, moe_variants,
     sinkhorn_programs, site_programs, step_time)
+from study import flags  # noqa: E402
 
 PARTS = ("a", "b", "c", "d")
 TITLES = {"a": "(a) Pallas kernels vs the XLA reference",
@@ -283,7 +283,7 @@ def _run_variant(build, cfg, baseline, rounds: int, steps: int, n_losses: int = 
 
 
 def part_b(p: Part, smoke: bool):
-    from experiments.common import make_config
+    from study.runs import make_config
     from mhc import kernels
     from mhc.config import apply_overrides
 
@@ -415,7 +415,7 @@ def ngram_batches(n_batches: int, batch: int, seq: int, vocab: int, seed: int = 
 
 
 def part_d(p: Part, smoke: bool):
-    from experiments.common import make_config
+    from study.runs import make_config
     from mhc import recipes, train_step
 
     cfg = make_config("tiny", TRAIN_SMOKE if smoke else TRAIN_100M)
@@ -499,49 +499,51 @@ def parse_parts(text: str) -> list[str]:
     return sorted(items)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--smoke", action="store_true", help="tiny shapes on any backend (CPU test)")
-    ap.add_argument("--out", default=None, help="report path (default: benchmarks/results/"
-                    "accelerator_<device>.md; with --smoke nothing is written without --out)")
-    ap.add_argument("--parts", default="a,b,c,d", help="comma list of a, b, c, d")
-    ap.add_argument("--budget-s", type=float, default=None,
+FLAGS = (flags.flag("smoke", help="tiny shapes on any backend (CPU test)"),
+         flags.flag("out", help="report path (default: benchmarks/results/accelerator_<device>"
+                                ".md; with --smoke nothing is written without --out)"),
+         flags.flag("--parts", default="a,b,c,d", help="comma list of a, b, c, d"),
+         flags.flag("--budget-s", type=float, default=None,
                     help="wall-clock budget; parts skip what is left once their share is spent "
                          "(default 420; --smoke: none, a wiring check runs every part however "
-                         "loaded the machine is)")
-    ap.add_argument("--compile-only", action="store_true",
-                    help="compile every program for --target on this machine, run nothing")
-    ap.add_argument("--target", default=None, help="with --compile-only: h100x1, v5e-1, ... "
-                    "(mhc compile --list-targets)")
-    args = ap.parse_args(argv)
-    keys = parse_parts(args.parts)
-    if args.compile_only:
-        from benchmarks import accelerator_compile
-        from mhc import targets
-        try:
-            target = targets.parse(args.target or "cpu").name
-        except ValueError as e:
-            raise SystemExit(f"--target: {e}") from None
-        out = args.out or os.path.join(HERE, "results", f"accelerator_compile_{target}.md")
-        check = types.SimpleNamespace(**globals())  # this module, also when loaded by path
-        return accelerator_compile.compile_all(check, target, keys, args.smoke,
-                                               None if args.smoke and not args.out else out)
-    if args.budget_s is None:
-        args.budget_s = math.inf if args.smoke else 420.0
-    if not args.budget_s > 0:
-        raise SystemExit(f"--budget-s {args.budget_s!r}: expected a number of seconds > 0")
+                         "loaded the machine is)"),
+         flags.flag("--compile-only", action="store_true",
+                    help="compile every program for --target on this machine, run nothing"),
+         flags.flag("--target", default=None, help="with --compile-only: h100x1, v5e-1, ... "
+                    "(mhc compile --list-targets)"))
+
+
+def compile_only(args, keys) -> int:
+    """--compile-only: every program of the parts compiled for --target here, nothing run."""
+    from benchmarks import accelerator_compile
+    from mhc import targets
+    try:
+        target = targets.parse(args.target or "cpu").name
+    except ValueError as e:
+        raise SystemExit(f"--target: {e}") from None
+    out = args.out or os.path.join(HERE, "results", f"accelerator_compile_{target}.md")
+    check = types.SimpleNamespace(**globals())  # this module, also when loaded by path
+    return accelerator_compile.compile_all(check, target, keys, args.smoke,
+                                           None if args.smoke and not args.out else out)
+
+
+def header(args, keys, argv) -> list[str]:
+    """The report's title and provenance: device, date, commit, versions and the command."""
     from mhc import rundir
-    out = args.out or (None if args.smoke else
-                       os.path.join(HERE, "results", f"accelerator_{device_slug()}.md"))
     version, command = rundir.source_version(), sys.argv[1:] if argv is None else argv
     versions = ", ".join(map(_version, ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint")))
-    header = [f"# Accelerator check: {jax.devices()[0].device_kind}"
-              f"{' (smoke: tiny shapes, XLA optimisations off)' if args.smoke else ''}", "",
-              f"Date {datetime.datetime.now().isoformat(timespec='seconds')}; commit "
-              f"{version['commit']}{' (dirty)' if version['dirty'] else ''}; {versions}.",
-              f"Device: {rundir.machine()}; backend `{jax.default_backend()}`. Command: "
-              f"`python -m benchmarks.accelerator_check {' '.join(command)}`; "
-              f"parts {','.join(keys)}, budget {args.budget_s:g} s."]
+    return [f"# Accelerator check: {jax.devices()[0].device_kind}"
+            f"{' (smoke: tiny shapes, XLA optimisations off)' if args.smoke else ''}", "",
+            f"Date {datetime.datetime.now().isoformat(timespec='seconds')}; commit "
+            f"{version['commit']}{' (dirty)' if version['dirty'] else ''}; {versions}.",
+            f"Device: {rundir.machine()}; backend `{jax.default_backend()}`. Command: "
+            f"`python -m benchmarks.accelerator_check {' '.join(command)}`; "
+            f"parts {','.join(keys)}, budget {args.budget_s:g} s."]
+
+
+def run_parts(keys, args, out, head: list[str]) -> tuple[list[Part], float]:
+    """(the parts, their start time): each part run within its share of the budget left, the
+    report at `out` rewritten after every part (a run cut short keeps what it measured)."""
     # smoke: XLA's optimisations off: 40 % less compile time on CPU (it checks wiring, not speed)
     disabled = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", disabled or args.smoke)
@@ -558,13 +560,28 @@ def main(argv=None) -> int:
         if out:  # after every part: a run cut short keeps what it measured
             os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
             with open(out, "w") as f:
-                f.write(report(parts, header + [f"Total {time.perf_counter() - t0:.0f} s."]))
+                f.write(report(parts, head + [f"Total {time.perf_counter() - t0:.0f} s."]))
     jax.config.update("jax_disable_most_optimizations", disabled)  # parts catch their errors
     if args.smoke and not disabled:
         # programs compiled without optimisations stay in JAX's in-memory caches, whose keys do
         # not hold the flag: a later caller in this process (the test suite) would reuse them
         # and round differently from a fresh process
         jax.clear_caches()
+    return parts, t0
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS).parse_args(argv)
+    keys = parse_parts(args.parts)
+    if args.compile_only:
+        return compile_only(args, keys)
+    if args.budget_s is None:
+        args.budget_s = math.inf if args.smoke else 420.0
+    if not args.budget_s > 0:
+        raise SystemExit(f"--budget-s {args.budget_s!r}: expected a number of seconds > 0")
+    out = args.out or (None if args.smoke else
+                       os.path.join(HERE, "results", f"accelerator_{device_slug()}.md"))
+    parts, t0 = run_parts(keys, args, out, header(args, keys, argv))
     summary = ", ".join(f"{p.key} {p.status()}" for p in parts)
     failed = any(p.status() == "FAIL" for p in parts)
     print(f"accelerator_check: {summary} in {time.perf_counter() - t0:.0f} s"

@@ -33,7 +33,7 @@ def programs(keys, smoke: bool, kernel_targets, dtype: str):
     concrete or ShapeDtypeStructs; only their shapes and dtypes are used), with the target's
     kernel targets and compute dtype (models are built outside its mesh: flax would constrain
     each new parameter to it)."""
-    from experiments.common import make_config
+    from study.runs import make_config
     from mhc import connections as cx
     from mhc import manifolds
     from mhc.config import apply_overrides

@@ -5,21 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
-import os
 
 import jax
 import jax.numpy as jnp
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def step_time():
-    """benchmarks/step_time.py as a module: its `build` is the step every part times."""
-    spec = importlib.util.spec_from_file_location("step_time", os.path.join(HERE, "step_time.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """`study.step_time`, the step builder of benchmarks/step_time.py: its `build` is the step
+    every part times."""
+    from study import step_time
+    return step_time
 
 
 # n, C, tokens, Sinkhorn iterations, timing reps; smoke: n = 2 and 3 iterations keep the
@@ -89,7 +84,7 @@ MOE_SMOKE = ("ffn=moe", "d_model=32", "n_layers=2", "n_heads=2", "d_ff=64", "n_r
 
 def moe_variants(smoke: bool):
     """(base config, {dispatch name: overrides}) of part c."""
-    from experiments.common import make_config
+    from study.runs import make_config
 
     # no warmup: the second step's loss then depends on the first step's gradients
     base = make_config("tiny", (*(MOE_SMOKE if smoke else MOE), "warmup_steps=0", "lr=1e-3"))

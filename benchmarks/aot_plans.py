@@ -15,7 +15,6 @@ TPU and GPU targets need `pip install -e ".[aot]"` (Python >= 3.12).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -23,6 +22,7 @@ import subprocess
 import sys
 
 from mhc import rundir
+from study import flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # recipe, mesh (batch divides data*fsdp*expert; experts divide expert), overrides (remat and
@@ -146,30 +146,23 @@ def write_region(readme: str, text: str) -> None:
         f.write(head + start + "\n" + text + end + rest.split(end, 1)[1])
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--target", nargs="+", default=["v5p", "h100", "cpu"], choices=FAMILIES,
-                   help="compiler families, in table order")
-    p.add_argument("--recipes", nargs="+", default=sorted({p[0] for p in PLANS}),
-                   choices=sorted({p[0] for p in PLANS}))
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
-    p.add_argument("--raw", default=None, help="one JSON per plan (default: "
-                   "benchmarks/results/aot_plans, or beside --out with --smoke)")
-    p.add_argument("--out", default=os.path.join(REPO, "benchmarks/results/aot_plans.md"))
-    p.add_argument("--readme", default=os.path.join(REPO, "README.md"),
-                   help="README whose aot-plans region gets the table ('' = none)")
-    p.add_argument("--only-finished", action="store_true", help="tabulate, compile nothing")
-    p.add_argument("--smoke", action="store_true", help="one reduced-depth CPU plan")
-    args = p.parse_args(argv)
-    layers = None
-    plans = [p for p in PLANS if p[0] in args.recipes]
-    if args.smoke:
-        plans, layers = [("3b", "fsdp=4,expert=2", ("remat=full", "batch_size=16",
-                                                    "seq_len=256"), "", None)], 2
-        args.target, args.variants, args.readme = ["cpu"], ["mhc"], ""  # ~50 s a compile
-    args.raw = args.raw or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "raw")
-                            if args.smoke else os.path.join(REPO, "benchmarks/results/aot_plans"))
-    os.makedirs(args.raw, exist_ok=True)
+FLAGS = (flags.flag("--target", nargs="+", default=["v5p", "h100", "cpu"], choices=FAMILIES,
+                    help="compiler families, in table order"),
+         flags.flag("--recipes", nargs="+", default=sorted({p[0] for p in PLANS}),
+                    choices=sorted({p[0] for p in PLANS})),
+         flags.flag("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS),
+         flags.flag("--raw", default=None, help="one JSON per plan (default: "
+                    "benchmarks/results/aot_plans, or beside --out with --smoke)"),
+         flags.flag("out", default=os.path.join(REPO, "benchmarks/results/aot_plans.md")),
+         flags.flag("--readme", default=os.path.join(REPO, "README.md"),
+                    help="README whose aot-plans region gets the table ('' = none)"),
+         flags.flag("only-finished", help="tabulate, compile nothing"),
+         flags.flag("smoke", help="one reduced-depth CPU plan"))
+
+
+def plan_rows(args, plans, layers) -> list[tuple]:
+    """[(family, recipe, mesh, overrides, {variant: plan})]: every plan of `plans` for every
+    --target family, compiled unless its JSON is in --raw (--only-finished: only those)."""
     rows = []
     for family in args.target:
         for recipe, mesh, overrides, label, families in plans:
@@ -186,6 +179,21 @@ def main(argv=None) -> int:
                                           layers, label)
             rows.append((family, recipe, mesh, overrides, found))
             print(table(rows)[-1], flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS).parse_args(argv)
+    layers = None
+    plans = [p for p in PLANS if p[0] in args.recipes]
+    if args.smoke:
+        plans, layers = [("3b", "fsdp=4,expert=2", ("remat=full", "batch_size=16",
+                                                    "seq_len=256"), "", None)], 2
+        args.target, args.variants, args.readme = ["cpu"], ["mhc"], ""  # ~50 s a compile
+    args.raw = args.raw or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "raw")
+                            if args.smoke else os.path.join(REPO, "benchmarks/results/aot_plans"))
+    os.makedirs(args.raw, exist_ok=True)
+    rows = plan_rows(args, plans, layers)
     text = "\n".join([*notes(rows), "", *table(rows)]) + "\n"
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -11,7 +11,6 @@ the script says so and exits 0.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -19,6 +18,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from study import flags
 
 
 def site_variants(c: int, tokens: int, dtype, iters: int):
@@ -74,14 +75,28 @@ def step_variants(kernels_choice: str):
     return build(dataclasses.replace(cfg, model=model), "mhc")
 
 
+FLAGS = ("tokens", flags.flag("--iters", type=int, default=20), "rounds",
+         flags.flag("--steps", type=int, default=10),
+         flags.flag("--no-step", action="store_true", help="skip the full training step"))
+
+
+def time_steps(steps: int) -> dict[str, float]:
+    """{"xla", "pallas"}: seconds per bench training step (mHC, bf16) with each kernel choice."""
+    out = {}
+    for choice in ("xla", "pallas"):
+        fn, state, batch = step_variants(choice)
+        state, _ = fn(state, batch)  # compile
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, loss = fn(state, batch)
+        jax.block_until_ready(loss)
+        out[choice] = (time.perf_counter() - start) / steps
+    return out
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=4096)
-    parser.add_argument("--iters", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--no-step", action="store_true", help="skip the full training step")
-    args = parser.parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS).parse_args(argv)
     backend = jax.default_backend()
     if backend not in ("gpu", "tpu"):
         print(f"benchmarks/kernels.py: needs a GPU or TPU (default backend is {backend!r}); "
@@ -98,16 +113,7 @@ def main(argv=None) -> int:
             print(f"  {name:12s} {sec * 1e3:8.3f} ms  {sec / base:6.2f}x residual  "
                   f"{args.tokens / sec:12.0f} tokens/s")
     if not args.no_step:
-        steps = {}
-        for choice in ("xla", "pallas"):
-            fn, state, batch = step_variants(choice)
-            state, _ = fn(state, batch)  # compile
-            jax.block_until_ready(state)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                state, loss = fn(state, batch)
-            jax.block_until_ready(loss)
-            steps[choice] = (time.perf_counter() - start) / args.steps
+        steps = time_steps(args.steps)
         print(f"bench training step (mHC, bf16): xla {steps['xla'] * 1e3:.1f} ms, pallas "
               f"{steps['pallas'] * 1e3:.1f} ms, pallas/xla {steps['pallas'] / steps['xla']:.2f}x")
     return 0

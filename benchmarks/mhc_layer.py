@@ -15,7 +15,6 @@ Writes benchmarks/results/mhc_layer.md.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -25,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.common import write_report
+from study import flags
+from study.report import write_report
 
 
 def build(kind: str, reference: bool, shape):
@@ -53,15 +53,12 @@ def build(kind: str, reference: bool, shape):
 
 
 VARIANTS = (("residual", False), ("mhc", False), ("mhc", True), ("hc", False), ("hc", True))
+FLAGS = (flags.flag("smoke", help="tiny shapes, one round: wiring check"), "rounds", "reps", "out")
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--out", default="benchmarks/results/mhc_layer.md")
-    args = p.parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS, rounds=9, out="benchmarks/results/mhc_layer.md"
+                        ).parse_args(argv)
     shape, rounds, reps = (((2, 8, 4, 32), 1, 1) if args.smoke
                            else ((16, 256, 4, 512), args.rounds, args.reps))
     runs = {}

@@ -13,7 +13,6 @@ backward time / forward time. Writes benchmarks/results/sinkhorn_memory.md.
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import sys
@@ -23,9 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-ITERS = (5, 10, 20, 40)
+from study import flags
+from study.report import write_report
 
-from experiments.common import write_report
+ITERS = (5, 10, 20, 40)
+FLAGS = (flags.flag("smoke", help="tiny shapes, one round: wiring check"), "tokens", "rounds",
+         "reps", "out")
 
 
 def saved_bytes(fn, x) -> int:
@@ -64,13 +66,8 @@ def measure(tokens: int, n: int, rounds: int, reps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true")
-    p.add_argument("--tokens", type=int, default=4096)
-    p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--out", default="benchmarks/results/sinkhorn_memory.md")
-    args = p.parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS, rounds=7, reps=5,
+                        out="benchmarks/results/sinkhorn_memory.md").parse_args(argv)
     tokens, rounds, reps = (64, 1, 1) if args.smoke else (args.tokens, args.rounds, args.reps)
     results = measure(tokens, 4, rounds, reps)
     device = f"{jax.devices()[0].platform} ({os.cpu_count()} host cores)"

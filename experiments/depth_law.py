@@ -1,16 +1,16 @@
 """Depth law of stability: each kind's largest stable LR at 6, 12, 30 and 60 blocks, found by
 bisection on the LR grid, and how it moves with depth.
 
-The LR-sensitivity study (`experiments.lr_sensitivity`) sweeps every grid point at 6 and 30
-blocks. Sweeping 12 and 60 blocks as well would cost ~4x more, so here each (kind, depth, seed)
-looks for its stability edge by bisection over the same grid: stability is taken to be monotone
-in the LR (stable up to an edge, unstable above it; the swept depths check this assumption, see
-`monotone_violations`), so ceil(log2(len(grid) + 1)) = 4 runs find the edge of the 13-point grid.
-The grid is the LR-sensitivity grid (0.001 to 1.0) extended upward by `ABOVE` (2.15, 4.64, 10):
-at 30 blocks the residual, mHC and identity-HC are stable at 1.0 on every seed, so the sweep's
-grid cannot place their edge (it is censored there).
-Runs have the lr_sensitivity study's names, configs and compact records (the same records
-folder), so every swept run is reused and every bisection run extends the sweep.
+The LR-sensitivity study (`experiments.lr_sensitivity`; its grid: `study.lr_grid`) sweeps every
+grid point at 6 and 30 blocks. Sweeping 12 and 60 blocks as well would cost ~4x more, so here each
+(kind, depth, seed) looks for its stability edge by bisection over the same grid: stability is
+taken to be monotone in the LR (stable up to an edge, unstable above it; the swept depths check
+this assumption, see `monotone_violations`), so ceil(log2(len(grid) + 1)) = 4 runs find the edge
+of the 13-point grid. The grid is the LR-sensitivity grid (0.001 to 1.0) extended upward by
+`ABOVE` (2.15, 4.64, 10): at 30 blocks the residual, mHC and identity-HC are stable at 1.0 on
+every seed, so the sweep's grid cannot place their edge (it is censored there). Runs have the
+lr_sensitivity study's names, configs and compact records (the same records folder), so every
+swept run is reused and every bisection run extends the sweep.
 
 Per (kind, depth): the per-seed edges; per kind: the least-squares slope of log10(edge) against
 log10(depth) over all seeds and depths, with its standard error and the edge it extrapolates to
@@ -25,23 +25,29 @@ bottom an upper bound: those seeds are reported and left out of the fit.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments import common, lr_sensitivity as lrs
+from study import flags, lr_grid
+from study.report import provenance, write_report
+from study.runs import RECORDS, enable_compile_cache, runs_root
 
 KINDS = ("residual", "hc", "mhc", "identity_hc")
 DEPTHS = (6, 12, 30, 60)
 SEEDS = (0, 1, 2, 3, 4)
 PAPER_DEPTH = 30  # blocks (60 sites)
 ABOVE = (2.15, 4.64, 10.0)  # the sweep's grid continued in thirds of a decade
-GRID = (*lrs.LRS, *ABOVE)
+GRID = (*lr_grid.LRS, *ABOVE)
+FLAGS = (flags.kinds(lr_grid.KINDS, default=",".join(KINDS)),
+         flags.flag("depths", default=",".join(map(str, DEPTHS)), help=None),
+         flags.flag("seeds", default=",".join(map(str, SEEDS)), help=None),
+         flags.flag("out", help="the LR-sensitivity study's folder: its records are shared"),
+         flags.flag("runs", help="where runs train (default runs/lr_sensitivity)"),
+         flags.flag("only-finished", help="train nothing"),
+         flags.flag("smoke", help="tiny models, 4 steps: wiring check"))
 
 
 def bisect_edge(n: int, stable) -> tuple[int, list[int]]:
@@ -110,27 +116,21 @@ def seed_edges(metrics: dict, kind: str, depth: int, grid) -> dict[int, float]:
 def run(kinds, depths, seeds, grid, out: str, runs_root: str, smoke=False, train=True) -> dict:
     """Bisect every (kind, depth, seed), training what is missing; {(kind, depth): {seed: edge}}
     and the metrics read."""
-    records_dir = os.path.join(out, common.RECORDS)
+    records_dir = os.path.join(out, RECORDS)
     os.makedirs(records_dir, exist_ok=True)
     if train:
-        common.enable_compile_cache()
+        enable_compile_cache()
     metrics = {}
     for depth in depths:
         for seed in seeds:
             for kind in kinds:
                 def stable(i, kind=kind, depth=depth, seed=seed):
-                    job = lrs.plan((kind,), (depth,), (grid[i],), (seed,), smoke=smoke,
-                                   runs_root=runs_root)[0]
-                    name, *_, overrides, cfg, run_dir = job
-                    path = os.path.join(records_dir, f"{name}.json")
-                    if not common.recorded(path, overrides):
-                        if not train:
-                            return False
-                        common.train_or_resume(cfg, run_dir, verbose=not smoke,
-                                               label=f"{name} (bisection)")
-                        common.write_record(path, common.compact_run(run_dir, overrides,
-                                                                     lrs.KEEP))
-                    m, _, _ = lrs.load(records_dir, [job])
+                    job = lr_grid.plan((kind,), (depth,), (grid[i],), (seed,), smoke=smoke,
+                                       runs_root=runs_root)[0]
+                    if not lr_grid.record(job, records_dir, train=train, verbose=not smoke,
+                                          label=f"{job[0]} (bisection)"):
+                        return False
+                    m, _, _ = lr_grid.load(records_dir, [job])
                     metrics.update(m)
                     return not m[(kind, depth, grid[i], seed)]["unstable"]
                 bisect_edge(len(grid), stable)
@@ -154,50 +154,39 @@ def table(edges: dict, kinds, depths, grid) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kinds", default=",".join(KINDS))
-    p.add_argument("--depths", default=",".join(map(str, DEPTHS)))
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results",
-                                                 "lr_sensitivity"),
-                   help="the LR-sensitivity study's folder: its records are shared")
-    p.add_argument("--runs", default=None, help="where runs train (default runs/lr_sensitivity)")
-    p.add_argument("--only-finished", action="store_true", help="train nothing")
-    p.add_argument("--smoke", action="store_true", help="tiny models, 4 steps: wiring check")
-    args = p.parse_args(argv)
-    kinds = [k for k in args.kinds.split(",") if k]
-    bad = [k for k in kinds if k not in lrs.KINDS]
-    if bad or not kinds:
-        raise SystemExit(f"--kinds: unknown {', '.join(bad) or '(none)'}; allowed: "
-                         f"{', '.join(lrs.KINDS)}")
-    depths, seeds = lrs._floats(args.depths, "depths", int), lrs._floats(args.seeds, "seeds", int)
-    grid = GRID
-    if args.smoke:
-        depths, seeds, grid = (1, 2), (0,), lrs.LRS[:1]  # one run per (kind, depth)
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke
-                              else os.path.join(REPO, "runs", "lr_sensitivity"))
-    result = run(kinds, depths, seeds, grid, args.out, runs_root, args.smoke,
-                 train=not args.only_finished)
+def report_lines(result: dict, kinds, depths, seeds, grid) -> list[str]:
+    """The depth-law report: provenance, the per-seed edges with each kind's fit, and how many
+    fully swept curves break bisection's assumption."""
     curves = {}
     for (k, d, lr, s), m in result["metrics"].items():
         curves.setdefault((k, d, s), {})[lr] = m
-    swept = {key: c for key, c in curves.items() if set(c) >= set(lrs.LRS)}
+    swept = {key: c for key, c in curves.items() if set(c) >= set(lr_grid.LRS)}
     violations = {key: v for key, c in swept.items() if (v := monotone_violations(c))}
-    meta = common.provenance()
-    lines = ["# Depth law of stability: largest stable LR by bisection", "",
-             f"{meta['date']}, commit {meta['commit']}, {meta['device']}, jax {meta['jax']}. "
-             f"{len(result['metrics'])} runs read (the LR-sensitivity study's records); grid "
-             f"{', '.join(map(str, grid))}; seeds {list(seeds)}. Stable: neither diverged nor "
-             "surged (the LR-sensitivity study's criteria). Cells: per-seed largest stable LR "
-             "('> top': stable at the grid's top, a lower bound; '< bottom': none stable; both "
-             "are left out of the fit).", "", *table(result["edges"], kinds, depths, grid), "",
-             f"Bisection assumes stability is monotone in the LR. Of {len(swept)} curves swept "
-             f"over the LR-sensitivity grid, {len(violations)} break it"
-             + (": " + "; ".join(f"{k}-L{d}-s{s} stable again at {v}"
-                                 for (k, d, s), v in sorted(violations.items())) if violations
-                else "") + "."]
-    common.write_report(os.path.join(args.out, "depth_law.md"), lines)
+    meta = provenance()
+    return ["# Depth law of stability: largest stable LR by bisection", "",
+            f"{meta['date']}, commit {meta['commit']}, {meta['device']}, jax {meta['jax']}. "
+            f"{len(result['metrics'])} runs read (the LR-sensitivity study's records); grid "
+            f"{', '.join(map(str, grid))}; seeds {list(seeds)}. Stable: neither diverged nor "
+            "surged (the LR-sensitivity study's criteria). Cells: per-seed largest stable LR "
+            "('> top': stable at the grid's top, a lower bound; '< bottom': none stable; both "
+            "are left out of the fit).", "", *table(result["edges"], kinds, depths, grid), "",
+            f"Bisection assumes stability is monotone in the LR. Of {len(swept)} curves swept "
+            f"over the LR-sensitivity grid, {len(violations)} break it"
+            + (": " + "; ".join(f"{k}-L{d}-s{s} stable again at {v}"
+                                for (k, d, s), v in sorted(violations.items())) if violations
+               else "") + "."]
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS, out=lr_grid.STUDY).parse_args(argv)
+    depths, seeds, grid = args.depths, args.seeds, GRID
+    if args.smoke:
+        depths, seeds, grid = (1, 2), (0,), lr_grid.LRS[:1]  # one run per (kind, depth)
+    result = run(args.kinds, depths, seeds, grid, args.out,
+                 runs_root(args.runs, args.out, args.smoke, lr_grid.RUNS), args.smoke,
+                 train=not args.only_finished)
+    lines = report_lines(result, args.kinds, depths, seeds, grid)
+    write_report(os.path.join(args.out, "depth_law.md"), lines)
     print("\n".join(lines))
     return 0
 

@@ -19,7 +19,7 @@ Kinds and inits (the LR-sensitivity study's base config at 12 blocks = 24 sites,
   hc           Hyper-Connections, unconstrained H_res from I
 Per kind: the composite's and the worst site's mean-zero gain at the start and the end, the
 streams' diversity at the start and the end, the final eval loss; paired by seed against
-mhc_soft (the verdict rule of `paper_repro.common`): does the kind keep more of the mean-zero
+mhc_soft (the verdict rule of `study.verdict`): does the kind keep more of the mean-zero
 part (log10 composite gain at the end), and does it reach a lower eval loss? Writes
 `experiments/results/diversity/`.
 
@@ -29,21 +29,21 @@ part (log10 composite gain at the end), and does it reach a lower eval loss? Wri
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments import common, lr_sensitivity as lrs
-from paper_repro.common import RULE, seeded_verdict, values_cell
+from study import REPO, flags, lr_grid, plots
+from study.metrics import mean_spread
+from study.report import provenance, runs_commits, write_summary
+from study.runs import RECORDS, SMOKE_OVERRIDES, make_config, recorded, regime_overrides, runs_root
+from study.verdict import RULE, seeded_verdict, values_cell
 
 MHC = ("residual=mhc",)
 # label -> overrides; `regime` True: started from the studies' soft identity (translated per
-# manifold by `common.regime_overrides`)
+# manifold by `study.runs.regime_overrides`)
 KINDS = {"mhc_soft": (MHC, True), "mhc_hard": (MHC, False),
          "kromhc": ((*MHC, "manifold=kromhc"), True),
          "shc": ((*MHC, "manifold=spectral_sphere"), True),
@@ -54,11 +54,16 @@ LR = 0.00215  # the best LR of HC, identity-HC and the residual at 30 blocks (LR
 SEEDS = (0, 1, 2)
 COLLAPSED = 1e-2  # a composite mean-zero gain below this has averaged the streams into one
 KEYS = ("res_mz_gain_max", "composite_mz_gain", "stream_diversity")
+FLAGS = (flags.kinds(KINDS, help=f"comma list of: {', '.join(KINDS)}"),
+         flags.flag("seeds", default=",".join(map(str, SEEDS)), help=None), "out",
+         flags.flag("runs", help="where runs train (default runs/diversity)"),
+         flags.flag("only-finished", help="train nothing"),
+         flags.flag("smoke", help="tiny models, 4 steps: wiring check"))
 
 
 def plan(kinds, seeds, smoke=False, runs_root=None) -> list[tuple]:
     """[(name, kind, seed, overrides, cfg, run_dir)]: seed by seed, every kind."""
-    base = [*lrs.BASE, *(common.SMOKE_OVERRIDES if smoke else ()), f"n_layers={DEPTH}",
+    base = [*lr_grid.BASE, *(SMOKE_OVERRIDES if smoke else ()), f"n_layers={DEPTH}",
             f"lr={LR}"]
     if smoke:
         base.append("n_layers=2")
@@ -66,10 +71,10 @@ def plan(kinds, seeds, smoke=False, runs_root=None) -> list[tuple]:
     for seed in seeds:
         for kind in kinds:
             kind_ov, soft = KINDS[kind]
-            ov = [*base, *kind_ov, *(common.regime_overrides(kind_ov) if soft else ()),
+            ov = [*base, *kind_ov, *(regime_overrides(kind_ov) if soft else ()),
                   f"seed={seed}"]
             name = f"{kind}-s{seed}"
-            jobs.append((name, kind, seed, ov, common.make_config("tiny", ov),
+            jobs.append((name, kind, seed, ov, make_config("tiny", ov),
                          os.path.join(runs_root, name)))
     return jobs
 
@@ -78,8 +83,8 @@ def run_metrics(record: dict) -> dict:
     """Start and end of each diversity key, the final eval loss and the stability verdict of
     the LR-sensitivity study, from a compact record."""
     rows = record["rows"]
-    out = {"eval_loss": lrs.run_metrics(record)["eval_loss"],
-           "unstable": lrs.run_metrics(record)["unstable"],
+    out = {"eval_loss": lr_grid.run_metrics(record)["eval_loss"],
+           "unstable": lr_grid.run_metrics(record)["unstable"],
            "offdiag_end": rows[-1].get("h_res_offdiag", math.nan)}
     for key in KEYS:
         logged = [r[key] for r in rows if key in r]
@@ -104,7 +109,7 @@ def table(metrics: dict, kinds, seeds) -> list[str]:
         if not runs:
             continue
         col = lambda key, fmt=".3g": "{:{f}} ± {:{f}}".format(  # noqa: E731
-            *common.mean_spread(m[key] for m in runs.values()), f=fmt)
+            *mean_spread(m[key] for m in runs.values()), f=fmt)
         paired = [s for s in runs if s in ref]
         if kind == REFERENCE:
             keeps = below = "(reference)"
@@ -124,10 +129,7 @@ def table(metrics: dict, kinds, seeds) -> list[str]:
 
 def plot(records: dict, path: str) -> None:
     """Composite mean-zero gain and stream diversity over training, mean over seeds per kind."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(11, 4))
     for kind in dict.fromkeys(k for k, _ in records):
         runs = [r["rows"] for (k, _), r in records.items() if k == kind]
         for ax, key in zip(axes, ("composite_mz_gain", "stream_diversity")):
@@ -138,57 +140,41 @@ def plot(records: dict, path: str) -> None:
         ax.set(xlabel="step", ylabel=key, yscale="log", title=key)
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.savefig(fig, path)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma list of: {', '.join(KINDS)}")
-    p.add_argument("--seeds", default=",".join(map(str, SEEDS)))
-    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "diversity"))
-    p.add_argument("--runs", default=None, help="where runs train (default runs/diversity)")
-    p.add_argument("--only-finished", action="store_true", help="train nothing")
-    p.add_argument("--smoke", action="store_true", help="tiny models, 4 steps: wiring check")
-    args = p.parse_args(argv)
-    kinds = [k for k in args.kinds.split(",") if k]
-    if not kinds or (bad := [k for k in kinds if k not in KINDS]):
-        raise SystemExit(f"--kinds: unknown {', '.join(kinds and bad) or '(none)'}; allowed: "
-                         f"{', '.join(KINDS)}")
-    seeds = lrs._floats(args.seeds, "seeds", int)
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke
-                              else os.path.join(REPO, "runs", "diversity"))
-    records_dir = os.path.join(args.out, common.RECORDS)
-    jobs = plan(kinds, seeds, args.smoke, runs_root)
-    if not args.only_finished:
-        common.enable_compile_cache()
-        for i, (name, _, _, overrides, cfg, run_dir) in enumerate(jobs, 1):
-            path = os.path.join(records_dir, f"{name}.json")
-            if not common.recorded(path, overrides):
-                common.train_or_resume(cfg, run_dir, verbose=not args.smoke,
-                                       label=f"[{i}/{len(jobs)}] {name}")
-                common.write_record(path, common.compact_run(run_dir, overrides, lrs.KEEP))
-    records = {(kind, seed): r for name, kind, seed, ov, *_ in jobs
-               if (r := common.recorded(os.path.join(records_dir, f"{name}.json"), ov))}
-    if not records:
-        raise SystemExit(f"no finished runs in {records_dir}; run without --only-finished")
+def report(out: str, jobs, records: dict, kinds, seeds) -> None:
+    """The figure, summary.json and summary.md of {(kind, seed): compact record}."""
     metrics = {key: run_metrics(r) for key, r in records.items()}
-    plot(records, os.path.join(args.out, "diversity.png"))
-    meta = common.provenance()
-    common.write_json(os.path.join(args.out, "summary.json"),
-                      {"meta": meta, "per_run": {f"{k}-s{s}": m for (k, s), m in metrics.items()}})
+    plot(records, os.path.join(out, "diversity.png"))
+    meta = provenance()
     lines = ["# Stream diversity: does the streams' mean-zero part survive depth?", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}, jax {meta['jax']}. "
              f"{len(records)} runs, trained at commits "
-             f"{common.runs_commits(records=records.values())}. {DEPTH} blocks ({2 * DEPTH} "
-             f"sites), LR {LR}, base `{' '.join(lrs.BASE)}`. Mean-zero gain: the largest "
+             f"{runs_commits(records=records.values())}. {DEPTH} blocks ({2 * DEPTH} "
+             f"sites), LR {LR}, base `{' '.join(lr_grid.BASE)}`. Mean-zero gain: the largest "
              "singular value of H_res (or of the composite) on the subspace orthogonal to the "
              "all-ones vector (1: a permutation, 0: J/n); start = the first logged step."
              "", "", *table(metrics, kinds, seeds), "", RULE]
     missing = [name for name, kind, seed, *_ in jobs if (kind, seed) not in records]
-    common.write_report(os.path.join(args.out, "summary.md"), lines, missing)
+    write_summary(out, meta, {"per_run": {f"{k}-s{s}": m for (k, s), m in metrics.items()}},
+                  lines, missing)
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS,
+                        out=os.path.join(REPO, "experiments", "results", "diversity")
+                        ).parse_args(argv)
+    root = runs_root(args.runs, args.out, args.smoke, os.path.join(REPO, "runs", "diversity"))
+    records_dir = os.path.join(args.out, RECORDS)
+    jobs = plan(args.kinds, args.seeds, args.smoke, root)
+    if not args.only_finished:
+        lr_grid.record_all(jobs, records_dir, verbose=not args.smoke)
+    records = {(kind, seed): r for name, kind, seed, ov, *_ in jobs
+               if (r := recorded(os.path.join(records_dir, f"{name}.json"), ov))}
+    if not records:
+        raise SystemExit(f"no finished runs in {records_dir}; run without --only-finished")
+    report(args.out, jobs, records, args.kinds, args.seeds)
     return 0
 
 

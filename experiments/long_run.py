@@ -19,16 +19,16 @@ over training.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments import common
+from study import REPO, flags, plots
+from study.report import provenance, runs_commits, write_summary
+from study.runs import (RECORDS, SMOKE_OVERRIDES, compact_run, enable_compile_cache, make_config,
+                        recorded, regime_overrides, runs_root, train_or_resume, write_record)
 
 KINDS = ("hc", "mhc")
 WARMUP = 100  # steps; the grad-norm peak is also reported after them (spikes, not the start)
@@ -43,6 +43,10 @@ KEEP = ("step", "loss", "eval_loss", "grad_norm", "lr", "skipped", "amax_fwd", "
 LAYER_KEYS = ("amax_fwd", "amax_bwd", "composite_fwd", "composite_bwd", "res_offdiag")
 COMPOUNDED = 100.0  # the issue's line: a composite gain of 100 or more has compounded
 LAYER_EVERY = 100  # per-site arrays kept in the record every this many steps (scalars: every step)
+FLAGS = (flags.flag("--lr", type=float, required=True,
+                    help="constant LR (near HC's largest stable LR at 30 blocks)"),
+         flags.flag("--seed", type=int, default=0), "out",
+         flags.flag("runs", help="where runs train (default runs/long_run)"), "smoke", "overrides")
 
 
 def summarize(record: dict) -> dict:
@@ -84,10 +88,7 @@ def gap_lines(records: dict) -> list[str]:
 
 
 def plot(records: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plots.pyplot().subplots(2, 2, figsize=(12, 8))
     for kind, rec in records.items():
         rows = rec["rows"]
         steps = [r["step"] for r in rows]
@@ -114,50 +115,39 @@ def plot(records: dict, path: str) -> None:
     axes[0, 1].set(title="grad norm (no clipping)", xlabel="step", yscale="log")
     axes[1, 0].set(title="max composite Amax gain over depth", xlabel="step", yscale="log")
     axes[1, 1].set(title="composite gain per site at its peak", xlabel="site", yscale="log")
-    for ax in axes.flat:
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.style(axes.flat, 7, loc="upper left", which="both")
+    plots.savefig(fig, path)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lr", type=float, required=True,
-                   help="constant LR (near HC's largest stable LR at 30 blocks)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "long_run"))
-    p.add_argument("--runs", default=None, help="where runs train (default runs/long_run)")
-    p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps: wiring check")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
-    if not args.lr > 0:
-        raise SystemExit(f"--lr {args.lr}: must be > 0")
-    base = [*BASE, *(common.SMOKE_OVERRIDES if args.smoke else ()), f"lr={args.lr}",
-            f"seed={args.seed}", *args.overrides]
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke
-                              else os.path.join(REPO, "runs", "long_run"))
-    common.enable_compile_cache()
+def train(args, base) -> dict:
+    """{kind: compact record} of the HC and mHC runs: a committed record of the same overrides is
+    the finished run; otherwise the run trains (or resumes) in --runs and its record is written
+    to OUT/records."""
+    root = runs_root(args.runs, args.out, args.smoke, os.path.join(REPO, "runs", "long_run"))
+    enable_compile_cache()
     records = {}
     for kind in KINDS:
         kind_ov = (f"residual={kind}",)
-        overrides = [*base, *kind_ov, *common.regime_overrides(kind_ov)]
-        cfg = common.make_config("tiny", overrides)
+        overrides = [*base, *kind_ov, *regime_overrides(kind_ov)]
+        cfg = make_config("tiny", overrides)
         name = f"{kind}-L{cfg.model.n_layers}-lr{args.lr:.3g}-s{args.seed}"
-        run_dir, record_path = (os.path.join(runs_root, name),
-                                os.path.join(args.out, common.RECORDS, f"{name}.json"))
-        records[kind] = common.recorded(record_path, overrides)
+        run_dir, record_path = (os.path.join(root, name),
+                                os.path.join(args.out, RECORDS, f"{name}.json"))
+        records[kind] = recorded(record_path, overrides)
         if records[kind] is None:
-            common.train_or_resume(cfg, run_dir, verbose=not args.smoke, label=name)
-            records[kind] = common.compact_run(run_dir, overrides, KEEP, LAYER_KEYS,
-                                               layer_every=LAYER_EVERY)
-            common.write_record(record_path, records[kind])
+            train_or_resume(cfg, run_dir, verbose=not args.smoke, label=name)
+            records[kind] = compact_run(run_dir, overrides, KEEP, LAYER_KEYS,
+                                        layer_every=LAYER_EVERY)
+            write_record(record_path, records[kind])
+    return records
+
+
+def report(records: dict, args, base) -> None:
+    """The figure, summary.json and summary.md of the HC and mHC records."""
     summary = {kind: summarize(rec) for kind, rec in records.items()}
     plot(records, os.path.join(args.out, "long_run.png"))
-    meta = {**common.provenance(), "lr": args.lr, "seed": args.seed, "overrides": base,
-            "runs_commits": common.runs_commits(records=records.values())}
-    common.write_json(os.path.join(args.out, "summary.json"), {"meta": meta, "summary": summary})
+    meta = {**provenance(), "lr": args.lr, "seed": args.seed, "overrides": base,
+            "runs_commits": runs_commits(records=records.values())}
     lines = [f"# Long deep run: HC vs mHC at constant LR {args.lr:g}", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}; runs trained at "
              f"{meta['runs_commits']}. Overrides: `{' '.join(base)}`.", "",
@@ -174,7 +164,18 @@ def main(argv=None) -> int:
             f"{s['final_eval_loss']:.4f} |")
     if set(KINDS) <= set(records):
         lines += ["", *gap_lines(records)]
-    common.write_report(os.path.join(args.out, "summary.md"), lines)
+    write_summary(args.out, meta, {"summary": summary}, lines)
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS,
+                        out=os.path.join(REPO, "experiments", "results", "long_run")
+                        ).parse_args(argv)
+    if not args.lr > 0:
+        raise SystemExit(f"--lr {args.lr}: must be > 0")
+    base = [*BASE, *(SMOKE_OVERRIDES if args.smoke else ()), f"lr={args.lr}",
+            f"seed={args.seed}", *args.overrides]
+    report(train(args, base), args, base)
     return 0
 
 

@@ -6,7 +6,7 @@ dim 16, FFN 3x width), all at the same number of steps and tokens per step (fixe
 fixed tokens per parameter: the bigger models see the same data). Compute = training FLOPs per
 token (`mhc.train_step.flops_per_token`, 6 x active params + attention) x tokens. The middle rung is
 the micro config of the ablations, so those runs are reused. mHC runs in the CPU studies' H_res
-regime (`common.STUDY_REGIME`), where H_res leaves its initialisation within the step budget.
+regime (`study.runs.STUDY_REGIME`), where H_res leaves its initialisation within the step budget.
 (b) Tokens: the micro config trained longer, one residual/mHC pair per seed; the gap is mHC's
 training loss minus the residual's at every logged step (same seed, so the same batches),
 smoothed by a moving average, plus the eval-loss gap at each evaluation, averaged over seeds.
@@ -18,282 +18,47 @@ smoothed by a moving average, plus the eval-loss gap at each evaluation, average
 """
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import sys
 
-import numpy as np
+from study import REPO, flags
+from study.report import provenance, runs_line, write_summary
+from study.runs import MICRO_OVERRIDES, SMOKE_OVERRIDES, enable_compile_cache, runs_root
+from study.scaling import (DEFAULT_SEEDS, LADDER, SMOKE_LADDER, TOKEN_STEPS, compute,
+                           ladder_overrides, ladder_plan, ladder_table, micro_points, plot,
+                           run_ladder, run_tokens, token_plan, tokens_table)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments import common
-
-KINDS = ("residual", "mhc")
-# name: (d_model, n_layers, n_heads); width/depth = 16, head dim 16, d_ff = 3 x width
-LADDER = {"xs": (48, 3, 3), "s": (64, 4, 4), "m": (96, 6, 6)}
-SMOKE_LADDER = {"xs": (16, 1, 2), "s": (32, 2, 2)}
-DEFAULT_SEEDS = (0, 1, 2)
-TOKEN_STEPS = 400
-
-
-def ladder_overrides(d_model: int, n_layers: int, n_heads: int) -> list[str]:
-    return [f"d_model={d_model}", f"n_layers={n_layers}", f"n_heads={n_heads}",
-            f"d_ff={3 * d_model}"]
-
-
-def kind_config(recipe: str, overrides, kind: str, seed: int, regime=common.STUDY_REGIME):
-    """The config of one run: mHC in the H_res `regime` (default the CPU studies', where H_res
-    learns within the step budget; () for the paper recipes), the residual as it is."""
-    ov = [*overrides, f"residual={kind}"]
-    return common.make_config(recipe, [*ov, *common.regime_overrides(ov, regime), f"seed={seed}"])
+SEEDS = ",".join(map(str, DEFAULT_SEEDS))
+FLAGS = (flags.flag("--part", choices=("all", "ladder", "tokens"), default="all"),
+         flags.flag("seeds", default=SEEDS, help="ladder seeds"),
+         flags.flag("token-steps", default=TOKEN_STEPS),
+         flags.flag("--token-seeds", default=SEEDS, type=flags.parse_seeds,
+                    help="seeds of the long run pairs"),
+         "out", flags.flag("runs", help="run directories (default: shared experiments/results/"
+                                        "trained; with --smoke: <out>/trained)"),
+         flags.flag("smoke", help="tiny models, few steps, 1 seed"), "dry-run", "overrides")
 
 
-def ladder_plan(points: dict[str, tuple[str, list[str]]], seeds, runs_root=common.RUNS,
-                regime=common.STUDY_REGIME):
-    """points: {name: (recipe, overrides)} -> [(name, kind, seed, cfg, run_dir)]."""
-    return [(name, kind, seed, cfg, common.run_dir_for(cfg, runs_root))
-            for name, (recipe, ov) in points.items() for kind in KINDS for seed in seeds
-            for cfg in [kind_config(recipe, ov, kind, seed, regime)]]
+def print_plan(points, seeds, token_base, token_steps, token_seeds, runs_root, do_ladder,
+               do_tokens) -> None:
+    """--dry-run: one line per planned run."""
+    if do_ladder:
+        for name, kind, seed, cfg, run_dir in ladder_plan(points, seeds, runs_root):
+            print(f"ladder {name:3s} {kind:8s} seed {seed} d_model {cfg.model.d_model} "
+                  f"L {cfg.model.n_layers} compute {compute(cfg):.3g} -> "
+                  f"{os.path.relpath(run_dir)}")
+    if do_tokens:
+        for kind, seed, cfg, run_dir in token_plan("tiny", token_base, token_steps,
+                                                   token_seeds, runs_root):
+            print(f"tokens {kind:8s} seed {seed} {cfg.train.steps} steps -> "
+                  f"{os.path.relpath(run_dir)}")
 
 
-def token_plan(recipe: str, overrides, steps: int, seeds, runs_root=common.RUNS,
-               regime=common.STUDY_REGIME):
-    """[(kind, seed, cfg, run_dir)] of the long run pairs, one per seed (eval about 8 times over
-    the run)."""
-    extra = [f"steps={steps}", f"warmup_steps={max(1, steps // 10)}",
-             f"eval_every={max(2, steps // 8)}"]
-    return [(kind, seed, cfg, common.run_dir_for(cfg, runs_root))
-            for seed in seeds for kind in KINDS
-            for cfg in [kind_config(recipe, [*overrides, *extra], kind, seed, regime)]]
-
-
-def compute(cfg) -> float:
-    """Training FLOPs of a run: per-token FLOPs x tokens seen."""
-    from mhc.train import flops_per_token
-    t = cfg.train
-    return flops_per_token(cfg) * t.steps * t.batch_size * t.seq_len
-
-
-def summarize_ladder(finals: dict, configs: dict) -> dict:
-    """finals: {name: {kind: {seed: eval loss}}}, configs: {name: residual cfg} -> per rung:
-    params, compute, losses mean ± std, gap (paired by seed) and mHC/residual in %."""
-    from mhc.recipes import count_params
-    out = {}
-    for name, by_kind in finals.items():
-        res, mhc = by_kind["residual"], by_kind["mhc"]
-        seeds = sorted(set(res) & set(mhc))
-        gaps = [mhc[s] - res[s] for s in seeds]
-        ratios = [100 * mhc[s] / res[s] for s in seeds]
-        cfg = configs[name]
-        s = {"params_active": count_params(cfg)[0], "compute_flops": compute(cfg),
-             "seeds": seeds}
-        for key, values in (("residual", res.values()), ("mhc", mhc.values()), ("gap", gaps),
-                            ("relative_pct", ratios)):
-            s[key], s[key + "_std"] = common.mean_spread(values)
-        out[name] = s
-    return out
-
-
-def smooth(values, window: int) -> np.ndarray:
-    """Trailing moving average (the first points average what exists so far)."""
-    v = np.asarray(values, float)
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    idx = np.arange(1, v.size + 1)
-    lo = np.maximum(0, idx - window)
-    return (c[idx] - c[lo]) / (idx - lo)
-
-
-def token_gap(res_rows: list[dict], mhc_rows: list[dict], window: int = 10) -> dict:
-    """Per logged step: raw and smoothed training-loss gap (mHC − residual), and the eval gaps."""
-    res = {r["step"]: r for r in res_rows}
-    steps = [r["step"] for r in mhc_rows if r["step"] in res]
-    mrow = {r["step"]: r for r in mhc_rows}
-    raw = [mrow[s]["loss"] - res[s]["loss"] for s in steps]
-    evals = [(s, mrow[s]["eval_loss"] - res[s]["eval_loss"],
-              100 * mrow[s]["eval_loss"] / res[s]["eval_loss"])
-             for s in steps if "eval_loss" in mrow[s] and "eval_loss" in res[s]]
-    return {"steps": steps, "gap": raw, "gap_smooth": smooth(raw, window).tolist(),
-            "eval_steps": [e[0] for e in evals], "eval_gap": [e[1] for e in evals],
-            "eval_relative_pct": [e[2] for e in evals], "window": window}
-
-
-def run_ladder(points, seeds, *, runs_root=common.RUNS, verbose=True,
-               regime=common.STUDY_REGIME) -> dict:
-    finals: dict = {}
-    configs = {}
-    jobs = ladder_plan(points, seeds, runs_root, regime)
-    for i, (name, kind, seed, cfg, run_dir) in enumerate(jobs, 1):
-        rows = common.train_or_reuse(cfg, run_dir, verbose=verbose,
-                                     label=f"[ladder {i}/{len(jobs)}] {name} {kind} seed {seed}")
-        finals.setdefault(name, {}).setdefault(kind, {})[seed] = \
-            common.final_metrics(rows)["eval_loss"]
-        configs.setdefault(name, cfg)
-    return summarize_ladder(finals, configs)
-
-
-def mean_token_gap(by_seed: dict) -> dict:
-    """{seed: token_gap(...)} -> the same keys averaged over seeds at the steps every seed logged,
-    with the eval gap's sample sd over seeds (`eval_gap_std`) and `by_seed` itself."""
-    gaps = list(by_seed.values())
-    steps = sorted(set.intersection(*(set(g["steps"]) for g in gaps)))
-    evals = sorted(set.intersection(*(set(g["eval_steps"]) for g in gaps)))
-    out = {"steps": steps, "eval_steps": evals, "window": gaps[0]["window"],
-           "seeds": list(by_seed), "by_seed": by_seed}
-    for key, at, keys in (("gap", steps, "steps"), ("gap_smooth", steps, "steps"),
-                          ("eval_gap", evals, "eval_steps"),
-                          ("eval_relative_pct", evals, "eval_steps")):
-        table = np.array([[dict(zip(g[keys], g[key]))[s] for s in at] for g in gaps])
-        out[key] = table.mean(0).tolist()
-        if key == "eval_gap":
-            out["eval_gap_std"] = (table.std(0, ddof=1) if len(gaps) > 1
-                                   else np.zeros(len(at))).tolist()
-    return out
-
-
-def run_tokens(recipe, overrides, steps, seeds, *, runs_root=common.RUNS, verbose=True,
-               window: int = 10, regime=common.STUDY_REGIME) -> dict:
-    rows: dict = {}
-    for kind, seed, cfg, run_dir in token_plan(recipe, overrides, steps, seeds, runs_root,
-                                               regime):
-        rows.setdefault(seed, {})[kind] = common.train_or_reuse(
-            cfg, run_dir, verbose=verbose, label=f"[tokens] {kind} {steps} steps seed {seed}")
-        tokens_per_step = cfg.train.batch_size * cfg.train.seq_len
-    out = mean_token_gap({seed: token_gap(r["residual"], r["mhc"], window)
-                          for seed, r in rows.items()})
-    out["tokens"] = [s * tokens_per_step for s in out["steps"]]
-    return out
-
-
-def plot(ladder: dict | None, tokens: dict | None, path: str, title: str = "") -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
-    if ladder:
-        names = list(ladder)
-        x = [ladder[n]["compute_flops"] for n in names]
-        a.errorbar(x, [ladder[n]["gap"] for n in names], yerr=[ladder[n]["gap_std"] for n in names],
-                   marker="o", capsize=4, color="tab:blue", label="mHC − residual (eval loss)")
-        for n, xi in zip(names, x):
-            a.annotate(f"{n} ({ladder[n]['params_active'] / 1e3:.0f}k)",
-                       (xi, ladder[n]["gap"]), textcoords="offset points", xytext=(4, 6),
-                       fontsize=8)
-        a.axhline(0, color="tab:gray", lw=1)
-        a.set(xscale="log", xlabel="training compute (FLOPs)", ylabel="loss gap",
-              title="(a) compute scaling: gap vs compute (mean ± std over seeds)")
-        a.legend(fontsize=8)
-    if tokens:
-        a2 = b
-        a2.plot(tokens["tokens"], tokens["gap"], color="tab:blue", alpha=0.25, lw=0.8,
-                label="train loss gap (raw)")
-        a2.plot(tokens["tokens"], tokens["gap_smooth"], color="tab:blue",
-                label=f"train loss gap (moving average, {tokens['window']} logs)")
-        tps = tokens["tokens"][0] / tokens["steps"][0] if tokens["steps"] else 1
-        a2.plot([s * tps for s in tokens["eval_steps"]], tokens["eval_gap"], "o-",
-                color="tab:red", label="eval loss gap")
-        a2.axhline(0, color="tab:gray", lw=1)
-        a2.set(xlabel="tokens", ylabel="mHC − residual",
-               title=f"(b) token scaling: gap over training (mean of {len(tokens['seeds'])} "
-                     "seed(s))")
-        a2.legend(fontsize=8)
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def ladder_table(ladder: dict) -> list[str]:
-    lines = ["| rung | active params | compute (FLOPs) | residual eval | mHC eval | gap | "
-             "mHC / residual |", "|---|---|---|---|---|---|---|"]
-    for n, s in ladder.items():
-        lines.append(f"| {n} | {s['params_active']:,} | {s['compute_flops']:.3g} | "
-                     f"{s['residual']:.3f} ± {s['residual_std']:.3f} | "
-                     f"{s['mhc']:.3f} ± {s['mhc_std']:.3f} | {s['gap']:+.3f} ± {s['gap_std']:.3f} "
-                     f"| {s['relative_pct']:.2f} % |")
-    return lines
-
-
-def tokens_table(tokens: dict) -> list[str]:
-    """One row per eval point: the eval gap mean ± sd over seeds and each seed's."""
-    lines = ["| step | tokens | eval gap (mHC − residual) | per seed | mHC / residual | "
-             "smoothed train gap |", "|---|---|---|---|---|---|"]
-    smooth_at = dict(zip(tokens["steps"], tokens["gap_smooth"]))
-    tps = tokens["tokens"][0] / tokens["steps"][0] if tokens["steps"] else 1
-    for i, s in enumerate(tokens["eval_steps"]):
-        seeds = ", ".join(f"{dict(zip(g['eval_steps'], g['eval_gap']))[s]:+.4f}"
-                          for g in tokens["by_seed"].values())
-        lines.append(f"| {s} | {int(s * tps):,} | {tokens['eval_gap'][i]:+.4f} ± "
-                     f"{tokens['eval_gap_std'][i]:.4f} | {seeds} | "
-                     f"{tokens['eval_relative_pct'][i]:.2f} % | "
-                     f"{smooth_at.get(s, math.nan):+.4f} |")
-    return lines
-
-
-def micro_points(ladder=LADDER, base=common.MICRO_OVERRIDES, extra=()) -> dict:
-    return {name: ("tiny", [*base, *ladder_overrides(*shape), *extra])
-            for name, shape in ladder.items()}
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("all", "ladder", "tokens"), default="all")
-    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)), help="ladder seeds")
-    p.add_argument("--token-steps", type=int, default=TOKEN_STEPS)
-    p.add_argument("--token-seeds", default=",".join(map(str, DEFAULT_SEEDS)),
-                   help="seeds of the long run pairs")
-    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "scaling"))
-    p.add_argument("--runs", default=None, help="run directories (default: shared "
-                   "experiments/results/trained; with --smoke: <out>/trained)")
-    p.add_argument("--smoke", action="store_true", help="tiny models, few steps, 1 seed")
-    p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
-    from experiments.ablations import parse_seeds
-    seeds, token_seeds = parse_seeds(args.seeds), parse_seeds(args.token_seeds)
-    base, ladder_shapes, token_steps = list(common.MICRO_OVERRIDES), LADDER, args.token_steps
-    if args.smoke:
-        base = [*base, *common.SMOKE_OVERRIDES]
-        # 4 steps: the token pair is then the "s" rung's seed-0 runs (reused)
-        ladder_shapes, seeds, token_seeds, token_steps = SMOKE_LADDER, seeds[:1], seeds[:1], 4
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
-    points = micro_points(ladder_shapes, base, args.overrides)
-    token_base = [*base, *ladder_overrides(*ladder_shapes["s"]), *args.overrides]
-    do_ladder, do_tokens = args.part in ("all", "ladder"), args.part in ("all", "tokens")
-    if args.dry_run:
-        if do_ladder:
-            for name, kind, seed, cfg, run_dir in ladder_plan(points, seeds, runs_root):
-                print(f"ladder {name:3s} {kind:8s} seed {seed} d_model {cfg.model.d_model} "
-                      f"L {cfg.model.n_layers} compute {compute(cfg):.3g} -> "
-                      f"{os.path.relpath(run_dir)}")
-        if do_tokens:
-            for kind, seed, cfg, run_dir in token_plan("tiny", token_base, token_steps,
-                                                       token_seeds, runs_root):
-                print(f"tokens {kind:8s} seed {seed} {cfg.train.steps} steps -> "
-                      f"{os.path.relpath(run_dir)}")
-        return 0
-    common.enable_compile_cache()
-    verbose = not args.smoke
-    ladder = run_ladder(points, seeds, runs_root=runs_root, verbose=verbose) if do_ladder else None
-    tokens = run_tokens("tiny", token_base, token_steps, token_seeds, runs_root=runs_root,
-                        verbose=verbose, window=3 if args.smoke else 10) if do_tokens else None
-    os.makedirs(args.out, exist_ok=True)
-    plot(ladder, tokens, os.path.join(args.out, "scaling.png"))
-    read = ([job[-1] for job in ladder_plan(points, seeds, runs_root)] if do_ladder else []) + (
-        [job[-1] for job in token_plan("tiny", token_base, token_steps, token_seeds,
-                                       runs_root)] if do_tokens else [])
-    meta = {**common.provenance(read), "ladder_seeds": list(seeds), "token_steps": token_steps,
-            "token_seeds": list(token_seeds), "overrides": [*base, *args.overrides]}
-    common.write_json(os.path.join(args.out, "summary.json"),
-                      {"meta": meta, "ladder": ladder, "tokens": tokens})
+def report(out, ladder, tokens, read, meta, seeds, token_seeds, token_steps) -> None:
+    """The figure, summary.json and summary.md of the ladder and the token pairs."""
+    plot(ladder, tokens, os.path.join(out, "scaling.png"))
     lines = ["# Scaling of the mHC gain", "",
-             f"{meta['date']}, commit {meta['commit']}, {meta['device']}; {len(read)} runs "
-             f"trained at commits {meta['runs_commits']}. Base overrides: "
-             f"`{' '.join(meta['overrides'])}`.", ""]
+             f"{runs_line(meta, len(read))} Base overrides: `{' '.join(meta['overrides'])}`.", ""]
     if ladder:
         lines += [f"## (a) model ladder (fixed steps, seeds {list(seeds)}; gap = eval loss, "
                   "paired by seed, ± std)", "", *ladder_table(ladder), ""]
@@ -301,7 +66,39 @@ def main(argv=None) -> int:
         lines += [f"## (b) token scaling ({token_steps} steps, seeds {list(token_seeds)}; ± sd)",
                   "",
                   *tokens_table(tokens), ""]
-    common.write_report(os.path.join(args.out, "summary.md"), lines)
+    write_summary(out, meta, {"ladder": ladder, "tokens": tokens}, lines)
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS,
+                        out=os.path.join(REPO, "experiments", "results", "scaling")
+                        ).parse_args(argv)
+    seeds, token_seeds = args.seeds, args.token_seeds
+    base, ladder_shapes, token_steps = list(MICRO_OVERRIDES), LADDER, args.token_steps
+    if args.smoke:
+        base = [*base, *SMOKE_OVERRIDES]
+        # 4 steps: the token pair is then the "s" rung's seed-0 runs (reused)
+        ladder_shapes, seeds, token_seeds, token_steps = SMOKE_LADDER, seeds[:1], seeds[:1], 4
+    root = runs_root(args.runs, args.out, args.smoke)
+    points = micro_points(ladder_shapes, base, args.overrides)
+    token_base = [*base, *ladder_overrides(*ladder_shapes["s"]), *args.overrides]
+    do_ladder, do_tokens = args.part in ("all", "ladder"), args.part in ("all", "tokens")
+    if args.dry_run:
+        print_plan(points, seeds, token_base, token_steps, token_seeds, root, do_ladder,
+                   do_tokens)
+        return 0
+    enable_compile_cache()
+    verbose = not args.smoke
+    ladder = run_ladder(points, seeds, runs_root=root, verbose=verbose) if do_ladder else None
+    tokens = run_tokens("tiny", token_base, token_steps, token_seeds, runs_root=root,
+                        verbose=verbose, window=3 if args.smoke else 10) if do_tokens else None
+    os.makedirs(args.out, exist_ok=True)
+    read = ([job[-1] for job in ladder_plan(points, seeds, root)] if do_ladder else []) + (
+        [job[-1] for job in token_plan("tiny", token_base, token_steps, token_seeds,
+                                       root)] if do_tokens else [])
+    meta = {**provenance(read), "ladder_seeds": list(seeds), "token_steps": token_steps,
+            "token_seeds": list(token_seeds), "overrides": [*base, *args.overrides]}
+    report(args.out, ladder, tokens, read, meta, seeds, token_seeds, token_steps)
     return 0
 
 

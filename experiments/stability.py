@@ -6,7 +6,7 @@ grad norm, composite Amax gain over training, and the composite gain per site at
 drawn full, the others faint) and `summary.md` / `summary.json`: mean ± std over seeds beside the
 paper's numbers. The same seed gives every kind the same data order, so kinds pair by seed.
 
-The small scale trains the connections in the study regime (`experiments.common.STUDY_REGIME`,
+The small scale trains the connections in the study regime (`study.runs.STUDY_REGIME`,
 where H_res leaves its initialisation) with gradient clipping off, so that a gradient surge is
 measured rather than clipped away.
 
@@ -20,55 +20,23 @@ A finished run of the same config is reused, so re-running only redraws the figu
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from study import flags, plots
+from study.metrics import h_res_movement, mean_spread
+from study.report import provenance, write_json, write_report
+from study.runs import STUDY_REGIME
+from study.stability import FLAGS, run_all, run_dirs, scale_setup, seeds_of
 
-from experiments.common import (SMOKE_OVERRIDES, h_res_movement, make_config,
-                                STUDY_REGIME, mean_spread, provenance,
-                                regime_overrides, train_or_reuse, write_json,
-                                write_report)
-
-KINDS = ("residual", "hc", "mhc")
-SEEDS = (0, 1, 2)  # the verdict rule needs 3 seeds
 PAPER = {  # 27B model, arXiv 2512.24880 Figs. 3 and 7
     "hc": "composite Amax gain peaks near 3000",
     "mhc": "composite Amax gain at most about 1.6",
     "residual": "identity maps: gain 1",
 }
-
-
-def run_dir(out_dir: str, kind: str, seed: int) -> str:
-    return os.path.join(out_dir, f"{kind}-s{seed}")
-
-
-def config(recipe: str, kind: str, seed: int, overrides):
-    """The config of one run: `kind`'s residual, the study regime's connection options that
-    apply to it, then `overrides` (which win), then the seed."""
-    kind_ov = [f"residual={kind}"]
-    return make_config(recipe, [*kind_ov, *regime_overrides(kind_ov), *overrides, f"seed={seed}"])
-
-
-def run_all(recipe: str, kinds, seeds, overrides, out_dir, *, verbose=True) -> dict:
-    """{kind: {seed: metrics rows}}, trained into `run_dir(out_dir, kind, seed)` (a finished
-    run of the same config is reused, so the paper_repro figures built on this study train it
-    once). Seeds go outermost, so an interrupted study has whole seeds of every kind."""
-    results = {kind: {} for kind in kinds}
-    for seed in seeds:
-        for kind in kinds:
-            results[kind][seed] = train_or_reuse(config(recipe, kind, seed, overrides),
-                                                 run_dir(out_dir, kind, seed),
-                                                 verbose=verbose, label=f"{kind} seed {seed}")
-    return results
-
-
-def run_dirs(out_dir: str, results: dict) -> list[str]:
-    return [run_dir(out_dir, kind, seed) for kind, by_seed in results.items() for seed in by_seed]
 
 
 def run_summary(rows: list[dict]) -> dict:
@@ -103,11 +71,7 @@ def summarize(results: dict) -> dict:
 
 
 def plot(results: dict, path: str):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4.2))
+    fig, axes = plots.pyplot().subplots(1, 4, figsize=(20, 4.2))
     colors = {"residual": "tab:gray", "hc": "tab:red", "mhc": "tab:blue", "mhc_lite": "tab:green"}
     for kind, by_seed in results.items():
         c = colors.get(kind)
@@ -132,12 +96,8 @@ def plot(results: dict, path: str):
     axes[2].set(title="max composite Amax gain over depth", xlabel="step", yscale="log")
     axes[3].set(title="composite Amax gain per site (end)", xlabel="site (2 per block)",
                 yscale="log")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.style(axes, 7)
+    plots.savefig(fig, path)
 
 
 COLUMNS = (  # (header, quantity, format) of the summary table; each cell is mean ± std
@@ -171,67 +131,17 @@ def write_summary(summary: dict, meta: dict, path_md: str, path_json: str):
     return write_report(path_md, lines)
 
 
-# The documented small scale (README): 12 blocks = 24 sites, C = 128, 300 steps on 2 CPU cores.
-# Clipping off: Fig. 2's gradient surge is what is measured, and a clip at 1 would hide it.
-SMALL = ("small", ("steps=300", "lr=4e-3", "warmup_steps=30", "eval_every=50", "log_every=25",
-                   "grad_clip=0", "nan_patience=301", "checkpoint=true", "checkpoint_every=300",
-                   "keep_last=1", "wandb=disabled"))
-PAPER_SCALE = ("27b", ("wandb=disabled",))  # Table 5's 27B; add mesh=... for the hardware
-
-
-def scale_setup(scale: str, smoke: bool, overrides=()) -> tuple[str, list[str]]:
-    """(recipe, overrides) of the study at a scale: "small" (CPU minutes), "paper" (27B), or the
-    few-second smoke check; user overrides come last."""
-    if smoke:
-        return "tiny", [*SMOKE_OVERRIDES, *overrides]
-    recipe, base = {"small": SMALL, "paper": PAPER_SCALE}[scale]
-    return recipe, [*base, *overrides]
-
-
-def add_scale_args(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--scale", choices=("small", "paper"), default="small",
-                   help="small: CPU minutes (default); paper: the 27B recipe (pass mesh=...)")
-    p.add_argument("--kinds", default=",".join(KINDS))
-    p.add_argument("--seeds", default=None,
-                   help=f"comma list (default {','.join(map(str, SEEDS))}; --smoke: 0)")
-    p.add_argument("--out", default=out)
-    p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps (wiring check)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-
-
-def parse_seeds(text, smoke: bool) -> list[int]:
-    if text is None:
-        return [0] if smoke else list(SEEDS)
-    try:
-        seeds = [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise SystemExit(f"--seeds {text!r}: expected a comma list of integers, e.g. 0,1,2")
-    if not seeds or min(seeds) < 0:
-        raise SystemExit(f"--seeds {text!r}: expected non-negative integers, e.g. 0,1,2")
-    return seeds
-
-
-def parse_kinds(text) -> list[str]:
-    kinds = [k for k in text.split(",") if k]
-    bad = [k for k in kinds if k not in KINDS]
-    if bad or not kinds:
-        raise SystemExit(f"--kinds {text!r}: expected a comma list of {', '.join(KINDS)}")
-    return kinds
-
-
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_scale_args(p, "experiments/results/stability")
-    args = p.parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS, out="experiments/results/stability").parse_args(argv)
     recipe, overrides = scale_setup(args.scale, args.smoke, args.overrides)
-    kinds, seeds = parse_kinds(args.kinds), parse_seeds(args.seeds, args.smoke)
+    kinds, seeds = args.kinds, seeds_of(args)
     os.makedirs(args.out, exist_ok=True)
     results = run_all(recipe, kinds, seeds, overrides, args.out, verbose=not args.smoke)
     summary = summarize(results)
     plot(results, os.path.join(args.out, "stability.png"))
     meta = {**provenance(run_dirs(args.out, results)), "recipe": recipe,
             "steps": results[kinds[0]][seeds[0]][-1]["step"], "overrides": overrides,
-            "regime": list(STUDY_REGIME), "seeds": seeds,
+            "regime": list(STUDY_REGIME), "seeds": list(seeds),
             "command": " ".join(["python", "experiments/stability.py", *(argv or sys.argv[1:])])}
     write_summary(summary, meta, os.path.join(args.out, "summary.md"),
                   os.path.join(args.out, "summary.json"))

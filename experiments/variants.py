@@ -1,7 +1,7 @@
 """Every published successor of mHC under one model, data, seeds and diagnostics.
 
-Variants (each one flag on top of the micro config, `common.MICRO_OVERRIDES`), all in the CPU
-studies' H_res regime `common.STUDY_REGIME`, a soft identity: mHC-lite and KromHC translated to
+Variants (each one flag on top of the micro config, `study.runs.MICRO_OVERRIDES`), all in the
+CPU studies' H_res regime `study.runs.STUDY_REGIME`, a soft identity: mHC-lite and KromHC translated to
 start from Sinkhorn's H_res or its diagonal, sHC's σ logit chosen to give Sinkhorn's start
 exactly, go-mHC a constant Θ with Sinkhorn's starting diagonal (its zero init, H = I exactly, is
 an exact saddle; it is run too, as "go_mhc zero init", without the regime):
@@ -18,7 +18,7 @@ an exact saddle; it is run too, as "go_mhc zero init", without the regime):
 and at n = 8 and 16 (where mHC-lite's n! logits are out of reach) KromHC against Sinkhorn.
 
 Per variant: final eval loss and its gap to the residual and to mHC (paired by seed, mean ± std,
-the verdict rule of `paper_repro.common`), H_res movement, max composite Amax gain, the max
+the verdict rule of `study.verdict`), H_res movement, max composite Amax gain, the max
 doubly-stochastic column error and negative mass, parameters of the connections, and the step
 time and compiled temporary memory of one training step relative to the residual, measured side
 by side in one process (interleaved rounds). Writes `experiments/results/variants/`.
@@ -29,17 +29,20 @@ by side in one process (interleaved rounds). Writes `experiments/results/variant
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
 import numpy as np
 
-from experiments import ablations, common
-from paper_repro.common import RULE, seeded_verdict
+from study import REPO, ablations, flags, plots
+from study.metrics import mean_spread
+from study.report import provenance, runs_line, write_summary
+from study.runs import (MICRO_OVERRIDES, RUNS, SMOKE_OVERRIDES, STUDY_REGIME, enable_compile_cache,
+                        finished, make_config, regime_overrides, run_dir_for, runs_root,
+                        train_or_reuse)
+from study.verdict import RULE, seeded_verdict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MHC = ("residual=mhc",)
 # (label, overrides, source); the baselines first
 VARIANTS = (
@@ -59,9 +62,16 @@ WIDE = tuple((f"{label} n={n}", (*ov, f"n_streams={n}"), source)
 NO_REGIME = ("go_mhc zero init",)  # run at the variant's own init
 DEFAULT_SEEDS = (0, 1, 2)
 METRICS = (*ablations.METRICS, "ds_neg_mass_max")
+FLAGS = (flags.flag("seeds", default=",".join(map(str, DEFAULT_SEEDS)), help=None), "out",
+         flags.flag("runs", help="run directories (default: the shared experiments/results/"
+                                 "trained; with --smoke: <out>/trained)"),
+         flags.flag("smoke", help="tiny model, 4 steps, 1 seed, 4 variants"), "dry-run",
+         "only-finished",
+         flags.flag("--no-costs", action="store_true", help="skip the step-time / memory timing"),
+         "overrides")
 
 
-def plan(seeds, base_overrides, runs_root=common.RUNS, smoke=False):
+def plan(seeds, base_overrides, runs_root=RUNS, smoke=False):
     """[(label, seed, cfg, run_dir)] of every variant (and the wide ones), nothing trained."""
     variants = VARIANTS if smoke else VARIANTS + WIDE
     if smoke:  # the wiring of every kind of variant in seconds
@@ -69,10 +79,10 @@ def plan(seeds, base_overrides, runs_root=common.RUNS, smoke=False):
     out = []
     for label, ov, _ in variants:
         if label not in NO_REGIME:
-            ov = (*ov, *common.regime_overrides((*base_overrides, *ov)))
+            ov = (*ov, *regime_overrides((*base_overrides, *ov)))
         for seed in seeds:
-            cfg = common.make_config("tiny", [*base_overrides, *ov, f"seed={seed}"])
-            out.append((label, seed, cfg, common.run_dir_for(cfg, runs_root)))
+            cfg = make_config("tiny", [*base_overrides, *ov, f"seed={seed}"])
+            out.append((label, seed, cfg, run_dir_for(cfg, runs_root)))
     return out
 
 
@@ -93,7 +103,7 @@ def summarize(per_seed: dict) -> dict:
             out[label][f"gaps_vs_{reference}"] = gaps
             if reference == "mhc":
                 out[label]["gap_mhc"], out[label]["gap_mhc_std"] = (
-                    common.mean_spread(gaps) if gaps else (math.nan, math.nan))
+                    mean_spread(gaps) if gaps else (math.nan, math.nan))
     for label, by_seed in per_seed.items():
         negative = [m["ds_neg_mass_max"] for m in by_seed.values()
                     if not math.isnan(m.get("ds_neg_mass_max", math.nan))]
@@ -106,7 +116,7 @@ def costs(cfgs: dict, rounds: int = 5, steps: int = 5) -> dict:
     of each config, compiled and timed side by side in this process."""
     import jax
 
-    from benchmarks.step_time import build, time_interleaved
+    from study.step_time import build, time_interleaved
     runs, out = {}, {}
     for label, cfg in cfgs.items():
         step, state, batch = build(cfg)
@@ -186,12 +196,9 @@ def table(summary: dict, cost: dict, sources: dict) -> list[str]:
 
 
 def plot(summary: dict, cost: dict, path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     labels = [lab for lab in summary if lab != "residual"]
     x = np.arange(len(labels))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plots.pyplot().subplots(1, 3, figsize=(15, 4.2))
     axes[0].bar(x, [summary[lab]["gap"] for lab in labels],
                 yerr=[summary[lab]["gap_std"] for lab in labels], capsize=3, color="tab:blue")
     axes[0].axhline(0, color="tab:gray", lw=1)
@@ -206,62 +213,39 @@ def plot(summary: dict, cost: dict, path: str) -> None:
     for ax in axes:
         ax.set_xticks(x, labels, rotation=35, fontsize=8, ha="right")
         ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plots.savefig(fig, path)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", default=",".join(map(str, DEFAULT_SEEDS)))
-    p.add_argument("--out", default=os.path.join(REPO, "experiments", "results", "variants"))
-    p.add_argument("--runs", default=None, help="run directories (default: the shared "
-                   "experiments/results/trained; with --smoke: <out>/trained)")
-    p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps, 1 seed, 4 variants")
-    p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
-    p.add_argument("--only-finished", action="store_true",
-                   help="train nothing: tabulate the finished runs and list the missing ones")
-    p.add_argument("--no-costs", action="store_true", help="skip the step-time / memory timing")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
-    seeds = ablations.parse_seeds(args.seeds)
-    overrides = [*common.MICRO_OVERRIDES, *args.overrides]
-    if args.smoke:
-        seeds, overrides = seeds[:1], [*overrides, *common.SMOKE_OVERRIDES]
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
-    jobs = plan(seeds, overrides, runs_root, args.smoke)
-    if args.dry_run:
-        for label, seed, cfg, run_dir in jobs:
-            print(f"{label:16s} seed {seed}  -> {os.path.relpath(run_dir)}")
-        return 0
-    common.enable_compile_cache()
+def train(jobs, args) -> tuple[dict, list[str], list[str], dict]:
+    """({label: {seed: run metrics}}, the runs not finished with --only-finished, the run
+    directories read, {label: config}) of the planned `jobs`."""
     per_seed, missing, read, cfgs = {}, [], [], {}
     for i, (label, seed, cfg, run_dir) in enumerate(jobs, 1):
         cfgs.setdefault(label, cfg)
-        if args.only_finished and not common.finished(cfg, run_dir):
+        if args.only_finished and not finished(cfg, run_dir):
             missing.append(f"{label} seed {seed}")
             continue
-        rows = common.train_or_reuse(cfg, run_dir, verbose=not args.smoke,
-                                     label=f"[{i}/{len(jobs)}] {label} seed {seed}")
+        rows = train_or_reuse(cfg, run_dir, verbose=not args.smoke,
+                              label=f"[{i}/{len(jobs)}] {label} seed {seed}")
         per_seed.setdefault(label, {})[seed] = run_metrics(rows)
         read.append(run_dir)
     if "residual" not in per_seed:
         raise SystemExit("no finished residual runs to compare with; run without "
                          "--only-finished first")
+    return per_seed, missing, read, cfgs
+
+
+def report(out, per_seed, missing, read, cfgs, seeds, overrides, cost) -> None:
+    """The figure, summary.json and summary.md of {label: {seed: run metrics}} and the costs."""
     summary = summarize(per_seed)
-    cost = {} if args.no_costs else costs({k: v for k, v in cfgs.items() if k in per_seed},
-                                          rounds=2 if args.smoke else 5)
     sources = {label: source for label, _, source in VARIANTS + WIDE}
-    os.makedirs(args.out, exist_ok=True)
-    plot(summary, cost, os.path.join(args.out, "variants.png"))
-    meta = {**common.provenance(read), "seeds": list(seeds), "overrides": overrides,
-            "regime": list(common.STUDY_REGIME), "missing": missing}
-    common.write_json(os.path.join(args.out, "summary.json"),
-                      {"meta": meta, "summary": summary, "costs": cost, "per_seed": per_seed})
+    os.makedirs(out, exist_ok=True)
+    plot(summary, cost, os.path.join(out, "variants.png"))
+    meta = {**provenance(read), "seeds": list(seeds), "overrides": overrides,
+            "regime": list(STUDY_REGIME), "missing": missing}
     lines = [f"# mHC and its successors (micro config, seeds {list(seeds)}, H_res regime "
-             f"`{' '.join(common.STUDY_REGIME)}`)", "",
-             f"{meta['date']}, commit {meta['commit']}, {meta['device']}; {len(read)} runs "
-             f"trained at commits {meta['runs_commits']}. Overrides: `{' '.join(overrides)}`. "
+             f"`{' '.join(STUDY_REGIME)}`)", "",
+             f"{runs_line(meta, len(read))} Overrides: `{' '.join(overrides)}`. "
              "Gaps are eval loss minus the reference's, paired by seed (negative = better); "
              "± is the sample std over seeds. Step time and compiled temporary memory: one "
              "training step of each config in one process, median of interleaved rounds. "
@@ -270,7 +254,27 @@ def main(argv=None) -> int:
              "row and column sums exactly 1 but is not doubly stochastic by design.", "", RULE, ""]
     lines += table(summary, cost, sources) + [""] + frozen_note(summary)
     lines += [lite_note(cfgs["residual"].model.d_model), ""]
-    common.write_report(os.path.join(args.out, "summary.md"), lines, missing)
+    write_summary(out, meta, {"summary": summary, "costs": cost, "per_seed": per_seed}, lines,
+                  missing)
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS,
+                        out=os.path.join(REPO, "experiments", "results", "variants")
+                        ).parse_args(argv)
+    seeds, overrides = args.seeds, [*MICRO_OVERRIDES, *args.overrides]
+    if args.smoke:
+        seeds, overrides = seeds[:1], [*overrides, *SMOKE_OVERRIDES]
+    jobs = plan(seeds, overrides, runs_root(args.runs, args.out, args.smoke), args.smoke)
+    if args.dry_run:
+        for label, seed, cfg, run_dir in jobs:
+            print(f"{label:16s} seed {seed}  -> {os.path.relpath(run_dir)}")
+        return 0
+    enable_compile_cache()
+    per_seed, missing, read, cfgs = train(jobs, args)
+    cost = {} if args.no_costs else costs({k: v for k, v in cfgs.items() if k in per_seed},
+                                          rounds=2 if args.smoke else 5)
+    report(args.out, per_seed, missing, read, cfgs, seeds, overrides, cost)
     return 0
 
 

@@ -12,13 +12,14 @@ per paper claim (`CLAIMS`) from the results tables and is written between the ma
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
 import os
 import sys
 
-from paper_repro import common
+from study import REPO, flags
+from study.report import RESULTS, md_cell
+from study.verdict import RULE, verdict_word
 
 # (result name, what the paper shows, expected runtime on 2 CPU cores at the default scale)
 ENTRIES = (
@@ -79,23 +80,28 @@ CLAIMS = (
     ("downstream benchmarks (MMLU shown; all alike)", "table4_downstream", "MMLU"),
 )
 REGION_START, REGION_END = "<!-- reproduced:start -->", "<!-- reproduced:end -->"
+FLAGS = (flags.flag("--results", default=RESULTS),
+         flags.flag("--readme", default=os.path.join(REPO, "paper_repro", "README.md")),
+         flags.flag("--top-readme", default=None,
+                    help="file whose reproduced:start/end region gets the claims table (default: "
+                         "the top-level README.md, only when --results is the committed results)"))
 
 
 def _parse(path: str) -> tuple[str, list[str], str]:
     """(provenance line, the paper-vs-ours table's lines, everything after it but the rule) of a
-    file written by `common.write` (scripts may append more tables after the first)."""
+    file written by `study.report.write` (scripts may append more tables after the first)."""
     with open(path) as f:
         lines = f.read().splitlines()
     produced = next((ln for ln in lines if ln.startswith("Produced by")), "")
     start = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
     end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
-    notes = "\n".join(ln for ln in lines[end:] if ln != common.RULE)  # printed once, on top
+    notes = "\n".join(ln for ln in lines[end:] if ln != RULE)  # printed once, on top
     return produced, lines[start:end], notes.strip()
 
 
 def read_table(results: str, name: str) -> tuple[list[dict], bool] | None:
     """(the rows of `<results>/<name>.csv`, whether `<name>.md` was judged under the current
-    `common.RULE`); None if the script has not run. A table written before the rule (or under
+    `RULE`); None if the script has not run. A table written before the rule (or under
     other wording of it) must be rerun before its verdicts are quoted."""
     path = os.path.join(results, name)
     if not (os.path.isfile(f"{path}.csv") and os.path.isfile(f"{path}.md")):
@@ -103,12 +109,12 @@ def read_table(results: str, name: str) -> tuple[list[dict], bool] | None:
     with open(f"{path}.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     with open(f"{path}.md") as f:
-        return rows, common.RULE in f.read().splitlines()
+        return rows, RULE in f.read().splitlines()
 
 
 def tally(rows: list[dict]) -> str:
     """"2 yes, 1 no, 4 inconclusive" over the rows with a verdict (n/a left out)."""
-    counts = collections.Counter(common.verdict_word(r["agrees"]) for r in rows)
+    counts = collections.Counter(verdict_word(r["agrees"]) for r in rows)
     shown = [f"{counts[w]} {w}" for w in ("yes", "no", "inconclusive") if counts[w]]
     return ", ".join(shown) or "none judged (all n/a)"
 
@@ -130,7 +136,15 @@ def build(results: str, readme: str) -> str:
            "and the commits their training runs were made at. Figs. 2, 3, 5, 7 and 8 share the "
            "residual/HC/mHC runs of `experiments/stability.py` (3 seeds, trained once, then "
            "reused).", "",
-           common.RULE, ""]
+           "A new paper figure is one file, `paper_repro/<name>.py`, built on the study layer "
+           "`study/` and never on `experiments/` or `benchmarks/` (`tests/test_layout.py`): "
+           "`study.verdict` for its rows and the rule's verdicts (`seeded_verdict`, "
+           "`exact_verdict`), `study.report.publish` for the table with its provenance and exact "
+           "command, `study.flags` for its flags (the shared ones by name, its own with `flag`) "
+           "and a plan such as `study.stability` for the runs it reads. It declares its flags, "
+           "keeps `main` to at most 40 lines, and is added to `ENTRIES` in "
+           "`paper_repro/collect.py` (and to `CLAIMS` for a claim of the top-level README).", "",
+           RULE, ""]
     index = ["| item | command | runtime (2 CPU cores) | verdicts |", "|---|---|---|---|"]
     sections = []
     for name, title, runtime in ENTRIES:
@@ -160,7 +174,7 @@ def reproduced_table(results: str, link: str = "paper_repro/README.md") -> list[
     """The top-level README's "what reproduced" table: one row per entry of CLAIMS, its cells
     taken from the results row that measures the claim, and the rule beneath."""
     titles = {name: title for name, title, _ in ENTRIES}
-    cell = common.md_cell
+    cell = md_cell
     lines = ["| paper claim | paper says | we measure | verdict |", "|---|---|---|---|"]
     for claim, name, prefix in CLAIMS:
         source = f"[{titles[name].split(':')[0]}]({link}#{_anchor(titles[name])})"
@@ -177,7 +191,7 @@ def reproduced_table(results: str, link: str = "paper_repro/README.md") -> list[
         verdict = r["agrees"] if ruled else f"{r['agrees']} ({stale(name)})"
         lines.append(f"| {source}: {claim} | {cell(r['paper'])} | {cell(r['ours'])} | "
                      f"{cell(verdict)} |")
-    return [*lines, "", common.RULE]
+    return [*lines, "", RULE]
 
 
 def region(text: str) -> str:
@@ -210,17 +224,11 @@ def _anchor(title: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--results", default=common.RESULTS)
-    p.add_argument("--readme", default=os.path.join(common.REPO, "paper_repro", "README.md"))
-    p.add_argument("--top-readme", default=None,
-                   help="file whose reproduced:start/end region gets the claims table (default: "
-                        "the top-level README.md, only when --results is the committed results)")
-    args = p.parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS).parse_args(argv)
     text = build(args.results, args.readme)
     print(f"wrote {args.readme} ({len(text.splitlines())} lines)")
-    top = args.top_readme or (os.path.join(common.REPO, "README.md")
-                              if os.path.abspath(args.results) == common.RESULTS else None)
+    top = args.top_readme or (os.path.join(REPO, "README.md")
+                              if os.path.abspath(args.results) == RESULTS else None)
     if top:
         write_region(top, args.results)
         print(f"wrote the reproduced table of {top}")

@@ -15,11 +15,12 @@ import sys
 
 import numpy as np
 
-from paper_repro import common
-
-from experiments.common import final_metrics
 from mhc.metrics import read_jsonl
 from mhc.results import exists
+from study import REPO, plots, stability
+from study.metrics import final_metrics
+from study.report import publish
+from study.verdict import Row, all_of, paired_seeds, seeded_verdict, seeds_note, values_cell
 
 
 def spikes(run_dir: str) -> list[int]:
@@ -34,7 +35,7 @@ def seed_numbers(hc: list[dict], mhc: list[dict], hc_dir: str, mhc_dir: str) -> 
     gap = np.array([a["loss"] - b["loss"] for a, b in zip(hc, mhc)])
     window, tail, half = max(1, gap.size // 20), max(1, gap.size // 10), gap.size // 2
     g_hc, g_mhc = (np.array([r["grad_norm"] for r in rows]) for rows in (hc, mhc))
-    smoothed = common.smooth(gap, window)
+    smoothed = plots.smooth(gap, window)
     return {"steps": [r["step"] for r in hc], "gap": gap, "smoothed": smoothed,
             "g_hc": g_hc, "g_mhc": g_mhc,
             "spikes": (len(spikes(hc_dir)), len(spikes(mhc_dir))),
@@ -45,18 +46,9 @@ def seed_numbers(hc: list[dict], mhc: list[dict], hc_dir: str, mhc_dir: str) -> 
             "grad_median_ratio": float(np.median(g_hc[half:]) / np.median(g_mhc[half:]))}
 
 
-def main(argv=None) -> int:
-    from experiments import stability
-    args = common.stability_parser(__doc__).parse_args(argv)
-    results, runs = common.stability_results(args, ["hc", "mhc"])
-    seeds = common.paired_seeds(results)
-    per = [seed_numbers(results["hc"][s], results["mhc"][s], stability.run_dir(runs, "hc", s),
-                        stability.run_dir(runs, "mhc", s)) for s in seeds]
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
+def plot(per: list[dict], seeds, path: str) -> None:
+    """(a) the smoothed HC - mHC loss gap, (b) both grad norms; the first seed drawn full."""
+    fig, (ax_a, ax_b) = plots.pyplot().subplots(1, 2, figsize=(11, 4))
     for i, (seed, m) in enumerate(zip(seeds, per)):
         alpha, tag = (1.0, f", seed {seed}") if i == 0 else (0.35, None)
         ax_a.plot(m["steps"], m["smoothed"], color="tab:red", alpha=alpha,
@@ -65,49 +57,51 @@ def main(argv=None) -> int:
                   label=tag and f"HC{tag}")
         ax_b.plot(m["steps"], m["g_mhc"], color="tab:blue", lw=0.8, alpha=alpha,
                   label=tag and f"mHC{tag}")
-    ax_a.axhline(0, color="k", lw=0.6)
-    ax_a.set(title=f"(a) training loss gap, HC relative to mHC ({len(seeds)} seeds)",
-             xlabel="step", ylabel="loss difference (nats/token)")
-    ax_b.set(title="(b) gradient norm", xlabel="step", yscale="log")
-    for ax in (ax_a, ax_b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    common.savefig(fig, os.path.join(args.out, "fig2_hc_instability.png"))
+    plots.gap_and_grad(fig, ax_a, ax_b,
+                       f"(a) training loss gap, HC relative to mHC ({len(seeds)} seeds)", path)
 
-    cell = common.values_cell
+
+def rows(per: list[dict]) -> list[Row]:
+    """Paper-vs-ours rows from the per-seed numbers (`seed_numbers`)."""
+    cell = values_cell
     spike_text = ", ".join(f"{h} vs {m}" for h, m in (p["spikes"] for p in per))
-    rows = [
-        common.Row("HC loss surge during training (loss-spike events, HC minus mHC, per seed)",
-                   "HC's loss surges near step 12k of 50k (27B)",
-                   f"HC vs mHC events {spike_text} ({common.seeds_note(len(per))})",
-                   common.seeded_verdict([h - m for h, m in (p["spikes"] for p in per)], +1)),
-        common.Row("loss gap HC - mHC at the end (train: mean of last 10 % of steps; eval: "
-                   "final), per seed", "positive after the surge (HC worse)",
-                   f"train {cell([p['train_gap'] for p in per])}; eval "
-                   f"{cell([p['eval_gap'] for p in per])}",
-                   common.all_of({
-                       "train": common.seeded_verdict([p["train_gap"] for p in per], +1),
-                       "eval": common.seeded_verdict([p["eval_gap"] for p in per], +1)})),
-        common.Row("largest smoothed gap HC - mHC (step), per seed", "a surge (plot)",
-                   "; ".join(f"{p['max_gap']:+.4f} ({p['max_gap_step']})" for p in per), "n/a"),
-        common.Row("grad norm: largest HC / largest mHC, per seed (claim: above 2); median "
-                   "ratio over the second half", "HC spikes with the loss surge",
-                   f"{cell([p['grad_max_ratio'] for p in per], '.2f')}; median "
-                   f"{cell([p['grad_median_ratio'] for p in per], '.2f')}",
-                   common.seeded_verdict([p["grad_max_ratio"] - 2 for p in per], +1)),
+    return [
+        Row("HC loss surge during training (loss-spike events, HC minus mHC, per seed)",
+            "HC's loss surges near step 12k of 50k (27B)",
+            f"HC vs mHC events {spike_text} ({seeds_note(len(per))})",
+            seeded_verdict([h - m for h, m in (p["spikes"] for p in per)], +1)),
+        Row("loss gap HC - mHC at the end (train: mean of last 10 % of steps; eval: "
+            "final), per seed", "positive after the surge (HC worse)",
+            f"train {cell([p['train_gap'] for p in per])}; eval "
+            f"{cell([p['eval_gap'] for p in per])}",
+            all_of({"train": seeded_verdict([p["train_gap"] for p in per], +1),
+                    "eval": seeded_verdict([p["eval_gap"] for p in per], +1)})),
+        Row("largest smoothed gap HC - mHC (step), per seed", "a surge (plot)",
+            "; ".join(f"{p['max_gap']:+.4f} ({p['max_gap_step']})" for p in per), "n/a"),
+        Row("grad norm: largest HC / largest mHC, per seed (claim: above 2); median "
+            "ratio over the second half", "HC spikes with the loss surge",
+            f"{cell([p['grad_max_ratio'] for p in per], '.2f')}; median "
+            f"{cell([p['grad_median_ratio'] for p in per], '.2f')}",
+            seeded_verdict([p["grad_max_ratio"] - 2 for p in per], +1)),
     ]
-    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}` ({len(per[0]['steps'])} steps, seeds "
+
+
+def main(argv=None) -> int:
+    args = stability.parser(__doc__).parse_args(argv)
+    results, runs = stability.results(args, ["hc", "mhc"])
+    seeds = paired_seeds(results)
+    per = [seed_numbers(results["hc"][s], results["mhc"][s], stability.run_dir(runs, "hc", s),
+                        stability.run_dir(runs, "mhc", s)) for s in seeds]
+    plot(per, seeds, os.path.join(args.out, "fig2_hc_instability.png"))
+    notes = (f"Runs: `{os.path.relpath(runs, REPO)}` ({len(per[0]['steps'])} steps, seeds "
              f"{', '.join(map(str, seeds))}, paired by seed: the same seed gives both kinds the "
              "same data order; gradient clipping off). The paper's surge is a 27B, 50k-step "
              "event; a small model over a few hundred steps may not show it, and the table says "
              "so rather than reading a surge into noise. The long deep run "
              "(`experiments/long_run.py`) and the LR-sensitivity proxy (`lr_proxy.md`) push "
              "further.")
-    text = common.write("fig2_hc_instability", "Fig. 2: HC instability (loss gap and grad norm)",
-                        rows, args.out, common.command_line("fig2_hc_instability.py", argv),
-                        notes, common.stability_run_dirs(runs, results))
-    print(text)
-    return 0
+    return publish("fig2_hc_instability", "Fig. 2: HC instability (loss gap and grad norm)",
+                   rows(per), args.out, argv, notes, stability.run_dirs(runs, results))
 
 
 if __name__ == "__main__":

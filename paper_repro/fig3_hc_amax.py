@@ -10,12 +10,13 @@ HC run of the stability study (small scale by default; shared with Figs. 2/5/7/8
 """
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
 
-from paper_repro import common
+from study import plots, stability
+from study.report import publish
+from study.verdict import Row, seeded_verdict, seeds_note
 
 PAPER_PEAK = 3000  # HC's composite Amax gain, 27B (Fig. 3b)
 
@@ -38,58 +39,54 @@ def growth_fits(composite) -> dict:
     return {**rmse, "rate_per_site": rate, "log_rmse_gap": rmse["linear"] - rmse["geometric"]}
 
 
-def main(argv=None) -> int:
-    args = common.stability_parser(__doc__).parse_args(argv)
-    results, runs = common.stability_results(args, ["hc"])
-    by_seed = results["hc"]
+def rows(by_seed: dict) -> list[Row]:
+    """Paper-vs-ours rows from HC's {seed: metrics rows}."""
     seeds = sorted(by_seed)
-    common.amax_figure(by_seed[seeds[0]], "hc", f"HC H_res (seed {seeds[0]})",
-                       os.path.join(args.out, "fig3_hc_amax.png"))
     # per-step scalars: the per-site records (logged on some steps) can miss the peak
-    peaks = [common.step_peaks(by_seed[s]) for s in seeds]
-    records = [common.peak_record(by_seed[s]) for s in seeds]
+    peaks = [plots.step_peaks(by_seed[s]) for s in seeds]
+    records = [plots.peak_record(by_seed[s]) for s in seeds]
     fits = [growth_fits(r["composite_fwd"]) for r in records]
     n_sites = len(records[0]["composite_fwd"])
     comp = [max(p["amax_fwd_max"], p["amax_bwd_max"]) for p in peaks]
     layer = [max(p["layer_amax_fwd_max"], p["layer_amax_bwd_max"]) for p in peaks]
-    n = common.seeds_note(len(seeds))
-    magnitude = (common.seeded_verdict([c - PAPER_PEAK / 10 for c in comp], +1)
+    n = seeds_note(len(seeds))
+    magnitude = (seeded_verdict([c - PAPER_PEAK / 10 for c in comp], +1)
                  if n_sites == PAPER_SITES else
                  f"n/a (not comparable at this scale: {n_sites} sites against the paper's "
                  f"{PAPER_SITES}; judged at 60 sites in the LR proxy)")
-    table = [
-        common.Row("largest composite Amax gain (fwd / bwd (step)), any step, max over depth, "
-                   f"per seed (claim at {PAPER_SITES} sites: within 10x of the paper's, above "
-                   f"{PAPER_PEAK / 10:g})", f"peaks near {PAPER_PEAK:g} (27B, 60 sites)",
-                   "; ".join(f"{p['amax_fwd_max']:.3g} / {p['amax_bwd_max']:.3g} "
-                             f"({p['amax_fwd_max_step']})" for p in peaks)
-                   + f" ({n_sites} sites; {n})", magnitude),
-        common.Row("largest single-site Amax gain (fwd / bwd) per seed (claim: off 1)",
-                   "single layers deviate from 1 (plot); the product compounds them",
-                   "; ".join(f"{p['layer_amax_fwd_max']:.3g} / {p['layer_amax_bwd_max']:.3g}"
-                             for p in peaks) + f" ({n})",
-                   common.seeded_verdict([v - 1 for v in layer], +1)),
-        common.Row("composite gain compounds over depth: RMS error in log gain of a linear fit "
-                   "over sites minus that of a geometric fit (> 0: geometric fits better), at "
-                   "the logged per-site record with the largest composite, per seed",
-                   "yes: compounding over depth",
-                   "; ".join(f"{f['log_rmse_gap']:+.3f} (geometric {f['geometric']:.3f}, "
-                             f"x{f['rate_per_site']:.3f} per site; linear {f['linear']:.3f}; "
-                             f"step {rec['step']})" for rec, f in zip(records, fits))
-                   + f" ({n_sites} sites; {n})",
-                   common.seeded_verdict([f["log_rmse_gap"] for f in fits], +1)),
+    return [
+        Row("largest composite Amax gain (fwd / bwd (step)), any step, max over depth, "
+            f"per seed (claim at {PAPER_SITES} sites: within 10x of the paper's, above "
+            f"{PAPER_PEAK / 10:g})", f"peaks near {PAPER_PEAK:g} (27B, 60 sites)",
+            "; ".join(f"{p['amax_fwd_max']:.3g} / {p['amax_bwd_max']:.3g} "
+                      f"({p['amax_fwd_max_step']})" for p in peaks)
+            + f" ({n_sites} sites; {n})", magnitude),
+        Row("largest single-site Amax gain (fwd / bwd) per seed (claim: off 1)",
+            "single layers deviate from 1 (plot); the product compounds them",
+            "; ".join(f"{p['layer_amax_fwd_max']:.3g} / {p['layer_amax_bwd_max']:.3g}"
+                      for p in peaks) + f" ({n})",
+            seeded_verdict([v - 1 for v in layer], +1)),
+        Row("composite gain compounds over depth: RMS error in log gain of a linear fit "
+            "over sites minus that of a geometric fit (> 0: geometric fits better), at "
+            "the logged per-site record with the largest composite, per seed",
+            "yes: compounding over depth",
+            "; ".join(f"{f['log_rmse_gap']:+.3f} (geometric {f['geometric']:.3f}, "
+                      f"x{f['rate_per_site']:.3f} per site; linear {f['linear']:.3f}; "
+                      f"step {rec['step']})" for rec, f in zip(records, fits))
+            + f" ({n_sites} sites; {n})",
+            seeded_verdict([f["log_rmse_gap"] for f in fits], +1)),
     ]
-    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}`, seeds {', '.join(map(str, seeds))}"
-             " (the plot: the first). Peaks are the per-step scalars of metrics.jsonl (every "
-             "step); the per-site arrays are logged on some steps only. Gains are averaged over "
-             "the tokens of the logged batch. The magnitude depends on depth, width and training "
-             "length; the paper's 3000 is a 27B measurement (the long deep run, "
+
+
+def main(argv=None) -> int:
+    args = stability.parser(__doc__).parse_args(argv)
+    by_seed, read, note = stability.amax_figure(args, "hc", "HC H_res", "fig3_hc_amax")
+    notes = (f"{note}; the per-site arrays are logged on some steps only. Gains are averaged "
+             "over the tokens of the logged batch. The magnitude depends on depth, width and "
+             "training length; the paper's 3000 is a 27B measurement (the long deep run, "
              "`experiments/long_run.py`, is the 60-site comparison).")
-    text = common.write("fig3_hc_amax", "Fig. 3: HC Amax gain per layer", table, args.out,
-                        common.command_line("fig3_hc_amax.py", argv), notes,
-                        common.stability_run_dirs(runs, results))
-    print(text)
-    return 0
+    return publish("fig3_hc_amax", "Fig. 3: HC Amax gain per layer", rows(by_seed), args.out,
+                   argv, notes, read)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ import sys
 
 import numpy as np
 
-from paper_repro import common
-
-from experiments.common import final_metrics
+from study import plots, stability
+from study.metrics import final_metrics
+from study.report import publish
+from study.verdict import Row, all_of, paired_seeds, per_seed, seeded_verdict, values_cell
 
 PAPER_GAP = -0.021  # mHC final loss gap vs baseline, 27B (Fig. 5a)
 COLORS = {"hc": "tab:red", "mhc": "tab:blue", "residual": "tab:gray"}
@@ -40,16 +41,10 @@ def seed_numbers(rows: dict) -> dict:
                                    / np.median(grads["residual"][half:])) for k in ("hc", "mhc")}}
 
 
-def main(argv=None) -> int:
-    args = common.stability_parser(__doc__).parse_args(argv)
-    results, runs = common.stability_results(args, ["residual", "hc", "mhc"])
-    per = common.per_seed(results, seed_numbers)
-    seeds = common.paired_seeds(results)
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
+def plot(per: list[dict], seeds, path: str) -> None:
+    """(a) the smoothed loss gaps of mHC and HC to the residual, (b) the grad norms of all three;
+    the first seed drawn full."""
+    fig, (ax_a, ax_b) = plots.pyplot().subplots(1, 2, figsize=(11, 4))
     for i, (seed, m) in enumerate(zip(seeds, per)):
         window = max(1, len(m["steps"]) // 20)
         alpha = 1.0 if i == 0 else 0.35
@@ -57,47 +52,46 @@ def main(argv=None) -> int:
             ax_b.plot(m["steps"], grad, color=COLORS[kind], lw=0.8, alpha=alpha,
                       label=f"{kind}, seed {seed}" if i == 0 else None)
         for kind, gap in m["gaps"].items():
-            ax_a.plot(m["steps"], common.smooth(gap, window), color=COLORS[kind], alpha=alpha,
+            ax_a.plot(m["steps"], plots.smooth(gap, window), color=COLORS[kind], alpha=alpha,
                       label=f"{kind} - residual, seed {seed}" if i == 0 else None)
-    ax_a.axhline(0, color="k", lw=0.6)
     ax_a.axhline(PAPER_GAP, color="tab:blue", ls=":", lw=1, label="paper mHC final (27B)")
-    ax_a.set(title=f"(a) training loss gap vs residual (smoothed, {len(seeds)} seeds)",
-             xlabel="step", ylabel="loss difference (nats/token)")
-    ax_b.set(title="(b) gradient norm", xlabel="step", yscale="log")
-    for ax in (ax_a, ax_b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    common.savefig(fig, os.path.join(args.out, "fig5_mhc_stability.png"))
+    plots.gap_and_grad(fig, ax_a, ax_b,
+                       f"(a) training loss gap vs residual (smoothed, {len(seeds)} seeds)", path)
 
-    cell = common.values_cell
+
+def rows(per: list[dict]) -> list[Row]:
+    """Paper-vs-ours rows from the per-seed numbers (`seed_numbers`)."""
+    cell = values_cell
     ratios = [p["mhc_ratio"] for p in per]
-    rows = [
-        common.Row("mHC training loss gap vs residual at the end (mean of last 10 % of steps, "
-                   "per seed; claim: negative)", f"{PAPER_GAP}",
-                   cell([p["mhc_gap"] for p in per]),
-                   common.seeded_verdict([p["mhc_gap"] for p in per], -1, headline=True)),
-        common.Row("mHC eval loss gap vs residual, per seed (claim: negative)",
-                   "(final gap -0.021, training loss)", cell([p["eval_gap"] for p in per]),
-                   common.seeded_verdict([p["eval_gap"] for p in per], -1, headline=True)),
-        common.Row("HC training loss gap vs residual at the end, per seed",
-                   "negative until its surge", cell([p["hc_gap"] for p in per]), "n/a"),
-        common.Row("mHC grad norm / residual (median over the second half, per seed; claim: "
-                   "within 2x)", "comparable to the baseline", cell(ratios, ".2f"),
-                   common.all_of({
-                       "above 0.5": common.seeded_verdict([r - 0.5 for r in ratios], +1, True),
-                       "below 2": common.seeded_verdict([2 - r for r in ratios], +1, True)})),
-        common.Row("HC grad norm / residual (median over the second half, per seed)",
-                   "departs from the baseline around its surge",
-                   cell([p["hc_ratio"] for p in per], ".2f"), "n/a"),
+    return [
+        Row("mHC training loss gap vs residual at the end (mean of last 10 % of steps, "
+            "per seed; claim: negative)", f"{PAPER_GAP}", cell([p["mhc_gap"] for p in per]),
+            seeded_verdict([p["mhc_gap"] for p in per], -1, headline=True)),
+        Row("mHC eval loss gap vs residual, per seed (claim: negative)",
+            "(final gap -0.021, training loss)", cell([p["eval_gap"] for p in per]),
+            seeded_verdict([p["eval_gap"] for p in per], -1, headline=True)),
+        Row("HC training loss gap vs residual at the end, per seed",
+            "negative until its surge", cell([p["hc_gap"] for p in per]), "n/a"),
+        Row("mHC grad norm / residual (median over the second half, per seed; claim: "
+            "within 2x)", "comparable to the baseline", cell(ratios, ".2f"),
+            all_of({"above 0.5": seeded_verdict([r - 0.5 for r in ratios], +1, True),
+                    "below 2": seeded_verdict([2 - r for r in ratios], +1, True)})),
+        Row("HC grad norm / residual (median over the second half, per seed)",
+            "departs from the baseline around its surge",
+            cell([p["hc_ratio"] for p in per], ".2f"), "n/a"),
     ]
-    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}`, seeds {', '.join(map(str, seeds))}, "
-             "paired by seed (the same seed gives every kind the same data order); gradient "
-             "clipping off. The paper's -0.021 is a 27B number; the claim judged here is its sign.")
-    text = common.write("fig5_mhc_stability", "Fig. 5: mHC stability (loss gap and grad norm)",
-                        rows, args.out, common.command_line("fig5_mhc_stability.py", argv), notes,
-                        common.stability_run_dirs(runs, results))
-    print(text)
-    return 0
+
+
+def main(argv=None) -> int:
+    args = stability.parser(__doc__).parse_args(argv)
+    results, runs = stability.results(args, ["residual", "hc", "mhc"])
+    per, seeds = per_seed(results, seed_numbers), paired_seeds(results)
+    plot(per, seeds, os.path.join(args.out, "fig5_mhc_stability.png"))
+    notes = (f"{stability.runs_note(runs, seeds)}, paired by seed (the same seed gives every "
+             "kind the same data order); gradient clipping off. The paper's -0.021 is a 27B "
+             "number; the claim judged here is its sign.")
+    return publish("fig5_mhc_stability", "Fig. 5: mHC stability (loss gap and grad norm)",
+                   rows(per), args.out, argv, notes, stability.run_dirs(runs, results))
 
 
 if __name__ == "__main__":

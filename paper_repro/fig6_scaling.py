@@ -1,5 +1,5 @@
 """Paper Fig. 6: (a) the mHC gain across model sizes vs training compute, (b) over training tokens
-(arXiv 2512.24880, Fig. 6). Runs `experiments/scaling.py`'s ladder and long run pair.
+(arXiv 2512.24880, Fig. 6). Runs the scaling study's ladder and long run pair (`study.scaling`).
 
 Small scale: the micro ladder (d_model 48/64/96, 3/4/6 blocks, fixed steps) and a 400-step pair.
 Paper scale: 3B/9B/27B recipes (Table 5) for (a) and the 3B-1T run for (b), on a mesh.
@@ -10,32 +10,41 @@ Paper scale: 3B/9B/27B recipes (Table 5) for (a) and the 3B-1T run for (b), on a
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments import common, scaling
-from experiments.ablations import parse_seeds
 from mhc.metrics import read_jsonl
-from paper_repro.common import (RESULTS, Row, all_of, command_line, seeded_verdict,
-                                write)
+from study import flags
+from study.metrics import final_metrics
+from study.report import RESULTS, provenance, publish, write_json
+from study.runs import (MICRO_OVERRIDES, SMOKE_OVERRIDES, STUDY_REGIME, enable_compile_cache,
+                        make_config, runs_root)
+from study.scaling import (DEFAULT_SEEDS, LADDER, SMOKE_LADDER, TOKEN_STEPS, compute,
+                           ladder_overrides, ladder_plan, ladder_table, micro_points, plot,
+                           run_ladder, run_tokens, token_plan, tokens_table)
+from study.verdict import Row, all_of, seeded_verdict
 
 PAPER_LADDER = ("3b", "9b", "27b")
 PAPER_TOKENS = "3b-1t"
+FLAGS = ("scale", "mesh", flags.flag("seeds", help="ladder seeds (default 0,1,2 small, 0 paper)"),
+         flags.flag("token-steps", default=TOKEN_STEPS,
+                    help="small scale: length of the long run pair"),
+         "out", flags.flag("runs", help="run directories (default: the shared "
+                                        "experiments/results/trained; --smoke: <out>/trained)"),
+         flags.flag("smoke", help="tiny models, few steps, 1 seed"), "dry-run", "overrides")
 
 
-def seed_gaps(plan) -> dict[str, list[float]]:
+def seed_gaps(jobs) -> dict[str, list[float]]:
     """Per rung, the mHC − residual final eval-loss gap of each seed, read from the runs of
-    `plan` (scaling.run_ladder keeps only mean and spread; the verdict rule needs the seeds)."""
+    `jobs` (a `study.scaling.ladder_plan`; `run_ladder` keeps only mean and spread, the verdict
+    rule needs the seeds)."""
     finals: dict = {}
-    for name, kind, seed, _, run_dir in plan:
+    for name, kind, seed, _, run_dir in jobs:
         rows = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
         finals.setdefault(name, {}).setdefault(seed, {})[kind] = \
-            common.final_metrics(rows)["eval_loss"]
+            final_metrics(rows)["eval_loss"]
     return {name: [f["mhc"] - f["residual"] for _, f in sorted(by_seed.items())]
             for name, by_seed in finals.items()}
 
@@ -76,71 +85,49 @@ def rows_from(ladder: dict, tokens: dict, gaps: dict[str, list[float]]) -> list[
     return rows
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=("small", "paper"), default="small")
-    p.add_argument("--mesh", default="", help="paper scale: e.g. fsdp=64,expert=8")
-    p.add_argument("--seeds", default=None, help="ladder seeds (default 0,1,2 small, 0 paper)")
-    p.add_argument("--token-steps", type=int, default=scaling.TOKEN_STEPS,
-                   help="small scale: length of the long run pair")
-    p.add_argument("--out", default=RESULTS)
-    p.add_argument("--runs", default=None, help="run directories (default: the shared "
-                   "experiments/results/trained; --smoke: <out>/trained)")
-    p.add_argument("--smoke", action="store_true", help="tiny models, few steps, 1 seed")
-    p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
+def plan(args) -> tuple:
+    """(ladder points {name: (recipe, overrides)}, token-pair recipe, its overrides, its steps,
+    seeds, H_res regime) at --scale: the micro ladder on a CPU, or the paper's recipes."""
     paper = args.scale == "paper"
-    regime = () if paper else common.STUDY_REGIME  # the paper recipes keep the paper's init
-    seeds = parse_seeds(args.seeds or ("0" if paper else ",".join(map(str, scaling.DEFAULT_SEEDS))))
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else common.RUNS)
+    regime = () if paper else STUDY_REGIME  # the paper recipes keep the paper's init
+    seeds = args.seeds or ((0,) if paper else DEFAULT_SEEDS)
     if paper:
         extra = [*([f"mesh={args.mesh}"] if args.mesh else []), *args.overrides]
         points = {name: (name, extra) for name in PAPER_LADDER}
-        token_recipe, token_base = PAPER_TOKENS, extra
-        token_steps = common.make_config(PAPER_TOKENS, extra).train.steps
-    else:
-        base, shapes, token_steps = list(common.MICRO_OVERRIDES), scaling.LADDER, args.token_steps
-        if args.smoke:
-            base = [*base, *common.SMOKE_OVERRIDES]
-            shapes, seeds, token_steps = scaling.SMOKE_LADDER, seeds[:1], 4
-        points = scaling.micro_points(shapes, base, args.overrides)
-        token_recipe = "tiny"
-        token_base = [*base, *scaling.ladder_overrides(*shapes["s"]), *args.overrides]
-    if args.dry_run:
-        for name, kind, seed, cfg, run_dir in scaling.ladder_plan(points, seeds, runs_root,
-                                                                  regime):
-            m = cfg.model
-            print(f"(a) {name:5s} {kind:8s} seed {seed} d_model {m.d_model} L {m.n_layers} "
-                  f"ffn {m.ffn} steps {cfg.train.steps} mesh={cfg.train.mesh or '-'} "
-                  f"compute {scaling.compute(cfg):.3g} FLOPs -> {os.path.relpath(run_dir)}")
-        for kind, seed, cfg, run_dir in scaling.token_plan(
-                token_recipe, token_base, token_steps, seeds, runs_root, regime):
-            print(f"(b) {token_recipe:5s} {kind:8s} seed {seed} steps {cfg.train.steps} "
-                  f"batch {cfg.train.batch_size} mesh={cfg.train.mesh or '-'} -> "
-                  f"{os.path.relpath(run_dir)}")
-        return 0
-    common.enable_compile_cache()
-    verbose = not args.smoke
-    ladder = scaling.run_ladder(points, seeds, runs_root=runs_root, verbose=verbose,
-                                regime=regime)
-    tokens = scaling.run_tokens(token_recipe, token_base, token_steps, seeds,
-                                runs_root=runs_root, verbose=verbose,
-                                window=3 if args.smoke else 10, regime=regime)
-    plan = scaling.ladder_plan(points, seeds, runs_root, regime)
-    gaps = seed_gaps(plan)
-    run_dirs = sorted({run_dir for *_, run_dir in plan} | {
-        run_dir for *_, run_dir in scaling.token_plan(token_recipe, token_base, token_steps,
-                                                      seeds, runs_root, regime)})
+        token_steps = make_config(PAPER_TOKENS, extra).train.steps
+        return points, PAPER_TOKENS, extra, token_steps, seeds, regime
+    base, shapes, token_steps = list(MICRO_OVERRIDES), LADDER, args.token_steps
+    if args.smoke:
+        base = [*base, *SMOKE_OVERRIDES]
+        shapes, seeds, token_steps = SMOKE_LADDER, seeds[:1], 4
+    token_base = [*base, *ladder_overrides(*shapes["s"]), *args.overrides]
+    return (micro_points(shapes, base, args.overrides), "tiny", token_base, token_steps, seeds,
+            regime)
+
+
+def print_plan(ladder_jobs, token_jobs, token_recipe: str) -> None:
+    """--dry-run: one line per planned run."""
+    for name, kind, seed, cfg, run_dir in ladder_jobs:
+        m = cfg.model
+        print(f"(a) {name:5s} {kind:8s} seed {seed} d_model {m.d_model} L {m.n_layers} "
+              f"ffn {m.ffn} steps {cfg.train.steps} mesh={cfg.train.mesh or '-'} "
+              f"compute {compute(cfg):.3g} FLOPs -> {os.path.relpath(run_dir)}")
+    for kind, seed, cfg, run_dir in token_jobs:
+        print(f"(b) {token_recipe:5s} {kind:8s} seed {seed} steps {cfg.train.steps} "
+              f"batch {cfg.train.batch_size} mesh={cfg.train.mesh or '-'} -> "
+              f"{os.path.relpath(run_dir)}")
+
+
+def report(args, argv, ladder, tokens, gaps, run_dirs, seeds, token_steps, regime) -> int:
+    """The figure, fig6_scaling.json and the paper-vs-ours table."""
     os.makedirs(args.out, exist_ok=True)
-    what = "paper recipes" if paper else "micro ladder (CPU)"
-    scaling.plot(ladder, tokens, os.path.join(args.out, "fig6_scaling.png"),
-                 f"Fig. 6 at small scale: {what}; paper: gap about -0.015 ... -0.025 "
-                 "(98.5-99.2 %), holding with slight attenuation")
-    common.write_json(os.path.join(args.out, "fig6_scaling.json"),
-                      {"meta": {**common.provenance(), "seeds": list(seeds),
-                                "token_steps": token_steps},
-                       "ladder": ladder, "ladder_seed_gaps": gaps, "tokens": tokens})
+    what = "paper recipes" if args.scale == "paper" else "micro ladder (CPU)"
+    plot(ladder, tokens, os.path.join(args.out, "fig6_scaling.png"),
+         f"Fig. 6 at small scale: {what}; paper: gap about -0.015 ... -0.025 "
+         "(98.5-99.2 %), holding with slight attenuation")
+    write_json(os.path.join(args.out, "fig6_scaling.json"),
+               {"meta": {**provenance(), "seeds": list(seeds), "token_steps": token_steps},
+                "ladder": ladder, "ladder_seed_gaps": gaps, "tokens": tokens})
     notes = "\n".join([
         f"Ours: {what}, ladder seeds {list(seeds)}, fixed steps per rung (the same tokens for "
         "every size); compute = FLOPs per token (6 x active params + attention) x tokens, of the "
@@ -150,13 +137,28 @@ def main(argv=None) -> int:
         "gap over the seeds; the table below lists every point. mHC at small scale runs in the "
         f"CPU studies' H_res regime (`{' '.join(regime) or 'defaults'}`). Paper: 3B/9B/27B MoE "
         "(a) and 3B on 1T tokens (b).",
-        "", *scaling.ladder_table(ladder), "", *scaling.tokens_table(tokens)])
-    text = write("fig6_scaling", "Fig. 6: compute and token scaling of the mHC gain",
-                 rows_from(ladder, tokens, gaps), args.out,
-                 command_line("fig6_scaling.py", argv),
-                 notes, run_dirs)
-    print(text)
-    return 0
+        "", *ladder_table(ladder), "", *tokens_table(tokens)])
+    return publish("fig6_scaling", "Fig. 6: compute and token scaling of the mHC gain",
+                   rows_from(ladder, tokens, gaps), args.out, argv, notes, run_dirs)
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS, out=RESULTS).parse_args(argv)
+    points, token_recipe, token_base, token_steps, seeds, regime = plan(args)
+    root = runs_root(args.runs, args.out, args.smoke)
+    ladder_jobs = ladder_plan(points, seeds, root, regime)
+    token_jobs = token_plan(token_recipe, token_base, token_steps, seeds, root, regime)
+    if args.dry_run:
+        print_plan(ladder_jobs, token_jobs, token_recipe)
+        return 0
+    enable_compile_cache()
+    verbose = not args.smoke
+    ladder = run_ladder(points, seeds, runs_root=root, verbose=verbose, regime=regime)
+    tokens = run_tokens(token_recipe, token_base, token_steps, seeds, runs_root=root,
+                        verbose=verbose, window=3 if args.smoke else 10, regime=regime)
+    run_dirs = sorted({job[-1] for job in ladder_jobs} | {job[-1] for job in token_jobs})
+    return report(args, argv, ladder, tokens, seed_gaps(ladder_jobs), run_dirs, seeds,
+                  token_steps, regime)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,13 @@ import sys
 
 import numpy as np
 
-from paper_repro import common
 from paper_repro.fig3_hc_amax import PAPER_SITES
+from study import flags, plots, stability
+from study.report import publish
+from study.verdict import Row, exact_verdict, paired_seeds, seeded_verdict, seeds_note, values_cell
+
+SITE = flags.flag("--site", type=int, default=None,
+                  help="single site to show (default: HC's site with the largest gain)")
 
 
 def sequence_maps(run_dir: str) -> tuple[np.ndarray, int]:
@@ -56,15 +61,62 @@ def _heatmap(ax, h: np.ndarray, title: str):
     return im
 
 
+def plot(shown: dict, first: dict, seeds, site: int, n_sites: int, path: str) -> None:
+    """HC's and mHC's single-site and composite maps of the first seed, with their sums."""
+    fig, axes = plots.pyplot().subplots(2, 2, figsize=(9, 8.5))
+    for r, kind in enumerate(("hc", "mhc")):
+        for c, which in enumerate(("single", "composite")):
+            label = (f"site {site + 1}" if which == "single" else f"composite of {n_sites} sites")
+            im = _heatmap(axes[r, c], shown[seeds[0]][kind][which],
+                          f"{kind.upper() if kind == 'hc' else 'mHC'} H_res, {label} "
+                          f"(step {first[kind][1]}, seed {seeds[0]})")
+            fig.colorbar(im, ax=axes[r, c], fraction=0.046)
+    plots.savefig(fig, path)
+
+
+def rows(shown: dict, seeds, n_sites: int) -> list[Row]:
+    """Paper-vs-ours rows from the token-averaged maps {seed: {kind: {"single", "composite"}}}."""
+    hc_c = [shown[s]["hc"]["composite"] for s in seeds]
+    mhc_c = [shown[s]["mhc"]["composite"] for s in seeds]
+    n = seeds_note(len(seeds))
+    hc_dev = [float(np.abs(np.concatenate([c.sum(0), c.sum(1)]) - 1).max()) for c in hc_c]
+    mhc_col_max = [float(c.sum(0).max()) for c in mhc_c]
+    lo, hi = min(c.min() for c in mhc_c), max(c.max() for c in mhc_c)
+    row_dev = max(float(np.abs(c.sum(1) - 1).max()) for c in mhc_c)
+    # products of row-stochastic, non-negative maps are row-stochastic and non-negative whatever
+    # the seed: deterministic checks of the construction; column sums depend on training (seeded)
+    return [
+        Row("largest absolute entry of HC's composite map, per seed (claim: above 100)",
+            "reaches hundreds (27B)",
+            values_cell([float(np.abs(c).max()) for c in hc_c], ".3g"),
+            seeded_verdict([np.abs(c).max() - 100 for c in hc_c], +1)
+            if n_sites == PAPER_SITES else
+            f"n/a (not comparable at this scale: {n_sites} sites against the paper's "
+            f"{PAPER_SITES})"),
+        Row("HC composite row / column sums, per seed (claim: some sum off 1 by > 0.05)",
+            "far from 1",
+            "; ".join(f"rows {c.sum(1).min():.3g}..{c.sum(1).max():.3g}, cols "
+                      f"{c.sum(0).min():.3g}..{c.sum(0).max():.3g}" for c in hc_c)
+            + f" ({n})",
+            seeded_verdict([d - 0.05 for d in hc_dev], +1)),
+        Row("mHC composite entries (all seeds)", "bounded in [0, 1]", f"{lo:.3g}..{hi:.3g}",
+            exact_verdict(lo >= 0 and hi <= 1 + 1e-5,
+                          "in [0, 1 + 1e-5]; products of row-stochastic maps")),
+        Row("mHC composite row sums (largest deviation from 1, all seeds)",
+            "1 (rows exact)", f"{row_dev:.2g}",
+            exact_verdict(row_dev < 1e-3, "tolerance 1e-3; rows exact")),
+        Row("mHC composite column sums, largest per seed (claim: within the paper's 1.6 "
+            "gain bound)", "near 1; composite backward gain at most about 1.6 (Fig. 7)",
+            values_cell(mhc_col_max, ".3g"),
+            seeded_verdict([1.6 - v for v in mhc_col_max], +1)),
+    ]
+
+
 def main(argv=None) -> int:
-    from experiments import stability
     from mhc import diagnostics
-    p = common.stability_parser(__doc__)
-    p.add_argument("--site", type=int, default=None,
-                   help="single site to show (default: HC's site with the largest gain)")
-    args = p.parse_args(argv)
-    results, runs = common.stability_results(args, ["hc", "mhc"])
-    seeds = common.paired_seeds(results)
+    args = stability.parser(__doc__, SITE).parse_args(argv)
+    results, runs = stability.results(args, ["hc", "mhc"])
+    seeds = paired_seeds(results)
     maps = {s: {k: sequence_maps(stability.run_dir(runs, k, s)) for k in ("hc", "mhc")}
             for s in seeds}  # {seed: {kind: (maps [S, T, N, N], step)}}
     first = maps[seeds[0]]
@@ -75,63 +127,13 @@ def main(argv=None) -> int:
         raise SystemExit(f"--site={site}; allowed: 0..{n_sites - 1}")
     shown = {s: {k: token_average_maps(v[0], site) for k, v in by_kind.items()}
              for s, by_kind in maps.items()}
-
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 2, figsize=(9, 8.5))
-    for r, kind in enumerate(("hc", "mhc")):
-        for c, which in enumerate(("single", "composite")):
-            label = (f"site {site + 1}" if which == "single" else f"composite of {n_sites} sites")
-            im = _heatmap(axes[r, c], shown[seeds[0]][kind][which],
-                          f"{kind.upper() if kind == 'hc' else 'mHC'} H_res, {label} "
-                          f"(step {first[kind][1]}, seed {seeds[0]})")
-            fig.colorbar(im, ax=axes[r, c], fraction=0.046)
-    common.savefig(fig, os.path.join(args.out, "fig8_heatmaps.png"))
-
-    hc_c = [shown[s]["hc"]["composite"] for s in seeds]
-    mhc_c = [shown[s]["mhc"]["composite"] for s in seeds]
-    n = common.seeds_note(len(seeds))
-    hc_dev = [float(np.abs(np.concatenate([c.sum(0), c.sum(1)]) - 1).max()) for c in hc_c]
-    mhc_col_max = [float(c.sum(0).max()) for c in mhc_c]
-    lo, hi = min(c.min() for c in mhc_c), max(c.max() for c in mhc_c)
-    row_dev = max(float(np.abs(c.sum(1) - 1).max()) for c in mhc_c)
-    # products of row-stochastic, non-negative maps are row-stochastic and non-negative whatever
-    # the seed: deterministic checks of the construction; column sums depend on training (seeded)
-    exact = common.exact_verdict
-    table = [
-        common.Row("largest absolute entry of HC's composite map, per seed (claim: above 100)",
-                   "reaches hundreds (27B)",
-                   common.values_cell([float(np.abs(c).max()) for c in hc_c], ".3g"),
-                   common.seeded_verdict([np.abs(c).max() - 100 for c in hc_c], +1)
-                   if n_sites == PAPER_SITES else
-                   f"n/a (not comparable at this scale: {n_sites} sites against the paper's "
-                   f"{PAPER_SITES})"),
-        common.Row("HC composite row / column sums, per seed (claim: some sum off 1 by > 0.05)",
-                   "far from 1",
-                   "; ".join(f"rows {c.sum(1).min():.3g}..{c.sum(1).max():.3g}, cols "
-                             f"{c.sum(0).min():.3g}..{c.sum(0).max():.3g}" for c in hc_c)
-                   + f" ({n})",
-                   common.seeded_verdict([d - 0.05 for d in hc_dev], +1)),
-        common.Row("mHC composite entries (all seeds)", "bounded in [0, 1]", f"{lo:.3g}..{hi:.3g}",
-                   exact(lo >= 0 and hi <= 1 + 1e-5,
-                         "in [0, 1 + 1e-5]; products of row-stochastic maps")),
-        common.Row("mHC composite row sums (largest deviation from 1, all seeds)",
-                   "1 (rows exact)", f"{row_dev:.2g}",
-                   exact(row_dev < 1e-3, "tolerance 1e-3; rows exact")),
-        common.Row("mHC composite column sums, largest per seed (claim: within the paper's 1.6 "
-                   "gain bound)", "near 1; composite backward gain at most about 1.6 (Fig. 7)",
-                   common.values_cell(mhc_col_max, ".3g"),
-                   common.seeded_verdict([1.6 - v for v in mhc_col_max], +1)),
-    ]
-    notes = (f"Runs: `{os.path.relpath(runs, common.REPO)}`, seeds {', '.join(map(str, seeds))} "
+    plot(shown, first, seeds, site, n_sites, os.path.join(args.out, "fig8_heatmaps.png"))
+    notes = (f"{stability.runs_note(runs, seeds)} "
              f"(the plot: the first); one held-out sequence of {first['hc'][0].shape[1]} tokens; "
              f"composite = H_res(site {n_sites})···H_res(site 1) per token, then averaged.")
-    text = common.write("fig8_heatmaps", "Fig. 8: H_res heatmaps, HC vs mHC", table, args.out,
-                        common.command_line("fig8_heatmaps.py", argv), notes,
-                        common.stability_run_dirs(runs, results))
-    print(text)
-    return 0
+    return publish("fig8_heatmaps", "Fig. 8: H_res heatmaps, HC vs mHC",
+                   rows(shown, seeds, n_sites), args.out, argv, notes,
+                   stability.run_dirs(runs, results))
 
 
 if __name__ == "__main__":

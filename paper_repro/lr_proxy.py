@@ -5,34 +5,36 @@ composite Amax gain near 3000) and mHC's stability in another. At CPU scale a si
 neither (Figs. 2/3/5 here), so this follows Wortsman et al. 2023: raise the learning rate until
 small models become unstable, and compare kinds by their loss-vs-LR curves at 6 and 30 blocks
 (the paper's 60 sites), clipping off. It reads `experiments/lr_sensitivity.py`'s compact run
-records (it trains nothing unless --smoke) and judges each claim per seed under the verdict rule.
+records (`study.lr_grid`; it trains nothing unless --smoke) and judges each claim per seed under
+the verdict rule.
 
     python -m paper_repro.lr_proxy                 # after python -m experiments.lr_sensitivity
     python -m paper_repro.lr_proxy --smoke         # seconds: trains the study's smoke grid
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 
-from experiments import lr_sensitivity
-from experiments.common import RECORDS
-from paper_repro import common
+from study import REPO, flags, lr_grid
+from study.report import RESULTS, publish
+from study.runs import RECORDS
+from study.verdict import Row, seeded_verdict
 
-STUDY = os.path.join(common.REPO, "experiments", "results", "lr_sensitivity")
 PAPER_COMPOSITE_MAX = 1.6
 PAPER_PEAK = 3000  # HC's composite Amax gain, 27B, 60 sites (Fig. 3b)
 
 
 SMOKE_KINDS = ("residual", "hc", "mhc")
+FLAGS = (flags.flag("--study", default=lr_grid.STUDY, help="the LR-sensitivity study's --out"),
+         "out", flags.flag("smoke", help="train the study's smoke grid first"))
 
 
 def per_seed(records_dir: str) -> tuple[dict, list[dict]]:
     """({(kind, depth, lr, seed): run metrics}, the records) of the study's grid and of its
     `--smoke` grid, as far as they are recorded in `records_dir`."""
-    ls = lr_sensitivity
+    ls = lr_grid
     jobs = (ls.plan(tuple(ls.KINDS), ls.DEPTHS, ls.LRS, ls.SEEDS, runs_root="")
             + ls.plan(tuple(ls.KINDS), *ls.SMOKE_GRID, smoke=True, runs_root=""))
     metrics, records, _ = ls.load(records_dir, jobs)
@@ -57,7 +59,7 @@ def paired(metrics, a: str, b: str, depth: int, fn) -> list[float]:
 
 
 def _stable(curve) -> float:
-    return math.log10(lr_sensitivity.largest_stable({lr: [m] for lr, m in curve.items()}))
+    return math.log10(lr_grid.largest_stable({lr: [m] for lr, m in curve.items()}))
 
 
 def _best(curve) -> float:
@@ -99,10 +101,10 @@ CONTROLS = (
 )
 
 
-def rows_for(metrics: dict) -> list[common.Row]:
+def rows_for(metrics: dict) -> list[Row]:
     depths = sorted({d for _, d, _, _ in metrics})
     deep, shallow = max(depths), min(depths)
-    sens = lr_sensitivity.sensitivity
+    sens = lr_grid.sensitivity
     peak = _peak("composite_fwd_max")
     hc_d, hc_s = by_seed(metrics, "hc", deep), by_seed(metrics, "hc", shallow)
     # in log10: the peaks span orders of magnitude, and growth over depth is multiplicative
@@ -115,22 +117,22 @@ def rows_for(metrics: dict) -> list[common.Row]:
                  for c in mhc_d.values()]
     excluded = sum(not converged(m) for c in mhc_d.values() for m in c.values())
     rows = [
-        common.Row(f"{deep} blocks: HC's largest composite Amax gain, forward, at each seed's "
+        Row(f"{deep} blocks: HC's largest composite Amax gain, forward, at each seed's "
                    f"best LR (claim: within 10x of the paper's, log10(gain / {PAPER_PEAK / 10:g})"
                    " > 0)", f"peaks near {PAPER_PEAK:g} at 60 sites (Fig. 3)",
                    ", ".join(f"{g:.3g}" for g in hc_at_best) or "no complete seed",
-                   common.seeded_verdict([math.log10(g * 10 / PAPER_PEAK) for g in hc_at_best],
+                   seeded_verdict([math.log10(g * 10 / PAPER_PEAK) for g in hc_at_best],
                                          +1, headline=deep == 30)),
-        common.Row(f"HC's composite Amax gain grows with depth (max over the LR grid's "
+        Row(f"HC's composite Amax gain grows with depth (max over the LR grid's "
                    f"non-diverged runs; log10 of {deep} blocks over {shallow} blocks, per seed)",
                    "composite gain near 3000 at 60 sites (Fig. 3)",
                    f"{deep} blocks: {_fmt([peak(c) for c in hc_d.values()])}; log10 growth "
-                   f"{_fmt(hc_growth)}", common.seeded_verdict(hc_growth, +1)),
-        common.Row(f"mHC's composite backward gain stays at most {PAPER_COMPOSITE_MAX} at every LR "
+                   f"{_fmt(hc_growth)}", seeded_verdict(hc_growth, +1)),
+        Row(f"mHC's composite backward gain stays at most {PAPER_COMPOSITE_MAX} at every LR "
                    f"where Sinkhorn converged (column error <= {SINKHORN_CONVERGED:g}; {excluded} "
                    f"runs excluded) ({deep} blocks; bound minus peak, per seed)",
                    f"at most about {PAPER_COMPOSITE_MAX} (Fig. 7)", _fmt(mhc_bound),
-                   common.seeded_verdict(mhc_bound, +1)),
+                   seeded_verdict(mhc_bound, +1)),
     ]
     for depth in depths:
         headline = depth == 30
@@ -140,56 +142,58 @@ def rows_for(metrics: dict) -> list[common.Row]:
         loss_gap = paired(metrics, "mhc", "residual", depth, _best)
         hc_gap = paired(metrics, "mhc", "hc", depth, _best)
         rows += [
-            common.Row(f"{depth} blocks: LR sensitivity HC minus mHC (per seed; positive = mHC "
+            Row(f"{depth} blocks: LR sensitivity HC minus mHC (per seed; positive = mHC "
                        "less sensitive)", "HC unstable, mHC stable (Figs. 2, 5)", _fmt(s_gap),
-                       common.seeded_verdict(s_gap, +1, headline)),
-            common.Row(f"{depth} blocks: log10 largest stable LR (no divergence, no surge), mHC "
+                       seeded_verdict(s_gap, +1, headline)),
+            Row(f"{depth} blocks: log10 largest stable LR (no divergence, no surge), mHC "
                        f"minus HC (per seed; a kind stable at the grid's top, {top:g}, counts as "
                        "that: a lower bound)",
                        "mHC trains where HC surges (Figs. 2, 5)", _fmt(lr_gap),
-                       common.seeded_verdict(lr_gap, +1, headline)),
-            common.Row(f"{depth} blocks: best eval loss over the grid, mHC minus residual "
+                       seeded_verdict(lr_gap, +1, headline)),
+            Row(f"{depth} blocks: best eval loss over the grid, mHC minus residual "
                        "(per seed)", "mHC below the baseline (Fig. 5: -0.021)", _fmt(loss_gap),
-                       common.seeded_verdict(loss_gap, -1, headline)),
-            common.Row(f"{depth} blocks: best eval loss over the grid, mHC minus HC (per seed; "
+                       seeded_verdict(loss_gap, -1, headline)),
+            Row(f"{depth} blocks: best eval loss over the grid, mHC minus HC (per seed; "
                        "each kind at its own best LR)", "mHC below HC (Fig. 5, Table 4)",
-                       _fmt(hc_gap), common.seeded_verdict(hc_gap, -1, headline)),
+                       _fmt(hc_gap), seeded_verdict(hc_gap, -1, headline)),
         ]
         for label, a, b, fn, sign, question in CONTROLS:
             gap = paired(metrics, a, b, depth, fn)
             if gap:
-                rows.append(common.Row(f"{depth} blocks, control: {label} (per seed)",
+                rows.append(Row(f"{depth} blocks, control: {label} (per seed)",
                                        f"not in the paper; asks whether {question}", _fmt(gap),
-                                       common.seeded_verdict(gap, sign, headline)))
+                                       seeded_verdict(gap, sign, headline)))
     return rows
 
 
+def train_smoke(study: str) -> None:
+    """--smoke: the records of the study's smoke grid (`SMOKE_KINDS`), trained into `study`."""
+    jobs = lr_grid.plan(SMOKE_KINDS, *lr_grid.SMOKE_GRID, smoke=True,
+                        runs_root=os.path.join(study, "trained"))
+    records_dir = os.path.join(study, RECORDS)
+    os.makedirs(records_dir, exist_ok=True)
+    lr_grid.record_all(jobs, records_dir, verbose=False)
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--study", default=STUDY, help="the LR-sensitivity study's --out")
-    p.add_argument("--out", default=common.RESULTS)
-    p.add_argument("--smoke", action="store_true", help="train the study's smoke grid first")
-    args = p.parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS, out=RESULTS).parse_args(argv)
     if args.smoke:
         args.study = os.path.join(args.out, "lr_sensitivity")
-        lr_sensitivity.main(["--smoke", "--kinds", ",".join(SMOKE_KINDS), "--out", args.study])
+        train_smoke(args.study)
     records_dir = os.path.join(args.study, RECORDS)
     metrics, records = per_seed(records_dir)
     if not metrics:
         raise SystemExit(f"no LR-sensitivity records in {records_dir}; run "
                          "python -m experiments.lr_sensitivity first")
-    notes = (f"Reads {len(metrics)} runs of `{os.path.relpath(args.study, common.REPO)}` "
+    notes = (f"Reads {len(metrics)} runs of `{os.path.relpath(args.study, REPO)}` "
              f": kinds {sorted({k for k, *_ in metrics})}, "
              f"blocks {sorted({d for _, d, *_ in metrics})}, LRs "
              f"{sorted({lr for _, _, lr, _ in metrics})}, "
              f"seeds {sorted({s for *_, s in metrics})}; clipping off. Its figure: "
              "`experiments/results/lr_sensitivity/lr_sensitivity.png`. Per-seed values are "
              "paired by seed (the same seed gives every kind the same data order).")
-    text = common.write("lr_proxy", "Small-scale proxy for Figs. 2/3/5: LR sensitivity",
-                        rows_for(metrics), args.out, common.command_line("lr_proxy.py", argv),
-                        notes, records=records)
-    print(text)
-    return 0
+    return publish("lr_proxy", "Small-scale proxy for Figs. 2/3/5: LR sensitivity",
+                   rows_for(metrics), args.out, argv, notes, records=records)
 
 
 if __name__ == "__main__":

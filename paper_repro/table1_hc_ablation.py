@@ -11,17 +11,17 @@ variant minus the baseline's, paired by seed; mean ± std over seeds.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments import ablations, common
-from paper_repro.common import (RESULTS, Row, all_of, command_line, savefig,
-                                seeded_verdict, seeds_note, write)
+from study import REPO, ablations, flags, plots
+from study.metrics import mean_spread
+from study.report import RESULTS, provenance, publish, write_json
+from study.runs import (MICRO_OVERRIDES, SMOKE_OVERRIDES, enable_compile_cache, make_config,
+                        run_dir_for, runs_root, train_or_reuse)
+from study.verdict import Row, all_of, seeded_verdict, seeds_note
 
 # (label, overrides, paper's loss gap vs baseline) in the paper's row order
 VARIANTS = (
@@ -34,12 +34,18 @@ PAPER_RECIPE = "27b"
 # Table 1's own runs, 3 seeds with provenance (HC variants only; the residual baseline is
 # trained here too, so the table reads one folder)
 TABLE1_RUNS = os.path.join(REPO, "experiments", "results", "table1", "trained")
+FLAGS = ("scale", flags.flag("recipe", help=f"default: tiny + micro overrides (small), "
+                                            f"{PAPER_RECIPE} (paper)"),
+         "mesh", flags.flag("seeds", help="default 0,1,2 (small) or 0 (paper)"), "out",
+         flags.flag("runs", help="run directories (default: experiments/results/table1/trained; "
+                                 "--smoke: <out>/trained)"),
+         flags.flag("smoke", help="tiny model, 4 steps, 1 seed"), "dry-run", "overrides")
 
 
 def plan(seeds, base_overrides, recipe, runs_root):
-    return [(label, seed, cfg, common.run_dir_for(cfg, runs_root))
+    return [(label, seed, cfg, run_dir_for(cfg, runs_root))
             for label, ov, _ in VARIANTS for seed in seeds
-            for cfg in [common.make_config(recipe, [*base_overrides, *ov, f"seed={seed}"])]]
+            for cfg in [make_config(recipe, [*base_overrides, *ov, f"seed={seed}"])]]
 
 
 def rows_from(per_seed: dict) -> list[Row]:
@@ -55,7 +61,7 @@ def rows_from(per_seed: dict) -> list[Row]:
     rows = []
     for label in labels[1:]:
         rows.append(Row(f"loss gap, {label} learned", f"{paper[label]:+.3f}",
-                        f"{ablations.fmt(*common.mean_spread(gaps[label]), n=len(gaps[label]))}"
+                        f"{ablations.fmt(*mean_spread(gaps[label]), n=len(gaps[label]))}"
                         f"; seeds {', '.join(f'{x:+.3f}' for x in gaps[label])}",
                         seeded_verdict(gaps[label], -1)))
     means = [float(gaps[label].mean()) for label in labels[1:]]
@@ -77,13 +83,9 @@ def rows_from(per_seed: dict) -> list[Row]:
 
 
 def plot(summary: dict, path: str, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = [v[0] for v in VARIANTS]
     x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    fig, ax = plots.pyplot().subplots(figsize=(7.5, 4.2))
     ax.bar(x - 0.2, [v[2] for v in VARIANTS], 0.4, color="tab:gray", label="paper (27B)")
     ax.bar(x + 0.2, [summary[lab]["gap"] for lab in labels], 0.4,
            yerr=[summary[lab]["gap_std"] for lab in labels], capsize=4, color="tab:red",
@@ -94,56 +96,44 @@ def plot(summary: dict, path: str, title: str) -> None:
     ax.set(ylabel="final loss − baseline", title=title)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
-    savefig(fig, path)
+    plots.savefig(fig, path)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scale", choices=("small", "paper"), default="small")
-    p.add_argument("--recipe", default=None, help=f"default: tiny + micro overrides (small), "
-                   f"{PAPER_RECIPE} (paper)")
-    p.add_argument("--mesh", default="", help="paper scale: e.g. fsdp=64,expert=8")
-    p.add_argument("--seeds", default=None, help="default 0,1,2 (small) or 0 (paper)")
-    p.add_argument("--out", default=RESULTS)
-    p.add_argument("--runs", default=None, help="run directories (default: "
-                   "experiments/results/table1/trained; --smoke: <out>/trained)")
-    p.add_argument("--smoke", action="store_true", help="tiny model, 4 steps, 1 seed")
-    p.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
+def setup(args) -> tuple[str, list[str], tuple[int, ...]]:
+    """(recipe, overrides of every run, seeds) at --scale."""
     paper = args.scale == "paper"
-    seeds = ablations.parse_seeds(args.seeds or ("0" if paper else "0,1,2"))
+    seeds = args.seeds or ((0,) if paper else (0, 1, 2))
     recipe = args.recipe or (PAPER_RECIPE if paper else "tiny")
     if paper:
         base = [*([f"mesh={args.mesh}"] if args.mesh else []), *args.overrides]
     elif args.smoke:
-        base, seeds = [*common.MICRO_OVERRIDES, *common.SMOKE_OVERRIDES, *args.overrides], seeds[:1]
+        base, seeds = [*MICRO_OVERRIDES, *SMOKE_OVERRIDES, *args.overrides], seeds[:1]
     else:
-        base = [*common.MICRO_OVERRIDES, *args.overrides]
-    runs_root = args.runs or (os.path.join(args.out, "trained") if args.smoke else TABLE1_RUNS)
-    jobs = plan(seeds, base, recipe, runs_root)
-    if args.dry_run:
-        for label, seed, cfg, run_dir in jobs:
-            m = cfg.model
-            print(f"{label:24s} seed {seed}  recipe {recipe} d_model {m.d_model} L {m.n_layers} "
-                  f"{m.residual} learned_maps={m.learned_maps if m.residual == 'hc' else '-'} "
-                  f"mesh={cfg.train.mesh or '-'} -> {os.path.relpath(run_dir)}")
-        return 0
-    common.enable_compile_cache()
-    per_seed: dict = {}
-    for i, (label, seed, cfg, run_dir) in enumerate(jobs, 1):
-        rows = common.train_or_reuse(cfg, run_dir, verbose=not args.smoke,
-                                     label=f"[{i}/{len(jobs)}] {label} seed {seed}")
-        per_seed.setdefault(label, {})[seed] = ablations.run_metrics(rows)
+        base = [*MICRO_OVERRIDES, *args.overrides]
+    return recipe, base, seeds
+
+
+def print_plan(jobs, recipe: str) -> None:
+    """--dry-run: one line per planned run."""
+    for label, seed, cfg, run_dir in jobs:
+        m = cfg.model
+        print(f"{label:24s} seed {seed}  recipe {recipe} d_model {m.d_model} L {m.n_layers} "
+              f"{m.residual} learned_maps={m.learned_maps if m.residual == 'hc' else '-'} "
+              f"mesh={cfg.train.mesh or '-'} -> {os.path.relpath(run_dir)}")
+
+
+def report(args, argv, jobs, per_seed: dict, recipe: str, base, seeds) -> int:
+    """The figure, table1_hc_ablation.json and the paper-vs-ours table of {label: {seed: run
+    metrics}}."""
     summary = ablations.summarize(per_seed, baseline=VARIANTS[0][0])
     os.makedirs(args.out, exist_ok=True)
-    scale = f"{recipe}{'' if paper else ' + micro overrides'}, seeds {list(seeds)}"
+    scale = f"{recipe}{'' if args.scale == 'paper' else ' + micro overrides'}, seeds {list(seeds)}"
     plot(summary, os.path.join(args.out, "table1_hc_ablation.png"),
          f"HC component ablation (Table 1): paper 27B vs ours ({scale})")
-    common.write_json(os.path.join(args.out, "table1_hc_ablation.json"),
-                      {"meta": {**common.provenance(), "recipe": recipe, "overrides": base,
-                                "seeds": list(seeds)},
-                       "summary": summary, "per_seed": per_seed})
+    write_json(os.path.join(args.out, "table1_hc_ablation.json"),
+               {"meta": {**provenance(), "recipe": recipe, "overrides": base,
+                         "seeds": list(seeds)},
+                "summary": summary, "per_seed": per_seed})
     lines = ["| variant (learned maps) | final eval loss | gap (ours) | paper gap |",
              "|---|---|---|---|"]
     for label, _, gap in VARIANTS:
@@ -155,12 +145,24 @@ def main(argv=None) -> int:
              "batches) minus the residual's, paired by seed; ± = sample sd over seeds. The "
              "ordering and share rows compare variants seed by seed. Paper: 27B MoE, 262B "
              "tokens.\n\n" + "\n".join(lines))
-    text = write("table1_hc_ablation", "Table 1: HC component ablation",
-                 rows_from(per_seed), args.out,
-                 command_line("table1_hc_ablation.py", argv),
-                 notes, [run_dir for *_, run_dir in jobs])
-    print(text)
-    return 0
+    return publish("table1_hc_ablation", "Table 1: HC component ablation", rows_from(per_seed),
+                   args.out, argv, notes, [run_dir for *_, run_dir in jobs])
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS, out=RESULTS).parse_args(argv)
+    recipe, base, seeds = setup(args)
+    jobs = plan(seeds, base, recipe, runs_root(args.runs, args.out, args.smoke, TABLE1_RUNS))
+    if args.dry_run:
+        print_plan(jobs, recipe)
+        return 0
+    enable_compile_cache()
+    per_seed: dict = {}
+    for i, (label, seed, cfg, run_dir) in enumerate(jobs, 1):
+        rows = train_or_reuse(cfg, run_dir, verbose=not args.smoke,
+                              label=f"[{i}/{len(jobs)}] {label} seed {seed}")
+        per_seed.setdefault(label, {})[seed] = ablations.run_metrics(rows)
+    return report(args, argv, jobs, per_seed, recipe, base, seeds)
 
 
 if __name__ == "__main__":

@@ -21,15 +21,16 @@ import os
 import sys
 import time
 
-
-from paper_repro import common
-from paper_repro.common import Row, command_line, exact_verdict, write
+from study import flags, plots
+from study.report import RESULTS, publish
+from study.verdict import Row, exact_verdict
 
 TOLERANCE = 0.01  # relative, per kernel (read and write separately)
 TOL_CELL = f"tolerance {TOLERANCE:.0%} per kernel"
 SCALES = {"smoke": dict(n=4, c=64, tokens=256), "default": dict(n=4, c=256, tokens=4096),
           "paper": dict(n=4, c=2560, tokens=4096)}
 UNFUSED = ("compute maps", "apply H_pre", "apply H_post", "apply H_res", "merge")
+FLAGS = ("table-scale", flags.flag("smoke", help="tiny shapes (seconds), for tests"), "out")
 
 
 def io_formula(n: int, c: int) -> dict[str, tuple[int, int]]:
@@ -147,13 +148,10 @@ def _fmt(x: float) -> str:
 
 
 def plot(formula, measured, n, c, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     names = [*UNFUSED, "fused post+res+merge", "residual"]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    fig, ax = plots.pyplot().subplots(figsize=(10, 4.5))
     w = 0.2
     ax.bar(x - 1.5 * w, [formula[k][0] + measured[k]["extra"] for k in names], w,
            label="read, formula", color="#4c72b0")
@@ -167,17 +165,12 @@ def plot(formula, measured, n, c, path):
     ax.set_ylabel("elements per token per site")
     ax.set_title(f"Table 2: stream I/O per kernel (n={n}, C={c}); formula vs XLA cost analysis")
     ax.legend(fontsize=8)
-    common.savefig(fig, path)
+    plots.savefig(fig, path)
 
 
-def main(argv=None) -> int:
-    args = common.table_parser(__doc__, "tiny shapes (seconds), for tests").parse_args(argv)
-    scale = SCALES["smoke" if args.smoke else args.scale]
-    n, c, tokens = scale["n"], scale["c"], scale["tokens"]
-    start = time.perf_counter()
-    formula = io_formula(n, c)
-    measured = measure(n, c, tokens)
-    cmp = compare(formula, measured)
+def rows_for(formula: dict, measured: dict, cmp: dict, n: int, c: int) -> list[Row]:
+    """Paper-vs-ours rows: each kernel's formula against XLA's count (`compare`), the totals,
+    fusion's saving, the library's own functions and single-pass mHC."""
     rows = []
     for name, r in cmp.items():
         (fr, fw), (mr, mw) = r["formula"], r["measured"]
@@ -224,9 +217,14 @@ def main(argv=None) -> int:
             "saving needs a kernel that does both in one pass"
             if sp["read"] - sp["extra"] >= 2 * n * c else "X is read once"),
         "n/a"))
+    return rows
+
+
+def notes_for(formula: dict, measured: dict, n: int, c: int, tokens: int, seconds: float) -> str:
+    """How the counts were measured, below the table."""
     maps_ratio = measured["mhc_maps (norm, matmul, sigmoid, Sinkhorn)"]["read"] / (
         formula["compute maps"][0] + measured["compute maps"]["extra"])
-    notes = (
+    return (
         f"n = {n}, C = {c}, T = {tokens} tokens, fp32 (4 bytes per element). Each kernel is one "
         f"jitted function over `[T, N, C]` inputs; XLA's `cost_analysis()` of the compiled "
         f"function gives bytes accessed (reads + writes) and bytes written. Tolerance "
@@ -240,12 +238,22 @@ def main(argv=None) -> int:
         f"an add) "
         f"writes H_res·x out before the add, so it moves more than the paper's fused kernel, "
         f"which the element-wise `fused_post_res_merge` matches. Runtime "
-        f"{time.perf_counter() - start:.1f} s.")
-    text = write("table2_io", "Paper Table 2: residual-stream I/O per token (forward, excl. F)",
-                 rows, args.out, command_line("table2_io.py", argv), notes)
+        f"{seconds:.1f} s.")
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS, out=RESULTS).parse_args(argv)
+    scale = SCALES["smoke" if args.smoke else args.scale]
+    n, c, tokens = scale["n"], scale["c"], scale["tokens"]
+    start = time.perf_counter()
+    formula = io_formula(n, c)
+    measured = measure(n, c, tokens)
+    rows = rows_for(formula, measured, compare(formula, measured), n, c)
+    notes = notes_for(formula, measured, n, c, tokens, time.perf_counter() - start)
+    code = publish("table2_io", "Paper Table 2: residual-stream I/O per token (forward, excl. F)",
+                   rows, args.out, argv, notes)
     plot(formula, measured, n, c, os.path.join(args.out, "table2_io.png"))
-    print(text)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

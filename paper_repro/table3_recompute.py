@@ -34,11 +34,12 @@ import os
 import sys
 import time
 
-
-from paper_repro import common
-from paper_repro.common import Row, command_line, exact_verdict, write
+from study import flags, plots
+from study.report import RESULTS, publish
+from study.verdict import Row, exact_verdict
 
 FIT_TOLERANCE = 0.25  # relative, on each fitted coefficient b and c
+FLAGS = ("table-scale", flags.flag("smoke", help="tiny shapes (seconds), for tests"), "out")
 
 SCALES = {
     # smoke: B compiles one group size of a 1-block model (wiring only: the step's compile is slow)
@@ -151,11 +152,9 @@ def train_step_temp_bytes(d_model: int, blocks: int, batch: int, seq: int, group
 
 # ------------------------------------------------------------------------------- reporting
 def plot(a_curve, b_curve, n, s, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     panels = [a_curve] + ([b_curve] if b_curve else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    fig, axes = plots.pyplot().subplots(1, len(panels), figsize=(5.5 * len(panels), 4),
+                                        squeeze=False)
     for ax, cur in zip(axes[0], panels):
         ax.plot(cur["blocks"], cur["measured"], "o-", label="XLA temp (measured)")
         ax.plot(cur["blocks"], cur["fitted"], ":", color="gray",
@@ -170,7 +169,7 @@ def plot(a_curve, b_curve, n, s, path):
         ax.set_title(cur["title"], fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(f"Table 3 / Eq. 20: recompute block size (n={n}, {s})", fontsize=10)
-    common.savefig(fig, path)
+    plots.savefig(fig, path)
 
 
 def _curve(title, unit, blocks, measured, n, c, layers, per_unit_sites):
@@ -207,39 +206,45 @@ def _table(cur) -> str:
     return cells
 
 
-def main(argv=None) -> int:
-    args = common.table_parser(__doc__, "tiny shapes (seconds), for tests").parse_args(argv)
-    name = "smoke" if args.smoke else args.scale
-    sc = SCALES[name]
-    n, c, sites, tokens = sc["n"], sc["c"], sc["sites"], sc["tokens"]
-    start = time.perf_counter()
-    rows = []
-
-    # A: connection stack, L_r over the divisors of the site count
-    a_blocks = divisors(sites)
-    a_meas = []
-    for g in a_blocks:
+def _measure(blocks, label: str, temp_per_token) -> list[float]:
+    """`temp_per_token(L_r)` (elements per token) at each block size, each printed with its
+    compile time as `<label><L_r>: ...`."""
+    out = []
+    for g in blocks:
         t0 = time.perf_counter()
-        a_meas.append(stack_temp_bytes(n, c, sites, tokens, g) / 4 / tokens)
-        print(f"A: {sites} sites, L_r={g}: {a_meas[-1]:,.0f} elements/token "
-              f"({time.perf_counter() - t0:.1f} s)", flush=True)
-    a = _curve(f"A: connection stack, {sites} sites, C={c}, T={tokens}", "sites", a_blocks,
-               a_meas, n, c, sites, 1)
+        out.append(temp_per_token(g))
+        print(f"{label}{g}: {out[-1]:,.0f} elements/token ({time.perf_counter() - t0:.1f} s)",
+              flush=True)
+    return out
 
-    # B: full training step, L_r in blocks (not at paper scale: see `mhc compile` below)
-    b = None
-    if sc["blocks"]:
-        b_blocks = divisors(sc["blocks"])
-        b_meas = []
-        for g in b_blocks:
-            t0 = time.perf_counter()
-            b_meas.append(train_step_temp_bytes(sc["d_model"], sc["blocks"], sc["batch"],
-                                                sc["seq"], g) / 4 / (sc["batch"] * sc["seq"]))
-            print(f"B: {sc['blocks']} blocks, remat_group={g}: {b_meas[-1]:,.0f} "
-                  f"elements/token ({time.perf_counter() - t0:.1f} s)", flush=True)
-        b = _curve(f"B: full train step, {sc['blocks']} blocks, d_model={sc['d_model']}, "
-                   f"remat=mhc", "blocks", b_blocks, b_meas, n, sc["d_model"], sc["blocks"], 2)
 
+def curve_a(n: int, c: int, sites: int, tokens: int) -> dict:
+    """A: the connection stack, L_r over the divisors of the site count."""
+    blocks = divisors(sites)
+    measured = _measure(blocks, f"A: {sites} sites, L_r=",
+                        lambda g: stack_temp_bytes(n, c, sites, tokens, g) / 4 / tokens)
+    return _curve(f"A: connection stack, {sites} sites, C={c}, T={tokens}", "sites", blocks,
+                  measured, n, c, sites, 1)
+
+
+def curve_b(n: int, sc: dict) -> dict | None:
+    """B: the full training step, L_r in blocks (not at paper scale: see `mhc compile` in the
+    notes)."""
+    if not sc["blocks"]:
+        return None
+    blocks, tokens = divisors(sc["blocks"]), sc["batch"] * sc["seq"]
+    measured = _measure(blocks, f"B: {sc['blocks']} blocks, remat_group=",
+                        lambda g: train_step_temp_bytes(sc["d_model"], sc["blocks"], sc["batch"],
+                                                        sc["seq"], g) / 4 / tokens)
+    return _curve(f"B: full train step, {sc['blocks']} blocks, d_model={sc['d_model']}, "
+                  f"remat=mhc", "blocks", blocks, measured, n, sc["d_model"], sc["blocks"], 2)
+
+
+def rows_for(a: dict, b: dict | None, sc: dict) -> list[Row]:
+    """Paper-vs-ours rows: A's and B's optimum and fit, then the 27B numbers from the formula and
+    the library's choice of group size."""
+    n, c, sites = sc["n"], sc["c"], sc["sites"]
+    rows = []
     rows.append(Row("optimum L_r* = sqrt(nL/(n+2)), L in sites",
                     f"L = {sites}: {optimal_block(n, sites):.2f} sites "
                     f"(best divisor {best_divisor(n, c, sites)})",
@@ -293,6 +298,11 @@ def main(argv=None) -> int:
                     f"{lib} blocks = {lib_sites} sites; Eq. 20 memory "
                     f"{m_lib / m_best:.3f}x the optimum's",
                     exact_verdict(lib_sites == best_sites, "the same group size")))
+    return rows
+
+
+def notes_for(b: dict | None, seconds: float) -> str:
+    """How the memory was measured, below the table."""
     b_note = ""
     if b:
         b_note = (
@@ -302,19 +312,28 @@ def main(argv=None) -> int:
             "matmuls and its output. None of that is in Eq. 20's accounting, so B's memory rises "
             "with the group size from the start and its fit to the formula's shape is poor; A is "
             "the check of Eq. 20 itself.")
-    notes = (
+    return (
         f"Elements per token = XLA:CPU compiled temp bytes / 4 / tokens (fp32). Formula: "
         f"M(L_r) = nC·L/L_r + C·L + (n+2)C·L_r (paper Eq. 20, Table 3); the plot shifts it by "
         f"the measured minimum's offset (gradients, parameters' temporaries and the output are "
         f"not in the formula).{b_note} For an AOT "
         f"plan of the full 27B step at a chosen L_r: `mhc compile --recipe 27b --mesh "
         f"fsdp=32,expert=8 remat=mhc remat_group=3 microbatches=5` (minutes). Runtime "
-        f"{time.perf_counter() - start:.0f} s.")
-    text = write("table3_recompute", "Paper Table 3 / Eq. 20: recompute block size and memory",
-                 rows, args.out, command_line("table3_recompute.py", argv), notes)
-    plot(a, b, n, f"{name} scale", os.path.join(args.out, "table3_recompute.png"))
-    print(text)
-    return 0
+        f"{seconds:.0f} s.")
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS, out=RESULTS).parse_args(argv)
+    name = "smoke" if args.smoke else args.scale
+    sc = SCALES[name]
+    start = time.perf_counter()
+    a = curve_a(sc["n"], sc["c"], sc["sites"], sc["tokens"])
+    b = curve_b(sc["n"], sc)
+    rows, notes = rows_for(a, b, sc), notes_for(b, time.perf_counter() - start)
+    code = publish("table3_recompute", "Paper Table 3 / Eq. 20: recompute block size and memory",
+                   rows, args.out, argv, notes)
+    plot(a, b, sc["n"], f"{name} scale", os.path.join(args.out, "table3_recompute.png"))
+    return code
 
 
 if __name__ == "__main__":

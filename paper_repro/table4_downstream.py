@@ -18,17 +18,16 @@ a row of their own. The verdict compares mHC with the baseline, as the paper's c
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from experiments import common as exp
-from paper_repro import common
+from study import REPO, flags, stability
+from study.report import RESULTS, publish
+from study.runs import SMOKE_OVERRIDES, make_config, train_or_reuse
+from study.verdict import Row, seeded_verdict, seeds_note
 
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "eval")
-STABILITY = os.path.join(REPO, "experiments", "results", "stability")
+STABILITY = stability.DEFAULT_RUNS
 KINDS = {"residual": "Baseline", "hc": "HC", "mhc": "mHC"}
 # arXiv 2512.24880 Table 4 (27B): name, metric, shots, (Baseline, HC, mHC)
 PAPER = {"bbh": ("BBH", "EM", 3, (43.8, 48.9, 51.0)),
@@ -39,6 +38,20 @@ PAPER = {"bbh": ("BBH", "EM", 3, (43.8, 48.9, 51.0)),
          "mmlu": ("MMLU", "Acc.", 5, (59.0, 63.0, 63.4)),
          "piqa": ("PIQA", "Acc.", 0, (78.5, 79.9, 80.5)),
          "triviaqa": ("TriviaQA", "EM", 5, (54.3, 56.3, 57.6))}
+FLAGS = (flags.flag("--runs", nargs="+", metavar="KIND=DIR",
+                    help="checkpoints to score, KIND in residual (Baseline), hc, mhc (default: "
+                         "the stability study's, or tiny runs trained into runs/table4)"),
+         flags.flag("--tasks-dir", default=None, help="JSONL task files (default: the bundled "
+                                                      "fixtures, tests/fixtures/eval)"),
+         flags.flag("--shots", type=int, default=None, help="default: Table 4's per benchmark"),
+         flags.flag("--limit", type=int, default=None, help="examples per task"),
+         flags.flag("--max-new-tokens", type=int, default=32),
+         flags.flag("--max-len", type=int, default=None,
+                    help="default: the model's max_seq_len"),
+         flags.flag("out", help="default: paper_repro/results (with --smoke: runs/table4_smoke, "
+                                "never the committed table)"),
+         flags.flag("smoke", help="seconds: a 4-step tiny mHC model, 2 examples per fixture "
+                                  "task"))
 
 
 class UsageError(ValueError):
@@ -83,29 +96,27 @@ def _finished(run_dir: str) -> bool:
 def default_runs(kinds, verbose: bool) -> dict:
     """The stability study's checkpoints when all of them are finished (so the three columns
     compare like with like), else tiny-recipe runs trained once into runs/table4/KIND."""
-    from experiments.stability import run_dir
-    stability = {kind: run_dir(STABILITY, kind, 0) for kind in kinds}  # seed 0 of each kind
-    if all(_finished(d) for d in stability.values()):
-        return stability
+    finished = {kind: stability.run_dir(STABILITY, kind, 0) for kind in kinds}  # seed 0 of each
+    if all(_finished(d) for d in finished.values()):
+        return finished
     if verbose:
         print(f"== the stability checkpoints in {_show(STABILITY)} are missing or unfinished: "
               f"training tiny runs into runs/table4 instead", flush=True)
     runs = {}
     for kind in kinds:
-        cfg = exp.make_config("tiny", [f"residual={kind}", "checkpoint=true", "wandb=disabled"])
+        cfg = make_config("tiny", [f"residual={kind}", "checkpoint=true", "wandb=disabled"])
         runs[kind] = os.path.join(REPO, "runs", "table4", kind)
-        exp.train_or_reuse(cfg, runs[kind], verbose=verbose, label=f"table4 {kind} (tiny)")
+        train_or_reuse(cfg, runs[kind], verbose=verbose, label=f"table4 {kind} (tiny)")
     return runs
 
 
 def smoke_runs(out_dir: str, kinds=("mhc",)) -> dict:
-    """4-step tiny models (experiments.common.SMOKE_OVERRIDES, checkpointed) in OUT/runs/KIND."""
+    """4-step tiny models (study.runs.SMOKE_OVERRIDES, checkpointed) in OUT/runs/KIND."""
     runs = {}
     for kind in kinds:
-        cfg = exp.make_config("tiny", [*exp.SMOKE_OVERRIDES, "checkpoint=true",
-                                       f"residual={kind}"])
+        cfg = make_config("tiny", [*SMOKE_OVERRIDES, "checkpoint=true", f"residual={kind}"])
         runs[kind] = os.path.join(out_dir, "runs", kind)
-        exp.train_or_reuse(cfg, runs[kind], verbose=False)
+        train_or_reuse(cfg, runs[kind], verbose=False)
     return runs
 
 
@@ -120,7 +131,7 @@ def _cell(values: dict) -> str:
     return " / ".join(f"{100 * values[k]:.1f}" if k in values else "-" for k in KINDS)
 
 
-def build_rows(results: dict, fixtures: bool) -> list[common.Row]:
+def build_rows(results: dict, fixtures: bool) -> list[Row]:
     """results: {kind: mhc.evaluate.run(...) output}. One row per benchmark, then one per other
     task; values in percent like the paper's table."""
     kinds = [k for k in KINDS if k in results]
@@ -135,7 +146,7 @@ def build_rows(results: dict, fixtures: bool) -> list[common.Row]:
         found = {name: by_kind for name, by_kind in tasks.items()
                  if next(iter(by_kind.values()))["benchmark"] == bench}
         if fixtures or not found:
-            rows.append(common.Row(quantity, paper_cell, "not bundled (bring the data: "
+            rows.append(Row(quantity, paper_cell, "not bundled (bring the data: "
                                    "--tasks-dir DIR)", "n/a"))
             continue
         values, n, used_shots = {}, 0, set()
@@ -147,61 +158,47 @@ def build_rows(results: dict, fixtures: bool) -> list[common.Row]:
         for name in found:
             tasks.pop(name)
         # one checkpoint per kind is one seed: the rule cannot say yes or no from it
-        verdict = (common.seeded_verdict([values["mhc"] - values["residual"]], +1)
+        verdict = (seeded_verdict([values["mhc"] - values["residual"]], +1)
                    if {"mhc", "residual"} <= set(values) else "n/a")
         shots_note = "" if used_shots == {shots} else f", {'/'.join(map(str, used_shots))}-shot"
-        rows.append(common.Row(quantity, paper_cell, f"{_cell(values)} (n={n}"
-                               f"{shots_note}; {common.seeds_note(1)})", verdict))
+        rows.append(Row(quantity, paper_cell, f"{_cell(values)} (n={n}"
+                               f"{shots_note}; {seeds_note(1)})", verdict))
     for name, by_kind in tasks.items():
         first = next(iter(by_kind.values()))
         values = {k: r["value"] for k, r in by_kind.items()}
         prefix = "fixture" if fixtures else "task"
-        rows.append(common.Row(f"{prefix} {name} ({first['headline']}, {first['shots']}-shot, "
+        rows.append(Row(f"{prefix} {name} ({first['headline']}, {first['shots']}-shot, "
                                f"n={first['n']})", "not in the paper", _cell(values),
                                "n/a"))
     return rows
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", nargs="+", metavar="KIND=DIR",
-                   help="checkpoints to score, KIND in residual (Baseline), hc, mhc (default: "
-                        "the stability study's, or tiny runs trained into runs/table4)")
-    p.add_argument("--tasks-dir", default=None, help="JSONL task files (default: the bundled "
-                                                     "fixtures, tests/fixtures/eval)")
-    p.add_argument("--shots", type=int, default=None, help="default: Table 4's per benchmark")
-    p.add_argument("--limit", type=int, default=None, help="examples per task")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--max-len", type=int, default=None, help="default: the model's max_seq_len")
-    p.add_argument("--out", default=None, help="default: paper_repro/results (with --smoke: "
-                                             "runs/table4_smoke, never the committed table)")
-    p.add_argument("--smoke", action="store_true",
-                   help="seconds: a 4-step tiny mHC model, 2 examples per fixture task")
-    args = p.parse_args(argv)
-    from mhc import evaluate, tasks
+def score(args) -> tuple[dict, dict, str, str, int | None, int]:
+    """({kind: `mhc.evaluate.run` output}, {kind: checkpoint run dir}, tasks dir, out dir, limit,
+    max new tokens): every checkpoint scored on the task files (UsageError on bad flags)."""
+    from mhc import evaluate
+    runs = parse_runs(args.runs)
+    tasks_dir = args.tasks_dir or FIXTURES
+    files = task_files(tasks_dir)
+    limit, max_new, max_len = args.limit, args.max_new_tokens, args.max_len
+    out = args.out or (os.path.join(REPO, "runs", "table4_smoke") if args.smoke else RESULTS)
+    if args.smoke:
+        runs = runs or smoke_runs(out)
+        limit, max_new, max_len = limit or 2, min(max_new, 4), max_len or 128
+    runs = runs or default_runs(list(KINDS), verbose=True)
+    results = {}
+    for kind, run_dir in runs.items():
+        print(f"== {KINDS[kind]}: {run_dir}", flush=True)
+        results[kind] = evaluate.run(run_dir, files, shots=args.shots, limit=limit,
+                                     max_new_tokens=max_new, max_len=max_len,
+                                     verbose=not args.smoke)
+        print(evaluate.format_table(results[kind]), flush=True)
+    return results, runs, tasks_dir, out, limit, max_new
 
-    try:
-        runs = parse_runs(args.runs)
-        tasks_dir = args.tasks_dir or FIXTURES
-        files = task_files(tasks_dir)
-        limit, max_new, max_len = args.limit, args.max_new_tokens, args.max_len
-        out = args.out or (os.path.join(REPO, "runs", "table4_smoke") if args.smoke
-                           else common.RESULTS)
-        if args.smoke:
-            runs = runs or smoke_runs(out)
-            limit, max_new, max_len = limit or 2, min(max_new, 4), max_len or 128
-        runs = runs or default_runs(list(KINDS), verbose=True)
-        results = {}
-        for kind, run_dir in runs.items():
-            print(f"== {KINDS[kind]}: {run_dir}", flush=True)
-            results[kind] = evaluate.run(run_dir, files, shots=args.shots, limit=limit,
-                                         max_new_tokens=max_new, max_len=max_len,
-                                         verbose=not args.smoke)
-            print(evaluate.format_table(results[kind]), flush=True)
-    except (UsageError, tasks.TaskError) as e:
-        print(f"table4_downstream: error: {e}", file=sys.stderr)
-        return 2
-    fixtures = os.path.abspath(tasks_dir) == os.path.abspath(FIXTURES)
+
+def notes_for(results: dict, runs: dict, tasks_dir: str, limit, max_new: int,
+              fixtures: bool) -> str:
+    """What was scored, and with which settings, below the table."""
     steps = ", ".join(f"{KINDS[k]} {_show(runs[k])} step {r['step']}" for k, r in results.items())
     notes = [f"Columns: Baseline / HC / mHC, in percent. Checkpoints: {steps}. Tasks: "
              f"{_show(tasks_dir)} (limit {limit or 'none'}, max new tokens "
@@ -218,12 +215,22 @@ def main(argv=None) -> int:
                      "verses from the last 5 % of the training corpus, measure what such models "
                      "do learn. Run with --tasks-dir and your own benchmark files to fill the "
                      "benchmark rows.")
-    text = common.write("table4_downstream", "Table 4: downstream evaluation (paper: 27B models)",
-                        build_rows(results, fixtures), out,
-                        common.command_line("table4_downstream.py", argv),
-                        "\n\n".join(notes), list(runs.values()))
-    print(text, flush=True)
-    return 0
+    return "\n\n".join(notes)
+
+
+def main(argv=None) -> int:
+    args = flags.parser(__doc__, *FLAGS).parse_args(argv)
+    from mhc import tasks
+    try:
+        results, runs, tasks_dir, out, limit, max_new = score(args)
+    except (UsageError, tasks.TaskError) as e:
+        print(f"table4_downstream: error: {e}", file=sys.stderr)
+        return 2
+    fixtures = os.path.abspath(tasks_dir) == os.path.abspath(FIXTURES)
+    return publish("table4_downstream", "Table 4: downstream evaluation (paper: 27B models)",
+                   build_rows(results, fixtures), out, argv,
+                   notes_for(results, runs, tasks_dir, limit, max_new, fixtures),
+                   list(runs.values()))
 
 
 if __name__ == "__main__":

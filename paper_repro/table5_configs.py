@@ -18,14 +18,16 @@ import os
 import sys
 import time
 
-
-from paper_repro import common
-from paper_repro.common import Row, command_line, exact_verdict, write
+from study import flags, plots
+from study.report import RESULTS, publish
+from study.verdict import Row, exact_verdict
 
 TOLERANCE = 0.01
 TOL_CELL = f"tolerance {TOLERANCE:.0%}"
 PAPER_VOCAB = {"3b": 331e6, "9b": 496e6, "27b": 662e6, "3b-1t": 331e6}  # Table 5 vocab params
 ROUND = 128  # dense widths are rounded to a multiple of this
+# both scales count the full recipes (abstract shapes, seconds)
+FLAGS = ("table-scale", flags.flag("smoke", help="3b only, for tests"), "out")
 
 
 def count(name: str, residual: str) -> dict:
@@ -56,14 +58,11 @@ def rel(ours: float, paper: float) -> float:
 
 
 def plot(results, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.ticker import FormatStrFormatter
     names = list(results)
     x = np.arange(len(names))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plots.pyplot().subplots(1, 2, figsize=(10, 4))
     for ax, key in zip(axes, ("active", "total")):
         paper = [results[k]["paper"][0 if key == "active" else 1] / 1e9 for k in names]
         res = [results[k]["residual"][key] / 1e9 for k in names]
@@ -84,45 +83,54 @@ def plot(results, path):
         ax.legend(fontsize=7)
     fig.suptitle("Table 5: parameter counts, paper vs our recipes (label: residual vs paper)",
                  fontsize=10)
-    common.savefig(fig, path)
+    plots.savefig(fig, path)
+
+
+def recipe_rows(name: str, results: dict, errors: list[float]) -> list[Row]:
+    """The rows of recipe `name`: config, vocab, active and total counts of the residual and mHC
+    models, the derived dense width and mHC's overhead; its counts go to `results[name]` and
+    every count's relative error to `errors`."""
+    from mhc import recipes
+    rows = []
+    paper_active, paper_total = recipes.PAPER_TABLE5[name]
+    res, mhc = count(name, "residual"), count(name, "mhc")
+    results[name] = {"paper": (paper_active, paper_total), "residual": res, "mhc": mhc}
+    m = res["model"]
+    rows.append(Row(f"{name}: config", f"L={m.n_layers} (first dense), C={m.d_model}, "
+                    f"experts {m.n_routed_experts}+{m.n_shared_experts} shared "
+                    f"({m.n_active_experts} active), expert FFN {m.expert_ff}, "
+                    f"heads {m.n_heads}", "same (recipe)", "n/a"))
+    errors.append(rel(res["vocab"], PAPER_VOCAB[name]))
+    rows.append(Row(f"{name}: vocab params 2·V·C", f"{PAPER_VOCAB[name] / 1e6:.0f}M",
+                    f"{res['vocab'] / 1e6:.1f}M ({errors[-1]:+.2%})",
+                    exact_verdict(abs(errors[-1]) <= TOLERANCE, TOL_CELL)))
+    for kind, c in (("residual", res), ("mHC", mhc)):
+        for key, paper in (("active", paper_active), ("total", paper_total)):
+            e = rel(c[key], paper)
+            errors.append(e)
+            rows.append(Row(f"{name}: {key} params, {kind}", f"{paper / 1e9:.3g}B",
+                            f"{c[key] / 1e9:.4f}B ({e:+.2%})",
+                            exact_verdict(abs(e) <= TOLERANCE, TOL_CELL)))
+    width, exact, spread = derive_dense_ff(name, paper_active)
+    rows.append(Row(f"{name}: dense first-block FFN width", "not given",
+                    f"{exact:,.0f} ± {spread:,.0f} from the active count -> {width} "
+                    f"(recipe d_ff {res['d_ff']})",
+                    exact_verdict(width == res["d_ff"], f"equal after rounding to {ROUND}")))
+    over = mhc["total"] - res["total"]
+    rows.append(Row(f"{name}: mHC parameter overhead", "not given",
+                    f"+{over / 1e6:.2f}M total ({over / res['total']:.3%}), "
+                    f"+{(mhc['active'] - res['active']) / 1e6:.2f}M active", "n/a"))
+    return rows
 
 
 def main(argv=None) -> int:
-    # both scales count the full recipes (abstract shapes, seconds)
-    args = common.table_parser(__doc__, "3b only, for tests").parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS, out=RESULTS).parse_args(argv)
     from mhc import recipes
     start = time.perf_counter()
     names = ["3b"] if args.smoke else list(recipes.PAPER_TABLE5)
     results, rows, errors = {}, [], []  # errors: every count's relative error, for the summary
     for name in names:
-        paper_active, paper_total = recipes.PAPER_TABLE5[name]
-        res, mhc = count(name, "residual"), count(name, "mhc")
-        results[name] = {"paper": (paper_active, paper_total), "residual": res, "mhc": mhc}
-        m = res["model"]
-        rows.append(Row(f"{name}: config", f"L={m.n_layers} (first dense), C={m.d_model}, "
-                        f"experts {m.n_routed_experts}+{m.n_shared_experts} shared "
-                        f"({m.n_active_experts} active), expert FFN {m.expert_ff}, "
-                        f"heads {m.n_heads}", "same (recipe)", "n/a"))
-        errors.append(rel(res["vocab"], PAPER_VOCAB[name]))
-        rows.append(Row(f"{name}: vocab params 2·V·C", f"{PAPER_VOCAB[name] / 1e6:.0f}M",
-                        f"{res['vocab'] / 1e6:.1f}M ({errors[-1]:+.2%})",
-                        exact_verdict(abs(errors[-1]) <= TOLERANCE, TOL_CELL)))
-        for kind, c in (("residual", res), ("mHC", mhc)):
-            for key, paper in (("active", paper_active), ("total", paper_total)):
-                e = rel(c[key], paper)
-                errors.append(e)
-                rows.append(Row(f"{name}: {key} params, {kind}", f"{paper / 1e9:.3g}B",
-                                f"{c[key] / 1e9:.4f}B ({e:+.2%})",
-                                exact_verdict(abs(e) <= TOLERANCE, TOL_CELL)))
-        width, exact, spread = derive_dense_ff(name, paper_active)
-        rows.append(Row(f"{name}: dense first-block FFN width", "not given",
-                        f"{exact:,.0f} ± {spread:,.0f} from the active count -> {width} "
-                        f"(recipe d_ff {res['d_ff']})",
-                        exact_verdict(width == res["d_ff"], f"equal after rounding to {ROUND}")))
-        over = mhc["total"] - res["total"]
-        rows.append(Row(f"{name}: mHC parameter overhead", "not given",
-                        f"+{over / 1e6:.2f}M total ({over / res['total']:.3%}), "
-                        f"+{(mhc['active'] - res['active']) / 1e6:.2f}M active", "n/a"))
+        rows += recipe_rows(name, results, errors)
     worst = max(errors, key=abs)
     rows.append(Row(f"all parameter counts ({', '.join(names)}: vocab, active and total, residual "
                     "and mHC)", "Table 5", f"largest error {worst:+.2%} over {len(errors)} counts",
@@ -135,11 +143,10 @@ def main(argv=None) -> int:
         f"site. The dense width is the one unstated width; it is solved from the residual "
         f"model's active count (linear in d_ff) and rounded to {ROUND}. Runtime "
         f"{time.perf_counter() - start:.1f} s.")
-    text = write("table5_configs", "Paper Table 5: configurations and parameter counts", rows,
-                 args.out, command_line("table5_configs.py", argv), notes)
+    code = publish("table5_configs", "Paper Table 5: configurations and parameter counts", rows,
+                   args.out, argv, notes)
     plot(results, os.path.join(args.out, "table5_configs.png"))
-    print(text)
-    return 0
+    return code
 
 
 if __name__ == "__main__":

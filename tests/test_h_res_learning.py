@@ -183,7 +183,7 @@ def test_lite_logit_matches_sinkhorns_soft_identity():
 
 
 def test_choose_regime_rule():
-    from experiments.ablations import choose_regime
+    from study.ablations import choose_regime
     row = lambda loss, dist, err: {"eval_loss": loss, "dist_init_end": dist,  # noqa: E731
                                    "ds_col_err_max": err}
     summary = {"residual": row(1.0, 0.0, 0.0), "frozen": row(1.9, 0.001, 0.0),

@@ -1,14 +1,23 @@
 """The package's shape: no import cycles inside `mhc/` (function-local imports count: they only
 hide a cycle; so do the package `__init__`s an import runs), no module over 600 lines (250 in
-`mhc/manifolds/`, one family of manifolds a module), no `global` rebinding of module state."""
+`mhc/manifolds/`, one family of manifolds a module), no `global` rebinding of module state.
+
+And the scripts' shape: `experiments/`, `paper_repro/` and `benchmarks/` share code only through
+the study layer `study/` (none imports another of those folders, anywhere in its body; the layer
+imports none of them), every script's `main` is at most 40 lines (the work is in named
+functions), and no module there or in `study/` is over 600 lines."""
 import ast
 import os
 
 import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mhc")
+REPO = os.path.dirname(PACKAGE)
 MAX_LINES = 600
 MAX_LINES_UNDER = {"mhc.manifolds": 250}  # a package held to a tighter limit
+SCRIPT_FOLDERS = ("experiments", "paper_repro", "benchmarks")  # scripts, run as modules
+LAYER = "study"  # what the script folders share
+MAX_MAIN_LINES = 40
 
 
 def _modules() -> dict[str, str]:
@@ -107,6 +116,85 @@ def test_module_size_and_no_global_state(name):
     assert source.count("\n") <= limit, f"{name}: {source.count(chr(10))} lines (limit {limit})"
     rebinding = [n.lineno for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Global)]
     assert not rebinding, f"{name}: `global` at lines {rebinding}"
+
+
+# ------------------------------------------------------------------------ the script folders
+def _script_modules() -> dict[str, str]:
+    """{dotted name: path} of the modules of the study layer and of the script folders (flat
+    folders: their results/ subfolders hold no code)."""
+    out = {}
+    for folder in (LAYER, *SCRIPT_FOLDERS):
+        for f in sorted(os.listdir(os.path.join(REPO, folder))):
+            if f.endswith(".py"):
+                out[f"{folder}.{f[:-3]}".removesuffix(".__init__")] = os.path.join(REPO, folder, f)
+    return out
+
+
+def _folder_violations(name: str, source: str) -> list[str]:
+    """The imports in `source` (module `name`; top level or inside functions) that reach a script
+    folder other than the module's own: any of them from the layer, another one from a script
+    folder. A relative import that climbs out of the module's folder counts as one."""
+    own = name.split(".")[0]
+    banned = set(SCRIPT_FOLDERS) - {own}
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level > 1:
+                out.append(f"{name}:{node.lineno} imports from outside {own}/ (relative)")
+                continue
+            targets = [] if node.level else [node.module]
+        else:
+            continue
+        out += [f"{name}:{node.lineno} imports {t}" for t in targets if t.split(".")[0] in banned]
+    return out
+
+
+def _long_mains(source: str, limit: int = MAX_MAIN_LINES) -> list[str]:
+    """Every function `main` in `source` longer than `limit` lines (def line to its last)."""
+    return [f"main at line {n.lineno}: {n.end_lineno - n.lineno + 1} lines (limit {limit})"
+            for n in ast.walk(ast.parse(source))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == "main"
+            and n.end_lineno - n.lineno + 1 > limit]
+
+
+def _too_long(source: str, limit: int = MAX_LINES) -> str | None:
+    """Why `source` is over `limit` lines, or None."""
+    lines = source.count("\n")
+    return f"{lines} lines (limit {limit})" if lines > limit else None
+
+
+def test_the_script_checks_fail_on_a_violating_source():
+    crossing = ("import os\nfrom study import flags\nimport benchmarks\n\n\ndef f():\n"
+                "    from paper_repro.fig3_hc_amax import PAPER_SITES\n"
+                "    import experiments.common as c\n    from .. import x\n")
+    assert _folder_violations("experiments.x", crossing) == [
+        "experiments.x:3 imports benchmarks", "experiments.x:7 imports paper_repro.fig3_hc_amax",
+        "experiments.x:9 imports from outside experiments/ (relative)"]
+    assert _folder_violations("study.x", crossing)[1:3] == [
+        "study.x:7 imports paper_repro.fig3_hc_amax", "study.x:8 imports experiments.common"]
+    own_folder = "from paper_repro.fig3_hc_amax import PAPER_SITES\nfrom . import collect\n"
+    assert _folder_violations("paper_repro.fig8", own_folder) == []
+    long_main = "def main(argv=None):\n" + "    x = 1\n" * 40 + "    return x\n"
+    assert _long_mains(long_main) == ["main at line 1: 42 lines (limit 40)"]
+    assert _long_mains("def main():\n    return 0\n\n\ndef other():\n" + "    pass\n" * 50) == []
+    assert _too_long("x = 1\n" * 601) == "601 lines (limit 600)" and _too_long("x = 1\n") is None
+
+
+def test_the_layer_and_the_script_folders_are_found():
+    modules = _script_modules()
+    assert {"study", "study.verdict", "study.flags", "experiments.lr_sensitivity",
+            "paper_repro.collect", "benchmarks.step_time"} <= set(modules)
+    assert "experiments.common" not in modules and "paper_repro.common" not in modules
+
+
+@pytest.mark.parametrize("name", sorted(_script_modules()))
+def test_script_folders_share_code_only_through_the_layer(name):
+    source = open(_script_modules()[name]).read()
+    assert not _folder_violations(name, source)
+    assert not _long_mains(source), f"{name}: {_long_mains(source)}"
+    assert not _too_long(source), f"{name}: {_too_long(source)}"
 
 
 def test_oldest_constraints_pin_the_floors_of_pyproject():

@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import common
-from experiments import lr_sensitivity as lrs
 from mhc import connections, results
+from study import lr_grid as lrs
+from study import runs
 
-RECORDS = os.path.join(common.REPO, "experiments", "results", "lr_sensitivity", common.RECORDS)
+RECORDS = os.path.join(lrs.STUDY, runs.RECORDS)
 
 
 def _record(losses, final_eval, nonfinite=0, stride=1):
@@ -135,12 +135,12 @@ def test_every_committed_record_is_reused_by_the_extended_plan():
     on_disk = {f.removesuffix(results.SUFFIX).removesuffix(".json") for f in os.listdir(RECORDS)}
     assert on_disk and on_disk <= set(names)
     for name in sorted(on_disk):
-        assert common.recorded(os.path.join(RECORDS, f"{name}.json"), names[name]), name
+        assert runs.recorded(os.path.join(RECORDS, f"{name}.json"), names[name]), name
 
 
 # ------------------------------------------------------------------------------ the controls
 def _spec(kind):
-    cfg = common.make_config("tiny", [*lrs.KINDS[kind], *common.regime_overrides(lrs.KINDS[kind])])
+    cfg = runs.make_config("tiny", [*lrs.KINDS[kind], *runs.regime_overrides(lrs.KINDS[kind])])
     return cfg.model.connection_spec()
 
 
@@ -176,13 +176,15 @@ def test_hc_res_only_learns_h_res_alone():
     assert np.array_equal(np.asarray(maps.pre), np.full(maps.pre.shape, 0.25, np.float32))
     assert np.array_equal(np.asarray(maps.post), np.ones(maps.post.shape, np.float32))
     assert grads["res"] > 0 and grads["pre"] == 0 and grads["post"] == 0
-    assert common.regime_overrides(lrs.KINDS["hc_res_only"]) == ()  # HC takes no logit
-    assert common.regime_overrides(lrs.KINDS["identity_hc"]) == ()  # nor does H_res = I
+    assert runs.regime_overrides(lrs.KINDS["hc_res_only"]) == ()  # HC takes no logit
+    assert runs.regime_overrides(lrs.KINDS["identity_hc"]) == ()  # nor does H_res = I
 
 
 def test_unknown_kind_is_one_clear_line():
-    with pytest.raises(SystemExit, match="--kinds: unknown nope; allowed: .*identity_hc"):
-        lrs.main(["--kinds", "nope", "--only-finished"])
+    from experiments import lr_sensitivity
+    with pytest.raises(SystemExit, match="--kinds 'nope': expected a comma list of .*identity_hc"
+                                         ".*unknown: nope"):
+        lr_sensitivity.main(["--kinds", "nope", "--only-finished"])
 
 
 # ------------------------------------------------------------------ the depth law (bisection)

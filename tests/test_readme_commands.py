@@ -31,9 +31,9 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from experiments.common import SMOKE_OVERRIDES
 from mhc import cli, recipes
 from mhc.config import apply_overrides
+from study.runs import SMOKE_OVERRIDES
 from test_scripts import _load
 
 READMES = ("README.md", "experiments/README.md", "paper_repro/README.md", "notebooks/README.md",
@@ -54,7 +54,8 @@ RUN = {"mhc info": (), "mhc train --recipe tiny --residual mhc": SMOKE_OVERRIDES
 # Scripts without --smoke: parsed with the README's arguments alone.
 NO_SMOKE = {"paper_repro/collect.py": "trains nothing: it rebuilds paper_repro/README.md from the "
                                       "result tables (tests/test_scripts.py runs it)"}
-REPO_DIRS = ("mhc/", "experiments/", "paper_repro/", "benchmarks/", "notebooks/", "tests/")
+REPO_DIRS = ("mhc/", "study/", "experiments/", "paper_repro/", "benchmarks/", "notebooks/",
+             "tests/")
 SCRIPT_PACKAGES = ("experiments", "paper_repro", "benchmarks")  # run as `python -m <pkg>.<script>`
 INLINE = re.compile(r"python \S+\.py( .+)?|(python -m )?mhc (\w+ .+|info)|"
                     r"python -m (%s)\.\w+( .+)?" % "|".join(SCRIPT_PACKAGES))

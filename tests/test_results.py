@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from experiments import common
 from mhc import metrics, results, train
 from mhc.config import extend
+from study import runs
 from trainkit import REPO, column, events, tiny_config
 
 LIMIT_TOTAL = 15_000_000  # bytes: the working tree's committed results (issue 26)
@@ -35,10 +35,10 @@ def test_the_loader_reads_plain_and_compressed_alike_and_prefers_plain(tmp_path)
     assert [r["loss"] for r in again] == [r["loss"] for r in rows]
     path.write_text('{"step": 1, "loss": 2.0}\n')  # a run in progress writes plain: it wins
     assert metrics.read_jsonl(path) == [{"step": 1, "loss": 2.0}]
-    record = tmp_path / common.RECORDS / "r.json"
-    common.write_record(str(record), {"overrides": ["a=1"], "rows": [{"x": 0.5}]})
+    record = tmp_path / runs.RECORDS / "r.json"
+    runs.write_record(str(record), {"overrides": ["a=1"], "rows": [{"x": 0.5}]})
     assert not record.exists() and results.read_json(record)["rows"] == [{"x": 0.5}]
-    assert common.recorded(str(record), ["a=1"]) and common.recorded(str(record), ["a=2"]) is None
+    assert runs.recorded(str(record), ["a=1"]) and runs.recorded(str(record), ["a=2"]) is None
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         metrics.read_jsonl(tmp_path / "missing.jsonl")
 
@@ -98,16 +98,16 @@ def test_a_rewritten_record_keeps_its_bytes(tmp_path):
     wrote with other settings), so `git status` stays clean."""
     record = {"overrides": ["lr=0.01"], "provenance": [], "events": {"loss_spike": 0},
               "rows": [{"step": s, "loss": 1.0 / s} for s in range(1, 200)]}
-    path = str(tmp_path / common.RECORDS / "run.json")
-    common.write_record(path, record)
+    path = str(tmp_path / runs.RECORDS / "run.json")
+    runs.write_record(path, record)
     first = open(path + ".xz", "rb").read()
-    common.write_record(path, record)
+    runs.write_record(path, record)
     assert open(path + ".xz", "rb").read() == first
     other = lzma.compress(results.json_text(record).encode(), preset=9 | lzma.PRESET_EXTREME)
     open(path + ".xz", "wb").write(other)
-    common.write_record(path, record)
+    runs.write_record(path, record)
     assert open(path + ".xz", "rb").read() == other
-    common.write_record(path, {**record, "overrides": ["lr=0.1"]})  # new content: rewritten
+    runs.write_record(path, {**record, "overrides": ["lr=0.1"]})  # new content: rewritten
     assert results.read_json(path)["overrides"] == ["lr=0.1"]
 
 
@@ -135,7 +135,7 @@ def test_cat_prints_a_stored_file(tmp_path, capsys):
 
 
 def test_the_studies_records_folder_is_the_one_compressed():
-    assert common.RECORDS == results.RECORDS
+    assert runs.RECORDS == results.RECORDS
 
 
 def _committed_results() -> list[str]:

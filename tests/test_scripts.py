@@ -12,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(relative_path):
-    spec = importlib.util.spec_from_file_location("study", os.path.join(REPO, relative_path))
+    spec = importlib.util.spec_from_file_location("script", os.path.join(REPO, relative_path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -102,7 +102,7 @@ def test_paper_repro_stability_figures_smoke(tmp_path):
     text = readme.read_text()
     assert "![Fig. 8: H_res heatmaps" in text
     assert "| 2 yes, 2 inconclusive |" in text  # Fig. 7: 2 by construction, 2 from one seed
-    assert text.count(collect.common.RULE) == 1  # the rule once, not once per table
+    assert text.count(collect.RULE) == 1  # the rule once, not once per table
     assert "| Table 5: configurations and parameter counts |" in text
 
 

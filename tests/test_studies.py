@@ -9,14 +9,17 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from experiments import ablations, common, scaling
+from experiments import ablations as ablations_study
+from experiments import scaling as scaling_study
 from mhc import results
 from paper_repro import fig6_scaling, table1_hc_ablation
+from study import ablations, scaling
+from study import runs as store
 
 
 # ------------------------------------------------------------------------------ planned runs
 def test_ablation_plan_covers_every_axis_with_a_shared_default(tmp_path):
-    jobs = ablations.plan(list(ablations.AXES), (0,), common.MICRO_OVERRIDES, runs_root=tmp_path)
+    jobs = ablations.plan(list(ablations.AXES), (0,), store.MICRO_OVERRIDES, runs_root=tmp_path)
     by_axis = {}
     for axis, label, _, cfg, run_dir in jobs:
         by_axis.setdefault(axis, {})[label] = (cfg.model, run_dir)
@@ -44,17 +47,17 @@ def test_ablation_plan_covers_every_axis_with_a_shared_default(tmp_path):
 
 
 def test_run_dir_is_a_function_of_the_config():
-    a = common.make_config("tiny", [*common.MICRO_OVERRIDES, "residual=mhc", "seed=1"])
-    b = common.make_config("tiny", [*common.MICRO_OVERRIDES, "dynamic=true", "seed=1"])
-    c = common.make_config("tiny", [*common.MICRO_OVERRIDES, "sinkhorn_iters=5", "seed=1"])
-    assert common.run_dir_for(a) == common.run_dir_for(b) != common.run_dir_for(c)
+    a = store.make_config("tiny", [*store.MICRO_OVERRIDES, "residual=mhc", "seed=1"])
+    b = store.make_config("tiny", [*store.MICRO_OVERRIDES, "dynamic=true", "seed=1"])
+    c = store.make_config("tiny", [*store.MICRO_OVERRIDES, "sinkhorn_iters=5", "seed=1"])
+    assert store.run_dir_for(a) == store.run_dir_for(b) != store.run_dir_for(c)
 
 
 def test_bad_axis_and_seeds_are_named():
     with pytest.raises(SystemExit, match="bogus"):
-        ablations.main(["--axis", "bogus", "--dry-run"])
+        ablations_study.main(["--axis", "bogus", "--dry-run"])
     with pytest.raises(SystemExit, match="x,1"):
-        ablations.main(["--seeds", "x,1", "--dry-run"])
+        ablations_study.main(["--seeds", "x,1", "--dry-run"])
 
 
 def test_table1_paper_scale_builds_the_27b_variants(capsys):
@@ -80,17 +83,17 @@ def test_fig6_paper_scale_builds_the_ladder_and_the_1t_pair(capsys):
 
 def test_micro_ladder_keeps_the_shape_family(tmp_path):
     points = scaling.micro_points()
-    cfgs = [common.make_config(r, ov).model for r, ov in points.values()]
+    cfgs = [store.make_config(r, ov).model for r, ov in points.values()]
     assert len(cfgs) >= 3
     assert {c.d_model / c.n_layers for c in cfgs} == {16.0}
     assert {c.d_model // c.n_heads for c in cfgs} == {16}
-    computes = [scaling.compute(common.make_config(r, ov)) for r, ov in points.values()]
+    computes = [scaling.compute(store.make_config(r, ov)) for r, ov in points.values()]
     assert computes == sorted(computes) and computes[0] > 0
     # mHC in the study regime (H_res can learn), the residual untouched, the paper as it is
     jobs = scaling.ladder_plan(points, (0,), tmp_path)
     assert {kind: cfg.model.res_offdiag_logit for _, kind, _, cfg, _ in jobs}["mhc"] == -2.0
     paper = scaling.kind_config("3b", [], "mhc", 0, regime=())
-    assert paper.model.res_offdiag_logit == common.make_config("3b", []).model.res_offdiag_logit
+    assert paper.model.res_offdiag_logit == store.make_config("3b", []).model.res_offdiag_logit
 
 
 # ---------------------------------------------------------------------------- summary arithmetic
@@ -121,8 +124,8 @@ def test_token_gap_and_moving_average():
 @pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_ablations_and_table1_smoke(tmp_path):
     runs = str(tmp_path / "runs")
-    assert ablations.main(["--smoke", "--axis", "manifold", "--out", str(tmp_path / "abl"),
-                           "--runs", runs]) == 0
+    assert ablations_study.main(["--smoke", "--axis", "manifold", "--out",
+                                 str(tmp_path / "abl"), "--runs", runs]) == 0
     summary = json.loads((tmp_path / "abl" / "summary.json").read_text())["summary"]["manifold"]
     assert list(summary) == ["residual", "sinkhorn", "mhc_lite"]
     assert summary["residual"]["gap"] == 0.0
@@ -131,8 +134,8 @@ def test_ablations_and_table1_smoke(tmp_path):
     assert (tmp_path / "abl" / "ablations.png").stat().st_size > 0
     assert "| residual | 1 |" in (tmp_path / "abl" / "summary.md").read_text()
     # --only-finished tabulates what exists (the shared default point) and names what is missing
-    assert ablations.main(["--smoke", "--axis", "manifold,dynamic", "--only-finished", "--out",
-                           str(tmp_path / "abl2"), "--runs", runs]) == 0
+    assert ablations_study.main(["--smoke", "--axis", "manifold,dynamic", "--only-finished",
+                                 "--out", str(tmp_path / "abl2"), "--runs", runs]) == 0
     assert len(os.listdir(runs)) == 3
     md = (tmp_path / "abl2" / "summary.md").read_text()
     assert "**dynamic** (default)" in md and "Not run yet" in md and "dynamic=static seed 0" in md
@@ -150,7 +153,7 @@ def test_ablations_and_table1_smoke(tmp_path):
 @pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
 def test_scaling_and_fig6_smoke(tmp_path):
     runs = str(tmp_path / "runs")
-    assert scaling.main(["--smoke", "--out", str(tmp_path / "sc"), "--runs", runs]) == 0
+    assert scaling_study.main(["--smoke", "--out", str(tmp_path / "sc"), "--runs", runs]) == 0
     data = json.loads((tmp_path / "sc" / "summary.json").read_text())
     assert list(data["ladder"]) == list(scaling.SMOKE_LADDER)
     assert data["ladder"]["xs"]["compute_flops"] < data["ladder"]["s"]["compute_flops"]
@@ -182,7 +185,7 @@ def test_committed_records_are_not_gitignored():
     if shutil.which("git") is None or not os.path.isdir(os.path.join(REPO, ".git")):
         pytest.skip("not a git checkout")
     for study in ("lr_sensitivity", "long_run", "h_res_regime", "ablations_stress"):
-        for sub in (common.RECORDS, "trained"):
+        for sub in (store.RECORDS, "trained"):
             for path in (f"experiments/results/{study}/{sub}/x-s0.json",
                          f"experiments/results/{study}/{sub}/x-s0.json.xz"):
                 ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO).returncode
@@ -190,7 +193,7 @@ def test_committed_records_are_not_gitignored():
 
 
 def test_lr_sensitivity_arithmetic():
-    from experiments import lr_sensitivity as lrs
+    from study import lr_grid as lrs
     ok = lrs.run_metrics(_record([5.5, 3.0, 2.0]))
     assert not ok["diverged"] and ok["initial_loss"] == 5.5 and ok["eval_loss"] == 2.0
     assert lrs.run_metrics(_record([5.5, 6.0, 7.0]))["diverged"]  # ends above the start
@@ -213,12 +216,12 @@ def test_lr_sensitivity_arithmetic():
 
 
 def test_regime_overrides_apply_only_where_they_mean_something():
-    assert common.regime_overrides(("residual=residual",)) == ()
-    assert common.regime_overrides(("residual=hc",), common.STRESS_REGIME) == (
+    assert store.regime_overrides(("residual=residual",)) == ()
+    assert store.regime_overrides(("residual=hc",), store.STRESS_REGIME) == (
         "connection_lr_mult=10",)
-    assert common.regime_overrides(("residual=mhc",)) == common.STUDY_REGIME
-    lite = common.regime_overrides(("residual=mhc_lite",))
-    assert lite[0].startswith("res_offdiag_logit=") and lite != common.STUDY_REGIME
+    assert store.regime_overrides(("residual=mhc",)) == store.STUDY_REGIME
+    lite = store.regime_overrides(("residual=mhc_lite",))
+    assert lite[0].startswith("res_offdiag_logit=") and lite != store.STUDY_REGIME
 
 
 @pytest.mark.slow  # a whole script or several processes: left out of the oldest-stack CI run
@@ -256,7 +259,7 @@ def test_variants_plan_regimes_and_smoke(tmp_path):
     diagonal, go-mHC without one); the smoke run writes the table, the figure and the costs."""
     from mhc import manifolds
     from experiments import variants
-    jobs = variants.plan((0, 1), common.MICRO_OVERRIDES, runs_root=str(tmp_path))
+    jobs = variants.plan((0, 1), store.MICRO_OVERRIDES, runs_root=str(tmp_path))
     labels = {label for label, *_ in jobs}
     assert labels == {v[0] for v in variants.VARIANTS} | {v[0] for v in variants.WIDE}
     assert len(jobs) == 2 * len(labels)

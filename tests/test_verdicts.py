@@ -1,4 +1,4 @@
-"""The one verdict rule of paper_repro (paper_repro/common.py: seeded_verdict, exact_verdict,
+"""The one verdict rule of paper_repro (study/verdict.py: seeded_verdict, exact_verdict,
 all_of), the callers that apply a tolerance, and the top-level README's reproduced table, which
 must equal what paper_repro/collect.py generates from the committed results."""
 import math
@@ -9,14 +9,13 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-from experiments import scaling
-from paper_repro import (collect, common, fig6_scaling, table1_hc_ablation,
-                         table3_recompute)
-from paper_repro.common import all_of, exact_verdict, seeded_verdict
+from paper_repro import collect, fig6_scaling, table1_hc_ablation, table3_recompute
+from study import report, scaling, verdict
+from study.verdict import all_of, exact_verdict, seeded_verdict
 
 
 def word(cell):
-    return common.verdict_word(cell)
+    return verdict.verdict_word(cell)
 
 
 # ------------------------------------------------------------------------- seeded_verdict
@@ -40,11 +39,11 @@ def test_paired_t_matches_the_closed_form_student_t():
         n = len(values)
         mean = sum(values) / n
         sd = math.sqrt(sum((x - mean) ** 2 for x in values) / (n - 1))
-        t, df, p = common.paired_t(values)
+        t, df, p = verdict.paired_t(values)
         assert t == pytest.approx(mean / (sd / math.sqrt(n)), rel=1e-12) and df == n - 1
         assert p == pytest.approx(_two_sided_p(t, df), rel=1e-9)
     # values 1, 2, 3: t = 2 sqrt(3) on 2 df, p = 1 - 2 sqrt(3) / sqrt(14) = 0.074
-    assert common.paired_t([1, 2, 3])[2] == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14))
+    assert verdict.paired_t([1, 2, 3])[2] == pytest.approx(1 - 2 * math.sqrt(3) / math.sqrt(14))
 
 
 def test_p_below_005_says_yes_or_no_by_the_sign_of_the_mean():
@@ -113,7 +112,7 @@ def test_seeded_verdict_properties_over_random_samples():
         assert word(seeded_verdict(v, -sign)) == swapped[word(got)]
         assert word(seeded_verdict(-v, sign)) == swapped[word(got)]
         if word(got) == "yes":
-            assert n >= 3 and np.sign(v.mean()) == sign and common.paired_t(v)[2] < 0.05
+            assert n >= 3 and np.sign(v.mean()) == sign and verdict.paired_t(v)[2] < 0.05
 
 
 def test_sign_must_be_plus_or_minus_one():
@@ -150,19 +149,19 @@ def test_all_of_needs_every_part():
 def test_verdict_cells_outside_the_rule_are_refused(tmp_path):
     for cell in ("partly", "within noise", "mechanism yes", ""):
         with pytest.raises(ValueError, match="must start with"):
-            common.verdict_word(cell)
+            verdict.verdict_word(cell)
     with pytest.raises(ValueError, match="partly"):
-        common.write("t", "T", [common.Row("q", "p", "o", "partly: above 1")], str(tmp_path),
+        report.write("t", "T", [verdict.Row("q", "p", "o", "partly: above 1")], str(tmp_path),
                      "python x")
 
 
 def test_write_names_the_runs_read_and_prints_the_rule(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    text = common.write("t", "T", [common.Row("q", "p", "o", "n/a")], str(tmp_path / "out"),
+    text = report.write("t", "T", [verdict.Row("q", "p", "o", "n/a")], str(tmp_path / "out"),
                         "python x", run_dirs=[str(run)])
     assert "Runs read: 1, trained at commits: unrecorded (1)." in text
-    assert common.RULE in text.splitlines()
+    assert verdict.RULE in text.splitlines()
 
 
 # ------------------------------------------------------------------- Table 1 on the rule
@@ -227,7 +226,7 @@ def test_readme_reproduced_table_is_what_collect_generates():
     (or when the README's generated region was edited by hand)."""
     with open(os.path.join(REPO, "README.md")) as f:
         readme = f.read()
-    assert collect.region(readme) == collect.region_text(common.RESULTS)
+    assert collect.region(readme) == collect.region_text(report.RESULTS)
 
 
 def test_write_region_replaces_only_the_region(tmp_path):
@@ -239,7 +238,7 @@ def test_write_region_replaces_only_the_region(tmp_path):
     text = top.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{collect.REGION_END}\nrest\n")
     assert "hand-typed" not in text and "not run yet: `python -m paper_repro.fig8_heatmaps`" in text
-    common.write("fig8_heatmaps", "Fig. 8", [common.Row("renamed quantity", "p", "o", "n/a")],
+    report.write("fig8_heatmaps", "Fig. 8", [verdict.Row("renamed quantity", "p", "o", "n/a")],
                  str(results), "python x")
     with pytest.raises(ValueError, match="0 rows start with"):
         collect.write_region(str(top), str(results))

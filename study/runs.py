@@ -1,21 +1,20 @@
-"""Shared plumbing of the studies: train a config once (or reuse a finished run with the same
-config), seeds, mean and spread, provenance of the numbers.
+"""The run store of the studies: train a config once (or reuse a finished run of the same
+config, or resume an interrupted one), one directory per distinct config, the compact committed
+record of a finished run, and the configs the studies share (the smoke and micro overrides, the
+H_res regimes of the CPU studies).
 
-Scripts in `experiments/` and `paper_repro/` import this as `experiments.common`; they run as
-modules from the repository root (`python -m experiments.<study>`), which puts the root on
-`sys.path`.
+Run directories hold `config.json`, `provenance.json`, `metrics.jsonl` (one row per logged step;
+compressed to `.xz` once finished, `mhc.results`) and, for configs that checkpoint, the final
+checkpoint (not committed).
 """
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
 import shutil
 
-import numpy as np
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from study import REPO
 
 # Few-second wiring check used by every study's --smoke (tiny widths, 4 steps, no checkpoint).
 SMOKE_OVERRIDES = ("n_layers=2", "d_model=32", "n_heads=2", "d_ff=64", "seq_len=32",
@@ -150,86 +149,11 @@ def recorded(path: str, overrides) -> dict | None:
 
 
 def write_record(path: str, record: dict) -> None:
-    """Store a compact record (`compact_run`) at `path` + ".xz", as `write_json` would write it;
-    a record that would not change is left as it is (a reused run keeps git clean)."""
+    """Store a compact record (`compact_run`) at `path` + ".xz", as `study.report.write_json`
+    would write it; a record that would not change is left as it is (a reused run keeps git
+    clean)."""
     from mhc import results
     results.write_json(path, record, default=float)
-
-
-def final_metrics(rows: list[dict]) -> dict:
-    """Last training loss, last eval loss (NaN if none) and the step of both."""
-    evals = [r for r in rows if "eval_loss" in r]
-    return {"loss": rows[-1]["loss"], "eval_loss": evals[-1]["eval_loss"] if evals else np.nan,
-            "step": rows[-1]["step"]}
-
-
-def tail_loss(rows: list[dict], fraction: float = 0.1) -> float:
-    """Mean training loss over the last `fraction` of logged steps (less noisy than the last)."""
-    losses = [r["loss"] for r in rows]
-    k = max(1, int(round(len(losses) * fraction)))
-    return float(np.mean(losses[-k:]))
-
-
-H_RES_MOVEMENT = ("offdiag_start", "offdiag_end", "offdiag_end_max", "dist_init_end",
-                  "entropy_end", "token_std_end")
-
-
-def h_res_movement(rows: list[dict]) -> dict:
-    """Did H_res learn? Depth-mean off-diagonal mass (1 - mean diagonal) at the first and last
-    logged step, the worst site's at the end, distance from the initial map, row entropy and
-    token spread at the end (NaN where the run predates these metrics)."""
-    def value(row, key):
-        if key == "h_res_offdiag" and key not in row and "h_res_diag_mean" in row:
-            return 1.0 - row["h_res_diag_mean"]  # the same quantity, logged by older runs
-        return row.get(key, np.nan)
-    first, last = rows[0], rows[-1]
-    return {"offdiag_start": value(first, "h_res_offdiag"),
-            "offdiag_end": value(last, "h_res_offdiag"),
-            "offdiag_end_max": value(last, "h_res_offdiag_max"),
-            "dist_init_end": value(last, "h_res_dist_init"),
-            "entropy_end": value(last, "h_res_entropy"),
-            "token_std_end": value(last, "h_res_token_std")}
-
-
-def mean_spread(values) -> tuple[float, float]:
-    """(mean, sample standard deviation; 0 for a single value)."""
-    v = np.asarray(list(values), float)
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
-def provenance(run_dirs=()) -> dict:
-    """Date, commit (with the dirty flag), device and JAX version (compiled memory and cost depend
-    on the XLA release) of the numbers a script writes, and the commits the runs it reads were
-    trained at (`runs_commits`; "unrecorded" for old runs)."""
-    import jax
-
-    from mhc import rundir
-    version = rundir.source_version()
-    commit = version["commit"] + ("+dirty" if version["dirty"] else "")
-    meta = {"date": datetime.date.today().isoformat(), "commit": commit,
-            "device": rundir.machine(), "jax": jax.__version__}
-    if run_dirs:
-        meta["runs_commits"] = runs_commits(run_dirs)
-    return meta
-
-
-def runs_commits(run_dirs=(), records=()) -> str:
-    """The distinct training commits of `run_dirs` and of compact `records` (`compact_run`) with
-    how many runs each, e.g. "abc123 (6)"."""
-    from collections import Counter
-
-    from mhc import rundir
-    counts = Counter([rundir.run_commit(d) for d in run_dirs]
-                     + [rundir.provenance_commit(r["provenance"]) for r in records])
-    return ", ".join(f"{c} ({n})" for c, n in sorted(counts.items()))
-
-
-def write_json(path: str, obj) -> None:
-    """Write `obj` as JSON, atomically (a reader - or a copy taken while a study runs - never
-    sees half a file); NumPy scalars become floats."""
-    from mhc.rundir import write_json_atomic
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    write_json_atomic(path, obj, default=float)
 
 
 # The "micro" config of the ablation, Table 1 and scaling studies (tiny recipe at width 64, 4 blocks,
@@ -243,7 +167,7 @@ RUNS = os.path.join(REPO, "experiments", "results", "trained")
 
 # The H_res regime of the CPU studies that need H_res to learn (LR sensitivity, the long run):
 # chosen by measurement with `python -m experiments.ablations --axis h_res_regime` and the rule
-# in `ablations.choose_regime` (results and the reason in experiments/README.md).
+# in `study.ablations.choose_regime` (results and the reason in experiments/README.md).
 STUDY_REGIME = ("res_offdiag_logit=-2",)
 # where the finite Sinkhorn's column error is large (the ablations of t_max, convention and
 # manifold are re-run there): the soft identity with the connections' LR x10
@@ -305,14 +229,7 @@ def enable_compile_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-def write_report(path: str, lines, missing=()) -> str:
-    """Write a Markdown report (lines joined by newlines) to `path`, print it, return the text.
-    `missing`: runs an `--only-finished` table left out, listed under it."""
-    if missing:
-        lines = [*lines, "Not run yet (`--only-finished`): " + ", ".join(missing) + ".", ""]
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-    print(text)
-    return text
+def runs_root(runs: str | None, out: str, smoke: bool, default: str = RUNS) -> str:
+    """Where a study's runs train: `--runs` when given, OUT/trained under --smoke (a wiring check
+    never touches the committed runs), else the study's `default`."""
+    return runs or (os.path.join(out, "trained") if smoke else default)
