@@ -23,7 +23,7 @@ mhc_soft (the verdict rule of `study.verdict`): does the kind keep more of the m
 part (log10 composite gain at the end), and does it reach a lower eval loss? Writes
 `experiments/results/diversity/`.
 
-    python -m experiments.diversity                   # 3 seeds; finished runs are reused
+    python -m experiments.diversity                   # 5 seeds; finished runs are reused
     python -m experiments.diversity --only-finished   # tabulate the records, train nothing
     python -m experiments.diversity --smoke --out /tmp/diversity
 """
@@ -51,7 +51,7 @@ KINDS = {"mhc_soft": (MHC, True), "mhc_hard": (MHC, False),
 REFERENCE = "mhc_soft"
 DEPTH = 12  # blocks: 24 sites, the composite the audit measured
 LR = 0.00215  # the best LR of HC, identity-HC and the residual at 30 blocks (LR-sensitivity study)
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2, 3, 4)
 COLLAPSED = 1e-2  # a composite mean-zero gain below this has averaged the streams into one
 KEYS = ("res_mz_gain_max", "composite_mz_gain", "stream_diversity")
 FLAGS = (flags.kinds(KINDS, help=f"comma list of: {', '.join(KINDS)}"),
@@ -85,6 +85,7 @@ def run_metrics(record: dict) -> dict:
     rows = record["rows"]
     out = {"eval_loss": lr_grid.run_metrics(record)["eval_loss"],
            "unstable": lr_grid.run_metrics(record)["unstable"],
+           "offdiag_start": rows[0].get("h_res_offdiag", math.nan),
            "offdiag_end": rows[-1].get("h_res_offdiag", math.nan)}
     for key in KEYS:
         logged = [r[key] for r in rows if key in r]
@@ -102,8 +103,8 @@ def table(metrics: dict, kinds, seeds) -> list[str]:
     ref = {s: metrics[(REFERENCE, s)] for s in seeds if (REFERENCE, s) in metrics}
     lines = ["| kind | seeds | composite mz gain start | composite mz gain end | worst site mz "
              "gain end | stream diversity start | stream diversity end | collapsed (end < "
-             f"{COLLAPSED:g}) | eval loss | keeps more than {REFERENCE}? (log10 composite end) "
-             f"| eval loss below {REFERENCE}? |", "|---|" + "---|" * 10]
+             f"{COLLAPSED:g}) | H_res off-diagonal mass start → end | eval loss | keeps more than {REFERENCE}? (log10 composite end) "
+             f"| eval loss below {REFERENCE}? |", "|---|" + "---|" * 11]
     for kind in kinds:
         runs = {s: metrics[(kind, s)] for s in seeds if (kind, s) in metrics}
         if not runs:
@@ -123,7 +124,8 @@ def table(metrics: dict, kinds, seeds) -> list[str]:
         lines.append(f"| {kind} | {len(runs)} | {col('composite_mz_gain_start')} | "
                      f"{col('composite_mz_gain_end')} | {col('res_mz_gain_max_end')} | "
                      f"{col('stream_diversity_start')} | {col('stream_diversity_end')} | "
-                     f"{collapsed}/{len(runs)} | {col('eval_loss', '.4f')} | {keeps} | {below} |")
+                     f"{collapsed}/{len(runs)} | {col('offdiag_start')} → {col('offdiag_end')} | "
+                     f"{col('eval_loss', '.4f')} | {keeps} | {below} |")
     return lines
 
 
