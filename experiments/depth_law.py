@@ -32,6 +32,7 @@ import sys
 import numpy as np
 
 from study import flags, lr_grid
+from study.lr_grid import GRID, bisect_edge, seed_edges  # noqa: F401  (read as depth_law.*)
 from study.report import provenance, write_report
 from study.runs import RECORDS, enable_compile_cache, runs_root
 
@@ -39,8 +40,6 @@ KINDS = ("residual", "hc", "mhc", "identity_hc")
 DEPTHS = (6, 12, 30, 60)
 SEEDS = (0, 1, 2, 3, 4)
 PAPER_DEPTH = 30  # blocks (60 sites)
-ABOVE = (2.15, 4.64, 10.0)  # the sweep's grid continued in thirds of a decade
-GRID = (*lr_grid.LRS, *ABOVE)
 FLAGS = (flags.kinds(lr_grid.KINDS, default=",".join(KINDS)),
          flags.flag("depths", default=",".join(map(str, DEPTHS)), help=None),
          flags.flag("seeds", default=",".join(map(str, SEEDS)), help=None),
@@ -48,20 +47,6 @@ FLAGS = (flags.kinds(lr_grid.KINDS, default=",".join(KINDS)),
          flags.flag("runs", help="where runs train (default runs/lr_sensitivity)"),
          flags.flag("only-finished", help="train nothing"),
          flags.flag("smoke", help="tiny models, 4 steps: wiring check"))
-
-
-def bisect_edge(n: int, stable) -> tuple[int, list[int]]:
-    """(largest index i in [-1, n - 1] with `stable(i)` true, assuming stable(j) for every j <= i
-    and unstable above; -1: none; the indices asked, in order)."""
-    lo, hi, asked = -1, n, []
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        asked.append(mid)
-        if stable(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, asked
 
 
 def monotone_violations(curve: dict[float, dict]) -> list[float]:
@@ -93,26 +78,6 @@ def edge_fit(edges: dict[int, list[float]]) -> dict:
             "at_paper_depth": float(10 ** (a + b * math.log10(PAPER_DEPTH))), "points": len(pts)}
 
 
-def seed_edges(metrics: dict, kind: str, depth: int, grid) -> dict[int, float]:
-    """{seed: largest stable LR} from the runs there are; a seed whose bisection is unfinished
-    is left out. Edges at the grid's ends are +inf (stable at the top) / -inf (none stable)."""
-    out = {}
-    for seed in sorted({s for k, d, _, s in metrics if (k, d) == (kind, depth)}):
-        runs = {lr: m for (k, d, lr, s), m in metrics.items() if (k, d, s) == (kind, depth, seed)}
-        known = True
-
-        def stable(i):
-            nonlocal known
-            if grid[i] not in runs:
-                known = False
-                return False
-            return not runs[grid[i]]["unstable"]
-        i, _ = bisect_edge(len(grid), stable)
-        if known:
-            out[seed] = math.inf if i == len(grid) - 1 else (-math.inf if i < 0 else grid[i])
-    return out
-
-
 def run(kinds, depths, seeds, grid, out: str, runs_root: str, smoke=False, train=True) -> dict:
     """Bisect every (kind, depth, seed), training what is missing; {(kind, depth): {seed: edge}}
     and the metrics read."""
@@ -135,10 +100,16 @@ def run(kinds, depths, seeds, grid, out: str, runs_root: str, smoke=False, train
                     return not m[(kind, depth, grid[i], seed)]["unstable"]
                 bisect_edge(len(grid), stable)
     edges = {(k, d): seed_edges(metrics, k, d, grid) for k in kinds for d in depths}
-    return {"edges": edges, "metrics": metrics}
+    # the swept curves (where the LR-sensitivity study ran every grid point): bisection's check
+    swept, _, _ = lr_grid.load(records_dir, lr_grid.plan(kinds, depths, lr_grid.LRS, seeds,
+                                                         smoke=smoke, runs_root=""))
+    return {"edges": edges, "metrics": {**swept, **metrics}}
 
 
-def table(edges: dict, kinds, depths, grid) -> list[str]:
+def table(edges: dict, kinds, depths, grid, lowest=None) -> list[str]:
+    """`lowest`: {(kind, depth, seed): the swept curve's largest stable LR} where the curve breaks
+    monotonicity (bisection then found a higher edge): shown beside the bisection's edge."""
+    lowest = lowest or {}
     fmt = lambda e: ("> top" if e == math.inf else "< bottom" if e == -math.inf  # noqa: E731
                      else f"{e:g}")
     lines = ["| kind | " + " | ".join(f"{d} blocks" for d in depths)
@@ -147,7 +118,9 @@ def table(edges: dict, kinds, depths, grid) -> list[str]:
     for kind in kinds:
         by_depth = {d: list(edges[(kind, d)].values()) for d in depths}
         fit = edge_fit(by_depth)
-        cells = [", ".join(fmt(e) for e in by_depth[d]) or "–" for d in depths]
+        cells = [", ".join(fmt(e) + (f" (swept: {fmt(lowest[(kind, d, s)])})"
+                                     if lowest.get((kind, d, s), e) != e else "")
+                           for s, e in edges[(kind, d)].items()) or "–" for d in depths]
         lines.append(f"| {kind} | " + " | ".join(cells) + f" | {fit['slope']:+.2f} ± "
                      f"{fit['slope_se']:.2f} ({fit['points']} points) | "
                      f"{fit['at_paper_depth']:.3g} |")
@@ -162,6 +135,10 @@ def report_lines(result: dict, kinds, depths, seeds, grid) -> list[str]:
         curves.setdefault((k, d, s), {})[lr] = m
     swept = {key: c for key, c in curves.items() if set(c) >= set(lr_grid.LRS)}
     violations = {key: v for key, c in swept.items() if (v := monotone_violations(c))}
+    lowest = {}
+    for key in violations:  # the lowest edge of a non-monotone curve: stable up to it
+        below = [lr for lr in sorted(swept[key]) if swept[key][lr]["unstable"]][0]
+        lowest[key] = max((lr for lr in swept[key] if lr < below), default=-math.inf)
     meta = provenance()
     return ["# Depth law of stability: largest stable LR by bisection", "",
             f"{meta['date']}, commit {meta['commit']}, {meta['device']}, jax {meta['jax']}. "
@@ -169,7 +146,9 @@ def report_lines(result: dict, kinds, depths, seeds, grid) -> list[str]:
             f"{', '.join(map(str, grid))}; seeds {list(seeds)}. Stable: neither diverged nor "
             "surged (the LR-sensitivity study's criteria). Cells: per-seed largest stable LR "
             "('> top': stable at the grid's top, a lower bound; '< bottom': none stable; both "
-            "are left out of the fit).", "", *table(result["edges"], kinds, depths, grid), "",
+            "are left out of the fit; '(swept: x)': the seed's swept curve is unstable below the "
+            "bisection's edge and stable again above, x = its largest LR below the first "
+            "unstable one).", "", *table(result["edges"], kinds, depths, grid, lowest), "",
             f"Bisection assumes stability is monotone in the LR. Of {len(swept)} curves swept "
             f"over the LR-sensitivity grid, {len(violations)} break it"
             + (": " + "; ".join(f"{k}-L{d}-s{s} stable again at {v}"

@@ -35,7 +35,8 @@ def per_seed(records_dir: str) -> tuple[dict, list[dict]]:
     """({(kind, depth, lr, seed): run metrics}, the records) of the study's grid and of its
     `--smoke` grid, as far as they are recorded in `records_dir`."""
     ls = lr_grid
-    jobs = (ls.plan(tuple(ls.KINDS), ls.DEPTHS, ls.LRS, ls.SEEDS, runs_root="")
+    seeds = {d: ls.SEEDS_AT.get(d, ls.SEEDS) for d in ls.DEPTHS}
+    jobs = (ls.plan(tuple(ls.KINDS), ls.DEPTHS, ls.LRS, seeds, runs_root="")
             + ls.plan(tuple(ls.KINDS), *ls.SMOKE_GRID, smoke=True, runs_root=""))
     metrics, records, _ = ls.load(records_dir, jobs)
     return metrics, records
@@ -166,6 +167,40 @@ def rows_for(metrics: dict) -> list[Row]:
     return rows
 
 
+EDGE_KINDS = ("residual", "hc", "mhc", "identity_hc")  # the depth law's kinds
+# (kind a, kind b, claimed sign of log10 edge(a) - edge(b), what the paper or the control says)
+EDGE_PAIRS = (("mhc", "hc", +1, "mHC trains where HC surges (Figs. 2, 5)"),
+              ("mhc", "identity_hc", +1, "not in the paper; asks whether the constrained H_res "
+                                         "adds stability over H_res = I"))
+
+
+def edge_rows(records_dir: str) -> list[Row]:
+    """The largest stable LR on the extended grid (`lr_grid.GRID`, up to 10), found by the depth
+    law's bisection (experiments/depth_law.py), per seed, at each sweep depth where it is
+    complete: the sweep's own grid ends where the residual, mHC and identity-HC are still
+    stable at 30 blocks, so its rows above give a lower bound only."""
+    ls, rows = lr_grid, []
+    for depth in ls.DEPTHS:
+        seeds = ls.SEEDS_AT.get(depth, ls.SEEDS)
+        metrics, _, _ = ls.load(records_dir, ls.plan(EDGE_KINDS, (depth,), ls.GRID, seeds,
+                                                     runs_root=""))
+        edges = {k: ls.seed_edges(metrics, k, depth, ls.GRID) for k in EDGE_KINDS}
+        if not all(len(edges[k]) == len(seeds) for k in EDGE_KINDS):
+            continue  # the bisection at this depth is unfinished
+        top = f"> {ls.GRID[-1]:g}"
+        cells = "; ".join(f"{k}: " + ", ".join(top if e == math.inf else f"{e:g}"
+                                               for e in edges[k].values()) for k in EDGE_KINDS)
+        rows.append(Row(f"{depth} blocks: largest stable LR per seed on the grid extended to "
+                        f"{ls.GRID[-1]:g} (bisection; '{top}': stable at the top)",
+                        "no number (Figs. 2, 5: HC surges, mHC does not)", cells, "n/a"))
+        for a, b, sign, claim in EDGE_PAIRS:
+            gap = [math.log10(edges[a][s]) - math.log10(edges[b][s]) for s in seeds]
+            rows.append(Row(f"{depth} blocks, extended grid: log10 largest stable LR, {a} minus "
+                            f"{b} (per seed; an edge beyond the top is not finite: inconclusive)",
+                            claim, _fmt(gap), seeded_verdict(gap, sign, depth == 30)))
+    return rows
+
+
 def train_smoke(study: str) -> None:
     """--smoke: the records of the study's smoke grid (`SMOKE_KINDS`), trained into `study`."""
     jobs = lr_grid.plan(SMOKE_KINDS, *lr_grid.SMOKE_GRID, smoke=True,
@@ -193,7 +228,8 @@ def main(argv=None) -> int:
              "`experiments/results/lr_sensitivity/lr_sensitivity.png`. Per-seed values are "
              "paired by seed (the same seed gives every kind the same data order).")
     return publish("lr_proxy", "Small-scale proxy for Figs. 2/3/5: LR sensitivity",
-                   rows_for(metrics), args.out, argv, notes, records=records)
+                   rows_for(metrics) + edge_rows(records_dir), args.out, argv, notes,
+                   records=records)
 
 
 if __name__ == "__main__":

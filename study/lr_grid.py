@@ -233,3 +233,42 @@ def table(summary: dict) -> list[str]:
             f"{s['site_fwd_max']:.3g} / {s['site_bwd_max']:.3g} | {s['ds_col_err_max']:.2g} | "
             f"{om:.3f} ± {osd:.3f} |")
     return lines
+
+
+# ------------------------------------------- the stability edge by bisection (the depth law)
+ABOVE = (2.15, 4.64, 10.0)  # the sweep's grid continued in thirds of a decade: at 30 blocks
+GRID = (*LRS, *ABOVE)        # the residual, mHC and identity-HC are stable at the sweep's top
+
+
+def bisect_edge(n: int, stable) -> tuple[int, list[int]]:
+    """(largest index i in [-1, n - 1] with `stable(i)` true, assuming stable(j) for every j <= i
+    and unstable above; -1: none; the indices asked, in order)."""
+    lo, hi, asked = -1, n, []
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        asked.append(mid)
+        if stable(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo, asked
+
+
+def seed_edges(metrics: dict, kind: str, depth: int, grid) -> dict[int, float]:
+    """{seed: largest stable LR} from the runs there are; a seed whose bisection is unfinished
+    is left out. Edges at the grid's ends are +inf (stable at the top) / -inf (none stable)."""
+    out = {}
+    for seed in sorted({s for k, d, _, s in metrics if (k, d) == (kind, depth)}):
+        runs = {lr: m for (k, d, lr, s), m in metrics.items() if (k, d, s) == (kind, depth, seed)}
+        known = True
+
+        def stable(i):
+            nonlocal known
+            if grid[i] not in runs:
+                known = False
+                return False
+            return not runs[grid[i]]["unstable"]
+        i, _ = bisect_edge(len(grid), stable)
+        if known:
+            out[seed] = math.inf if i == len(grid) - 1 else (-math.inf if i < 0 else grid[i])
+    return out

@@ -220,6 +220,24 @@ def test_seed_edges_reads_a_bisection_from_the_runs_there_are():
     assert depth_law.seed_edges(metrics, "hc", 12, grid) == {0: 1e-2, 1: -math.inf}
 
 
+def test_depth_law_report_shows_a_non_monotone_curve_beside_the_bisection_edge():
+    from experiments import depth_law
+    from study import lr_grid
+    grid = lr_grid.LRS
+    ok, bad = {"unstable": False}, {"unstable": True}
+    # swept: surges at grid[1], stable again over grid[2..6]: bisection (asks 4, 7, 5, 6) lands
+    # on grid[6], the sweep's conservative edge is grid[0]
+    metrics = {("hc", 30, lr, 0): ok if i == 0 or 2 <= i <= 6 else bad
+               for i, lr in enumerate(grid)}
+    edges = {("hc", 30): depth_law.seed_edges(metrics, "hc", 30, grid)}
+    assert edges[("hc", 30)] == {0: grid[6]}
+    lines = depth_law.report_lines({"edges": edges, "metrics": metrics}, ["hc"], [30], [0], grid)
+    row = next(line for line in lines if line.startswith("| hc |"))
+    assert f"{grid[6]:g} (swept: {grid[0]:g})" in row
+    assert any(f"1 break it: hc-L30-s0 stable again at {list(grid[2:7])}" in line
+               for line in lines)
+
+
 @pytest.mark.slow
 def test_depth_law_smoke(tmp_path):
     from experiments import depth_law
