@@ -21,31 +21,28 @@ from study import REPO, flags
 from study.report import RESULTS, md_cell
 from study.verdict import RULE, verdict_word
 
-# (result name, what the paper shows, expected runtime on 2 CPU cores at the default scale)
-ENTRIES = (
-    ("fig2_hc_instability", "Fig. 2: HC instability, loss gap and grad norm",
-     "~1.5 h to train the shared stability runs (3 seeds) once, then seconds"),
-    ("fig3_hc_amax", "Fig. 3: HC Amax gain per layer, single and composite",
-     "seconds after the stability runs"),
-    ("fig5_mhc_stability", "Fig. 5: mHC stability, loss gap vs baseline and grad norm",
-     "seconds after the stability runs"),
-    ("fig6_scaling", "Fig. 6: compute scaling and token scaling",
-     "about 25 min (18 ladder runs over 3 seeds + a 400-step pair)"),
-    ("fig7_mhc_amax", "Fig. 7: mHC Amax gain per layer", "seconds after the stability runs"),
-    ("lr_proxy", "Small-scale proxy for Figs. 2/3/5: LR sensitivity",
-     "seconds after experiments/lr_sensitivity.py (about 6 h)"),
-    ("fig8_heatmaps", "Fig. 8: H_res heatmaps, single layer and composite, HC vs mHC",
-     "seconds after the stability runs"),
-    ("table1_hc_ablation", "Table 1: HC component ablation",
-     "about 15 min (4 variants x 3 seeds)"),
-    ("table2_io", "Table 2: residual-stream I/O per token, formulas vs XLA cost analysis",
-     "about a minute"),
-    ("table3_recompute", "Table 3 / Eq. 20: recomputation block size and memory",
-     "a few minutes"),
-    ("table4_downstream", "Table 4: downstream evaluation",
-     "about 10 min after the stability runs"),
-    ("table5_configs", "Table 5: configurations and parameter counts", "seconds"),
-)
+SCRIPTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def entries(folder: str = SCRIPTS) -> list[tuple[str, str, str]]:
+    """[(result name, what the paper shows, expected runtime on 2 CPU cores)] of every script in
+    `folder` that declares the module constants `TITLE` and `RUNTIME` (read from its source, not
+    imported), in file-name order: a new paper figure is its own file and nothing else."""
+    import ast
+    found = []
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(folder, name)) as f:
+            tree = ast.parse(f.read())
+        consts = {t.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                  for t in node.targets if isinstance(t, ast.Name)
+                  and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)}
+        if "TITLE" in consts and "RUNTIME" in consts:
+            found.append((name[:-3], consts["TITLE"], consts["RUNTIME"]))
+    return found
+
+
 # The top-level README's table: (paper claim, result name, start of the quantity of the row that
 # measures it). The numbers and verdicts come from that row; only the claim's wording is typed here.
 CLAIMS = (
@@ -142,12 +139,14 @@ def build(results: str, readme: str) -> str:
            "`exact_verdict`), `study.report.publish` for the table with its provenance and exact "
            "command, `study.flags` for its flags (the shared ones by name, its own with `flag`) "
            "and a plan such as `study.stability` for the runs it reads. It declares its flags, "
-           "keeps `main` to at most 40 lines, and is added to `ENTRIES` in "
-           "`paper_repro/collect.py` (and to `CLAIMS` for a claim of the top-level README).", "",
+           "keeps `main` to at most 40 lines, and declares `TITLE` and `RUNTIME` (what the paper "
+           "shows, the runtime on 2 CPU cores): this page lists every script that does (a claim "
+           "of the top-level README also needs a line in `CLAIMS` of `paper_repro/collect.py`).",
+           "",
            RULE, ""]
     index = ["| item | command | runtime (2 CPU cores) | verdicts |", "|---|---|---|---|"]
     sections = []
-    for name, title, runtime in ENTRIES:
+    for name, title, runtime in entries():
         command = f"`python -m paper_repro.{name}`"
         md = os.path.join(results, f"{name}.md")
         if not os.path.isfile(md):
@@ -173,7 +172,7 @@ def build(results: str, readme: str) -> str:
 def reproduced_table(results: str, link: str = "paper_repro/README.md") -> list[str]:
     """The top-level README's "what reproduced" table: one row per entry of CLAIMS, its cells
     taken from the results row that measures the claim, and the rule beneath."""
-    titles = {name: title for name, title, _ in ENTRIES}
+    titles = {name: title for name, title, _ in entries()}
     cell = md_cell
     lines = ["| paper claim | paper says | we measure | verdict |", "|---|---|---|---|"]
     for claim, name, prefix in CLAIMS:

@@ -22,6 +22,11 @@ from study.metrics import final_metrics
 from study.report import publish
 from study.verdict import Row, all_of, paired_seeds, seeded_verdict, seeds_note, values_cell
 
+# what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
+# script that declares them (paper_repro/collect.py)
+TITLE = "Fig. 2: HC instability, loss gap and grad norm"
+RUNTIME = "~1.5 h to train the shared stability runs (3 seeds) once, then seconds"
+
 
 def spikes(run_dir: str) -> list[int]:
     """Steps flagged as loss spikes by the trainer (events.jsonl)."""

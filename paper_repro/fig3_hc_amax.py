@@ -18,6 +18,11 @@ from study import plots, stability
 from study.report import publish
 from study.verdict import Row, seeded_verdict, seeds_note
 
+# what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
+# script that declares them (paper_repro/collect.py)
+TITLE = "Fig. 3: HC Amax gain per layer, single and composite"
+RUNTIME = "seconds after the stability runs"
+
 PAPER_PEAK = 3000  # HC's composite Amax gain, 27B (Fig. 3b)
 
 

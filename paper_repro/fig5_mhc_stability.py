@@ -21,6 +21,11 @@ from study.metrics import final_metrics
 from study.report import publish
 from study.verdict import Row, all_of, paired_seeds, per_seed, seeded_verdict, values_cell
 
+# what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
+# script that declares them (paper_repro/collect.py)
+TITLE = "Fig. 5: mHC stability, loss gap vs baseline and grad norm"
+RUNTIME = "seconds after the stability runs"
+
 PAPER_GAP = -0.021  # mHC final loss gap vs baseline, 27B (Fig. 5a)
 COLORS = {"hc": "tab:red", "mhc": "tab:blue", "residual": "tab:gray"}
 

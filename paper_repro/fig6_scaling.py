@@ -26,6 +26,11 @@ from study.scaling import (DEFAULT_SEEDS, LADDER, SMOKE_LADDER, TOKEN_STEPS, com
                            run_ladder, run_tokens, token_plan, tokens_table)
 from study.verdict import Row, all_of, seeded_verdict
 
+# what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
+# script that declares them (paper_repro/collect.py)
+TITLE = "Fig. 6: compute scaling and token scaling"
+RUNTIME = "about 25 min (18 ladder runs over 3 seeds + a 400-step pair)"
+
 PAPER_LADDER = ("3b", "9b", "27b")
 PAPER_TOKENS = "3b-1t"
 FLAGS = ("scale", "mesh", flags.flag("seeds", help="ladder seeds (default 0,1,2 small, 0 paper)"),

@@ -25,6 +25,11 @@ from study.verdict import Row, exact_verdict, paired_seeds, seeded_verdict, seed
 SITE = flags.flag("--site", type=int, default=None,
                   help="single site to show (default: HC's site with the largest gain)")
 
+# what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
+# script that declares them (paper_repro/collect.py)
+TITLE = "Fig. 8: H_res heatmaps, single layer and composite, HC vs mHC"
+RUNTIME = "seconds after the stability runs"
+
 
 def sequence_maps(run_dir: str) -> tuple[np.ndarray, int]:
     """(H_res of every site for one held-out sequence `[S, T, N, N]`, checkpoint step)."""

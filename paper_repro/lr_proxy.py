@@ -22,6 +22,11 @@ from study.report import RESULTS, publish
 from study.runs import RECORDS
 from study.verdict import Row, seeded_verdict
 
+# what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
+# script that declares them (paper_repro/collect.py)
+TITLE = "Small-scale proxy for Figs. 2/3/5: LR sensitivity"
+RUNTIME = "seconds after experiments/lr_sensitivity.py (about 6 h)"
+
 PAPER_COMPOSITE_MAX = 1.6
 PAPER_PEAK = 3000  # HC's composite Amax gain, 27B, 60 sites (Fig. 3b)
 

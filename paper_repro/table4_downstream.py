@@ -26,6 +26,11 @@ from study.report import RESULTS, publish
 from study.runs import SMOKE_OVERRIDES, make_config, train_or_reuse
 from study.verdict import Row, seeded_verdict, seeds_note
 
+# what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
+# script that declares them (paper_repro/collect.py)
+TITLE = "Table 4: downstream evaluation"
+RUNTIME = "about 10 min after the stability runs"
+
 FIXTURES = os.path.join(REPO, "tests", "fixtures", "eval")
 STABILITY = stability.DEFAULT_RUNS
 KINDS = {"residual": "Baseline", "hc": "HC", "mhc": "mHC"}

@@ -106,6 +106,19 @@ def test_paper_repro_stability_figures_smoke(tmp_path):
     assert "| Table 5: configurations and parameter counts |" in text
 
 
+def test_a_paper_figure_is_listed_from_its_own_file(tmp_path):
+    """collect lists every script that declares TITLE and RUNTIME, in file order: adding a figure
+    touches no other file."""
+    collect = _load("paper_repro/collect.py")
+    names = [name for name, *_ in collect.entries()]
+    assert names[:2] == ["fig2_hc_instability", "fig3_hc_amax"] and "lr_proxy" in names
+    assert len(names) == 12 and "collect" not in names and "__init__" not in names
+    (tmp_path / "fig9_new.py").write_text('"""A new figure."""\nTITLE = "Fig. 9: new"\n'
+                                          'RUNTIME = "seconds"\n')
+    (tmp_path / "helper.py").write_text('TITLE = "no runtime: not a figure"\n')
+    assert collect.entries(str(tmp_path)) == [("fig9_new", "Fig. 9: new", "seconds")]
+
+
 def test_sinkhorn_memory_smoke(tmp_path):
     out = tmp_path / "sinkhorn_memory.md"
     assert _load("benchmarks/sinkhorn_memory.py").main(["--smoke", "--out", str(out)]) == 0
