@@ -14,6 +14,7 @@ from flax import nnx
 
 from mhc import connections as cx
 from mhc import kernels, manifolds
+from mhc.kernels import backends
 from mhc.config import ConfigError, ModelConfig
 from mhc.model import Decoder
 
@@ -25,10 +26,13 @@ def _close(a, b, rtol):
     np.testing.assert_allclose(a, b, rtol=0, atol=rtol * scale)
 
 
-# Pallas' interpret mode, and Mosaic GPU's own interpret mode where this JAX has it (>= 0.12)
 MOSAIC_GPU = pytest.mark.skipif(not kernels.available("mosaic_gpu"),
                                 reason="Mosaic GPU's kernel entry point and interpret mode: jax >= 0.12")
-INTERPRET_TARGETS = ["interpret", pytest.param("mosaic_gpu_interpret", marks=MOSAIC_GPU)]
+# every CPU row of the backend table (Pallas' interpret mode, Mosaic GPU's own interpret mode
+# where this JAX has it, ...): a new backend with a CPU mode is tested here without an edit
+INTERPRET_TARGETS = [pytest.param(t.name, marks=pytest.mark.skipif(
+    not t.available(), reason=f"{t.name} needs {t.requires}")) for t in backends.TABLE
+    if t.platform == "cpu"]
 
 
 @pytest.mark.parametrize("target", INTERPRET_TARGETS)
