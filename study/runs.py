@@ -105,6 +105,16 @@ def train_or_resume(cfg, run_dir: str, *, verbose: bool = True, label: str = "",
     return read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
 
 
+def rounded(v):
+    """`v` with every finite float (in lists and dicts too) to 6 significant digits: what the
+    committed records and summaries store."""
+    if isinstance(v, list):
+        return [rounded(x) for x in v]
+    if isinstance(v, dict):
+        return {k: rounded(x) for k, x in v.items()}
+    return float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v
+
+
 def compact_run(run_dir: str, overrides, keep, layer_keys=(), layer_every: int = 0) -> dict:
     """The committed record of one finished run: its overrides, provenance, event counts and,
     per metrics row, the `keep` keys (6 significant digits); with `layer_keys`, the per-site
@@ -116,16 +126,11 @@ def compact_run(run_dir: str, overrides, keep, layer_keys=(), layer_every: int =
     events = read_jsonl(events_path) if results.exists(events_path) else []
     counts = {k: sum(e.get("event") == k for e in events) for k in ("loss_spike", "nonfinite")}
 
-    def rnd(v):
-        if isinstance(v, list):
-            return [rnd(x) for x in v]
-        return float(f"{v:.6g}") if isinstance(v, float) and math.isfinite(v) else v
-
     out_rows = []
     for r in rows:
-        row = {k: rnd(r[k]) for k in keep if k in r}
+        row = {k: rounded(r[k]) for k in keep if k in r}
         if layer_keys and layer_every and r["step"] % layer_every == 0 and "layers" in r:
-            row["layers"] = {k: rnd(r["layers"][k]) for k in layer_keys if k in r["layers"]}
+            row["layers"] = {k: rounded(r["layers"][k]) for k in layer_keys if k in r["layers"]}
         out_rows.append(row)
     return {"overrides": list(overrides), "provenance": rundir.read_provenance(run_dir),
             "events": counts, "rows": out_rows}
