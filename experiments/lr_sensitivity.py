@@ -53,7 +53,7 @@ from study.lr_grid import (BASE, DEPTHS, KINDS, LEARNED, LRS, RUNS, SEEDS, SEEDS
                            SMOOTH, STEPS, STUDY, SURGE, load, plan, record_all, run_name,
                            summarize, table)
 from study.report import provenance, runs_commits, write_summary
-from study.runs import RECORDS, regime_overrides, rounded, runs_root
+from study.runs import RECORDS, regime_overrides, runs_root
 
 AT = ", ".join(f"{d} blocks: {','.join(map(str, s))}" for d, s in SEEDS_AT.items())
 FLAGS = (flags.kinds(KINDS, help=f"comma list of: {', '.join(KINDS)}"),
@@ -120,9 +120,9 @@ def report(out: str, metrics: dict, read: list[dict], missing: list[str], lrs, s
              *table(summary)]
     if missing:
         lines += ["", f"Not finished yet ({len(missing)}): " + ", ".join(missing) + "."]
-    write_summary(out, meta, {"summary": {f"{k}-L{d}": v for (k, d), v in summary.items()},
-                              "per_run": {run_name(*key): rounded(m)
-                                          for key, m in metrics.items()}},
+    # per run: `lr_grid.run_metrics` of each record (not stored again: 400+ runs outgrow a plain
+    # committed summary)
+    write_summary(out, meta, {"summary": {f"{k}-L{d}": v for (k, d), v in summary.items()}},
                   lines)
 
 
