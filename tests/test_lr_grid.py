@@ -129,8 +129,9 @@ def test_grid_extends_upward_and_keeps_every_old_point():
 @pytest.mark.skipif(not os.path.isdir(RECORDS), reason="no committed LR-sensitivity records")
 def test_every_committed_record_is_reused_by_the_extended_plan():
     """Reuse compares a record's overrides with the plan's: the plan must hold exactly what every
-    committed record ran (the old grid's and the controls' runs alike; KEEP keys change none)."""
-    jobs = lrs.plan(tuple(lrs.KINDS), lrs.DEPTHS, lrs.LRS, tuple(range(5)), runs_root="r")
+    committed record ran (the old grid's, the controls' and the depth law's bisection runs on the
+    extended grid alike; KEEP keys change none)."""
+    jobs = lrs.plan(tuple(lrs.KINDS), (6, 12, 30, 60), lrs.GRID, tuple(range(5)), runs_root="r")
     names = {name: overrides for name, _, _, _, _, overrides, *_ in jobs}
     on_disk = {f.removesuffix(results.SUFFIX).removesuffix(".json") for f in os.listdir(RECORDS)}
     assert on_disk and on_disk <= set(names)
