@@ -82,9 +82,8 @@ def plan(kinds, seeds, smoke=False, runs_root=None) -> list[tuple]:
 def run_metrics(record: dict) -> dict:
     """Start and end of each diversity key, the final eval loss and the stability verdict of
     the LR-sensitivity study, from a compact record."""
-    rows = record["rows"]
-    out = {"eval_loss": lr_grid.run_metrics(record)["eval_loss"],
-           "unstable": lr_grid.run_metrics(record)["unstable"],
+    rows, grid_metrics = record["rows"], lr_grid.run_metrics(record)
+    out = {"eval_loss": grid_metrics["eval_loss"], "unstable": grid_metrics["unstable"],
            "offdiag_start": rows[0].get("h_res_offdiag", math.nan),
            "offdiag_end": rows[-1].get("h_res_offdiag", math.nan)}
     for key in KEYS:
