@@ -6,7 +6,8 @@ are kept as `<name>.xz` beside where the plain file would be, and read back thro
     xzcat experiments/results/trained/<run>/metrics.jsonl.xz | head    the same with xz-utils
 
 Why xz and not gzip: on these float-heavy logs xz (the standard library's `lzma`) stores about a
-sixth less than gzip, within the committed results' size budget (tests/test_results.py). xz output carries no timestamp or file name, so the same content
+sixth less than gzip, within the committed results' size budget (tests/test_results.py). xz
+output carries no timestamp or file name, so the same content
 compresses to the same bytes; a rewrite that would not change the content leaves the file alone
 anyway (`write_compressed`), so a reused run keeps `git status` clean under any liblzma.
 
