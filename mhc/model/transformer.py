@@ -105,6 +105,12 @@ class Block(nnx.Module):
                                                   read_with=pre)
             stats = {}
         carry = (streams, ffn_maps.pre) if self.single_pass else streams
+        # batch-split on a mesh: a plain residual's maps are constants (1/N, 1, I) broadcast to
+        # [B, T, ...], which XLA would otherwise keep whole on every device (the 2048-H100 plan:
+        # 61 GiB of them, stacked over microbatches)
+        attn_maps, ffn_maps = jax.tree.map(
+            lambda a: sharding.constrain(a, ("batch",) + (None,) * (a.ndim - 1)),
+            (attn_maps, ffn_maps))
         return carry, (attn_maps, ffn_maps, stats)
 
 
