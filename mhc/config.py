@@ -9,7 +9,7 @@ import typing
 
 from mhc import connections, manifolds
 from mhc.metrics import WANDB_MODES
-from mhc.model_choices import ATTENTION, DISPATCH, FFN
+from mhc.model_choices import ATTENTION, DISPATCH, FFN, MTP_FFN, router_group_error
 from mhc.remat import REMAT
 
 DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
@@ -71,26 +71,35 @@ class ModelConfig(connections.ConnectionOptions):
     # attention: "mha" (RoPE on d_model/n_heads) or "mla" (DeepSeek latent attention)
     attention: str = "mha"
     kv_lora_rank: int = 512
-    q_lora_rank: int = 0  # 0 = full-rank queries (the paper gives no query rank)
+    # > 0: low-rank queries q = W_up RMSNorm(W_down x) of this rank (DeepSeek-V2/V3; V3: 1536);
+    # 0 = full-rank queries q = W x (the mHC paper gives no query rank)
+    q_lora_rank: int = 0
     qk_nope_dim: int = 128
     qk_rope_dim: int = 64
     v_head_dim: int = 128
     # feed-forward: "dense" (SwiGLU of width d_ff everywhere) or "moe" (first n_dense_layers
     # dense, then shared + routed experts, DeepSeek-V3 style)
     ffn: str = "dense"
-    n_dense_layers: int = 1
+    n_dense_layers: int = 1  # DeepSeek-V3's first_k_dense_replace
     n_routed_experts: int = 64
     n_shared_experts: int = 2
     n_active_experts: int = 6
     expert_ff: int = 896
     capacity_factor: float = 1.25
     moe_dispatch: str = "auto"
-    routed_scale: float = 1.0
+    routed_scale: float = 1.0  # gating weights (normalised to sum 1) x this; DeepSeek-V3: 2.5
     router_bias_rate: float = 1e-3
+    # group-limited routing (DeepSeek-V3's node-limited routing; its n_group / topk_group): the
+    # routed experts form router_groups equal groups, and each token picks its experts within
+    # the router_topk_groups groups whose two best biased scores sum highest (mhc.model.routing).
+    # 1 group = plain top-k over all experts
+    router_groups: int = 1
+    router_topk_groups: int = 1
     # multi-token prediction (DeepSeek-V3 style, depth 1): predicts token t+2 from the final
     # hidden state and the embedding of token t+1; adds mtp_weight x its loss. 0 = off.
     mtp_depth: int = 0
     mtp_weight: float = 0.1
+    mtp_ffn: str = "dense"  # the MTP block's FFN: dense (d_ff) or moe (as V3's; needs ffn=moe)
 
     def __post_init__(self):
         _positive_int(self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
@@ -99,6 +108,9 @@ class ModelConfig(connections.ConnectionOptions):
         _choice(self, "moe_dispatch", DISPATCH)
         _check(self.mtp_depth in (0, 1), f"mtp_depth={self.mtp_depth!r}; allowed: 0, 1")
         _check(self.mtp_weight >= 0, f"mtp_weight={self.mtp_weight!r}; must be >= 0")
+        _choice(self, "mtp_ffn", MTP_FFN)
+        _check(self.mtp_ffn == "dense" or self.ffn == "moe",
+               f"mtp_ffn={self.mtp_ffn!r} needs ffn='moe' (got ffn={self.ffn!r})")
         if self.attention == "mha":
             _check(self.d_model % self.n_heads == 0,
                    f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
@@ -119,6 +131,9 @@ class ModelConfig(connections.ConnectionOptions):
             _check(self.n_shared_experts >= 0,
                    f"n_shared_experts={self.n_shared_experts}; must be >= 0")
             _check(self.capacity_factor > 0, f"capacity_factor={self.capacity_factor}; must be > 0")
+            error = router_group_error(self.n_routed_experts, self.n_active_experts,
+                                       self.router_groups, self.router_topk_groups)
+            _check(error is None, error)
         _choice(self, "dtype", DTYPES)
         _choice(self, "remat", REMAT)
         _check(isinstance(self.remat_group, int) and self.remat_group >= 0,

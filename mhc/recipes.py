@@ -2,11 +2,12 @@
 
     cfg = mhc.recipes.get("tiny")                  # Config(model=..., train=...)
     active, total = mhc.recipes.count_params(cfg)  # no allocation (nnx.eval_shape)
+    mhc.recipes.param_counts(cfg)                  # also without the MTP module, and as released
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 from flax import nnx
@@ -50,29 +51,60 @@ def small() -> Config:
                               eval_every=100, log_every=20))
 
 
-def count_params(cfg: Config | ModelConfig) -> tuple[int, int]:
-    """(active, total) parameter counts from abstract shapes (nothing is allocated).
+class ParamCounts(NamedTuple):
+    """Parameter counts of one model config (`param_counts`); routed biases are not Params.
 
-    total counts every Param. active counts what one token uses: all but the input-embedding
-    lookup (a gather, not a matmul: the reading of Table 5 under which its counts add up) and, in MoE layers, only
-    `n_active_experts / n_routed_experts` of the routed experts. Router biases are not Params."""
+    active / total: the model as built (what `count_params` returns): total is every Param,
+      embedding and output head once (the MTP block shares them); active is what one token's
+      forward pass uses: all but the input-embedding lookup (a gather, not a matmul: the reading
+      of Table 5 under which its counts add up) and, in every MoE layer (the MTP block's
+      included), only `n_active_experts / n_routed_experts` of the routed experts.
+    main_active / main_total: the same without the multi-token-prediction module (its block,
+      projection and two norms); equal to active / total when `mtp_depth = 0`.
+    released_total: the count of a checkpoint as DeepSeek-V3 released it (arXiv 2412.19437;
+      685B = 671B main model + 14B MTP module): total plus the MTP module's own copies of the
+      embedding, the output head and the final norm (2·V·C + C), which the model here shares."""
+    active: int
+    total: int
+    main_active: int
+    main_total: int
+    released_total: int
+
+
+def count_params(cfg: Config | ModelConfig) -> tuple[int, int]:
+    """(active, total) parameter counts from abstract shapes (nothing is allocated); see
+    `ParamCounts` for exactly what each counts."""
+    counts = _count_params(cfg.model if isinstance(cfg, Config) else cfg)
+    return counts.active, counts.total
+
+
+def param_counts(cfg: Config | ModelConfig) -> ParamCounts:
+    """`count_params` with the main-model / MTP-module split and the released-checkpoint total."""
     return _count_params(cfg.model if isinstance(cfg, Config) else cfg)
 
 
 @functools.lru_cache(maxsize=16)  # `mhc train` asks at start-up and again for the FLOPs
-def _count_params(model_cfg: ModelConfig) -> tuple[int, int]:
+def _count_params(model_cfg: ModelConfig) -> ParamCounts:
     from mhc.model import Decoder  # local: keeps `import mhc.recipes` light
 
     abstract = nnx.eval_shape(lambda: Decoder(model_cfg, rngs=nnx.Rngs(0)))
     state = nnx.state(abstract, nnx.Param)
-    total = sum(x.size for x in jax.tree.leaves(state))
-    routed = 0
-    if model_cfg.n_moe_layers:
-        experts = state["moe_blocks"]["ffn"]
+
+    def size(tree) -> int:
+        return sum(x.size for x in jax.tree.leaves(tree))
+
+    def inactive(experts) -> int:  # the routed-expert weights a token does not use
         routed = experts["w_gate_up"].size + experts["w_down"].size
-    inactive = routed - routed * model_cfg.n_active_experts // model_cfg.n_routed_experts
-    embedding = model_cfg.vocab_size * model_cfg.d_model
-    return total - embedding - inactive, total
+        return routed - routed * model_cfg.n_active_experts // model_cfg.n_routed_experts
+
+    total, v, c = size(state), model_cfg.vocab_size, model_cfg.d_model
+    main_inactive = inactive(state["moe_blocks"]["ffn"]) if model_cfg.n_moe_layers else 0
+    mtp_total = size([state[k] for k in state if str(k).startswith("mtp_")])
+    mtp_inactive = inactive(state["mtp_block"]["ffn"]) if (
+        model_cfg.mtp_depth and model_cfg.mtp_ffn == "moe") else 0
+    active = total - v * c - main_inactive - mtp_inactive
+    return ParamCounts(active, total, active - (mtp_total - mtp_inactive), total - mtp_total,
+                       total + (2 * v * c + c if model_cfg.mtp_depth else 0))
 
 
 # ----------------------------------------------------------------------- paper recipes (Table 5)
@@ -146,3 +178,50 @@ def moe_s() -> Config:
 @register("moe-m")
 def moe_m() -> Config:
     return _ladder(128, 8, 4, 16, 400)
+
+
+# ------------------------------------------------------ DeepSeek-V3 (arXiv 2412.19437)
+# Its published shape (Hugging Face deepseek-ai/DeepSeek-V3, config.json): C 7168, 61 layers of
+# which the first 3 dense (FFN 18432), 128 heads, MLA with query rank 1536, KV rank 512, head dims
+# 128 (nope) + 64 (RoPE) and 128 (value); 1 shared + 256 routed experts of width 2048, 8 active,
+# sigmoid router with aux-loss-free bias, 8 groups of which 4 kept (node-limited routing),
+# gating weights x 2.5; vocabulary 129280, untied head; one MTP module, whose block is MoE.
+# Published counts: 671B total (main model), 685B with the MTP module as released, 37B active.
+# Training as published where this code has the knob (AdamW 0.9/0.95, wd 0.1, peak LR 2.2e-4,
+# 2000 warmup steps, batch 15360 x 4096, 14.8T tokens, bias rate 1e-3, MTP weight 0.3);
+# not modelled: FP8 mixed precision, the batch-size ramp and the constant-then-cosine LR
+# schedule (the step schedule is this project's, x0.316 at 80 % and x0.1 at 90 %).
+DSV3_COUNTS = {"total": 671e9, "released": 685e9, "active": 37e9}
+
+_DSV3_SHAPE = dict(attention="mla", ffn="moe", n_shared_experts=1, routed_scale=2.5,
+                   mtp_depth=1, mtp_weight=0.3, mtp_ffn="moe", residual="mhc", n_streams=4)
+
+
+@register("dsv3-671b")
+def dsv3_671b() -> Config:
+    """DeepSeek-V3 at its published shape, with mHC (n = 4) by default; `residual=residual` is
+    the model as published."""
+    model = ModelConfig(
+        **_DSV3_SHAPE, vocab_size=129280, d_model=7168, n_layers=61, n_heads=128, d_ff=18432,
+        max_seq_len=4096, norm_eps=1e-6, dtype="bfloat16", q_lora_rank=1536, kv_lora_rank=512,
+        qk_nope_dim=128, qk_rope_dim=64, v_head_dim=128, n_dense_layers=3, n_routed_experts=256,
+        n_active_experts=8, expert_ff=2048, router_groups=8, router_topk_groups=4,
+        sinkhorn_iters=20, alpha_init=0.01)
+    train = TrainConfig(steps=235_000, batch_size=15360, seq_len=4096, lr=2.2e-4,
+                        warmup_steps=2000, weight_decay=0.1, b1=0.9, b2=0.95, grad_clip=1.0,
+                        eval_every=1000, log_every=10)
+    return Config(model, train)
+
+
+@register("dsv3-mini")
+def dsv3_mini() -> Config:
+    """DeepSeek-V3's shape rules at CPU size (byte vocabulary): 4 layers, the first dense,
+    low-rank queries, 16 routed experts in 4 groups (2 kept, 4 active) + 1 shared, gating x 2.5,
+    an MoE MTP block; trains on 2 CPU cores at about the speed of `moe-xs`."""
+    model = ModelConfig(
+        **_DSV3_SHAPE, d_model=64, n_layers=4, n_heads=4, d_ff=160, max_seq_len=512,
+        q_lora_rank=24, kv_lora_rank=16, qk_nope_dim=16, qk_rope_dim=8, v_head_dim=16,
+        n_dense_layers=1, n_routed_experts=16, n_active_experts=4, expert_ff=32,
+        router_groups=4, router_topk_groups=2)
+    return Config(model, TrainConfig(steps=200, batch_size=16, seq_len=128, lr=3e-3,
+                                     warmup_steps=20, eval_every=50))

@@ -10,6 +10,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mhc import sharding
+
+
+_HEADS = ("batch", None, "heads", None)  # logical axes of a [B, T, H, K] activation
+
 
 def param_init(std: float, names: tuple[str | None, ...]):
     """Normal(std) initializer that records logical axis names for sharding (metadata only:
@@ -59,7 +64,7 @@ class CausalSelfAttention(nnx.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         positions = jnp.arange(t)
         q, k = rope(q, positions, self.rope_theta), rope(k, positions, self.rope_theta)
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
+        y = sharding.constrain(jax.nn.dot_product_attention(q, k, v, is_causal=True), _HEADS)
         return self.out(y.reshape(b, t, c))
 
 
@@ -108,5 +113,6 @@ class MultiHeadLatentAttention(nnx.Module):
                                   (b, t, h, self.rope_dim))
         q = jnp.concatenate([q_nope, rope(q_rope, positions, self.rope_theta)], axis=-1)
         k = jnp.concatenate([k_nope, k_rope], axis=-1)
-        y = causal_attention(q, k, v)
+        q, k, v = (sharding.constrain(a, _HEADS) for a in (q, k, v))  # batch-split on a mesh
+        y = sharding.constrain(causal_attention(q, k, v), _HEADS)
         return self.out(y.reshape(b, t, h * self.v_dim))

@@ -1,5 +1,6 @@
-"""DeepSeek-V3-style mixture of experts: shared experts + routed experts with sigmoid scores,
-top-k selection with an auxiliary-loss-free balancing bias, and normalised top-k weights.
+"""DeepSeek-V3-style mixture of experts: shared experts + routed experts chosen by the router of
+`mhc.model.routing` (sigmoid scores, top-k with an auxiliary-loss-free balancing bias, optionally
+group-limited; normalised top-k weights times the routed scaling factor).
 
 Dimension letters (see `mhc`'s docstring): G groups, S tokens of a group, C width, E routed
 experts, F expert width, A active experts per token, U capacity (slots per expert).
@@ -22,34 +23,16 @@ from jax.sharding import PartitionSpec as P
 from mhc import sharding, targets
 from mhc.model.attention import param_init
 from mhc.model.mlp import SwiGLU
+from mhc.model.routing import RouterBias, balance_router_bias, check_groups, route
 from mhc.model_choices import DISPATCH
+
+__all__ = ["MoE", "RouterBias", "balance_router_bias", "capacity_dispatch",
+           "expert_parallel_dispatch", "ragged_dispatch", "route"]  # the router: routing.py
 
 # what "auto" dispatches by, per platform of the mesh in context (`targets.current_platform`).
 # GPU: XLA:GPU expands `ragged_dot` densely (the 3b plan for 8 H100s: 1,130.58 GiB per device
 # with ragged, 63.10 GiB with capacity; benchmarks/README.md, "MoE dispatch on GPU").
 AUTO_DISPATCH = {"cpu": "capacity", "gpu": "capacity", "tpu": "ragged"}
-
-
-class RouterBias(nnx.Variable):
-    """Per-expert selection bias (aux-loss-free balancing). Not a Param: it is changed by
-    `balance_router_bias` from the observed load, never by the gradient."""
-
-
-def route(x_SxC, router_CxE, bias_E, k: int, scale: float = 1.0):
-    """Sigmoid scores; top-k on score + bias; weights = selected scores normalised to sum 1.
-
-    Returns (expert ids [S, K] int32, weights [S, K] fp32)."""
-    scores = jax.nn.sigmoid(jnp.dot(x_SxC.astype(jnp.float32), router_CxE.astype(jnp.float32)))
-    _, ids = jax.lax.top_k(scores + bias_E, k)
-    weights = jnp.take_along_axis(scores, ids, axis=-1)
-    weights = weights / jnp.sum(weights, axis=-1, keepdims=True) * scale
-    return ids.astype(jnp.int32), weights
-
-
-def balance_router_bias(bias_E: jax.Array, load_E: jax.Array, rate: float) -> jax.Array:
-    """Aux-loss-free update (DeepSeek-V3): raise the bias of under-loaded experts, lower the
-    over-loaded ones, by `rate` each: `b += rate * sign(mean(load) - load)`."""
-    return bias_E + rate * jnp.sign(jnp.mean(load_E, -1, keepdims=True) - load_E)
 
 
 def _to_buffers(x_GxSxC, ids_GxSxA, n_experts: int, capacity: int):
@@ -146,11 +129,13 @@ class MoE(nnx.Module):
 
     def __init__(self, d_model: int, expert_ff: int, n_routed: int, n_shared: int, k: int, *,
                  capacity_factor: float = 1.25, dispatch: str = "auto", routed_scale: float = 1.0,
-                 init_std: float = 0.02, out_std: float | None = None, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 groups: int = 1, topk_groups: int = 1, init_std: float = 0.02,
+                 out_std: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
         if dispatch not in DISPATCH:
             raise ValueError(f"moe_dispatch={dispatch!r}; allowed: {', '.join(DISPATCH)}")
+        check_groups(n_routed, k, groups, topk_groups)
         self.k, self.capacity_factor, self.routed_scale = k, capacity_factor, routed_scale
+        self.groups, self.topk_groups = groups, topk_groups
         self.dispatch, self.dtype = dispatch, dtype
         key = rngs.params
         self.router = nnx.Param(param_init(init_std, ("embed", "expert"))(
@@ -171,7 +156,8 @@ class MoE(nnx.Module):
     def __call__(self, x_BxTxC: jax.Array) -> tuple[jax.Array, dict]:
         b, t, c = x_BxTxC.shape
         x = x_BxTxC.astype(self.dtype)
-        ids, weights = route(x, self.router[...], self.router_bias[...], self.k, self.routed_scale)
+        ids, weights = route(x, self.router[...], self.router_bias[...], self.k, self.routed_scale,
+                             self.groups, self.topk_groups)
         w_gate_up = self.w_gate_up[...].astype(self.dtype)
         w_down = self.w_down[...].astype(self.dtype)
         dispatch = self.dispatch

@@ -41,6 +41,22 @@ def _connection(cfg: ModelConfig, site_index):
     return HyperConnection.from_spec(cfg.connection_spec(), layer_index=site_index)
 
 
+def _branch(norm, f, has_aux: bool = False):
+    """`h -> f(norm(h))` with its input and output `[B, T, C]` constrained to split over the
+    batch axes on a mesh (no-ops without one): otherwise XLA's partitioner may let the
+    FSDP-split weights pull activations onto a split C with the batch gathered (at 2048
+    devices, the whole batch's [B, T, C] on every device)."""
+    def run(h_BxTxC):
+        out = f(norm(sharding.constrain(h_BxTxC, _TOKENS)))
+        if has_aux:
+            return sharding.constrain(out[0], _TOKENS), out[1]
+        return sharding.constrain(out, _TOKENS)
+    return run
+
+
+_TOKENS = ("batch", None, None)
+
+
 class Block(nnx.Module):
     """Attention site then FFN site. `block_index` may be a traced scalar (vmapped creation)."""
 
@@ -63,6 +79,7 @@ class Block(nnx.Module):
             self.ffn = MoE(cfg.d_model, cfg.expert_ff, cfg.n_routed_experts, cfg.n_shared_experts,
                            cfg.n_active_experts, capacity_factor=cfg.capacity_factor,
                            dispatch=cfg.moe_dispatch, routed_scale=cfg.routed_scale,
+                           groups=cfg.router_groups, topk_groups=cfg.router_topk_groups,
                            init_std=cfg.init_std, out_std=out_std, dtype=dtype, rngs=rngs)
         else:
             self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, init_std=cfg.init_std, out_std=out_std,
@@ -76,17 +93,24 @@ class Block(nnx.Module):
         """carry: streams `[B, T, N, C]`, or with single_pass (streams, the previous site's pre-mix
         `[B, T, N]` fp32). Returns (new carry, (attention maps, FFN maps, router stats or {}))."""
         streams, pre = carry if self.single_pass else (carry, None)
-        streams, attn_maps = self.attn_hc.apply(streams, lambda h: self.attn(self.attn_norm(h)),
+        streams, attn_maps = self.attn_hc.apply(streams, _branch(self.attn_norm, self.attn),
                                                 read_with=pre)
         pre = attn_maps.pre if self.single_pass else None
         if self.moe:  # the MoE layer returns (output, router stats)
             streams, ffn_maps, stats = self.ffn_hc.apply(
-                streams, lambda h: self.ffn(self.ffn_norm(h)), has_aux=True, read_with=pre)
+                streams, _branch(self.ffn_norm, self.ffn, has_aux=True), has_aux=True,
+                read_with=pre)
         else:
-            streams, ffn_maps = self.ffn_hc.apply(streams, lambda h: self.ffn(self.ffn_norm(h)),
+            streams, ffn_maps = self.ffn_hc.apply(streams, _branch(self.ffn_norm, self.ffn),
                                                   read_with=pre)
             stats = {}
         carry = (streams, ffn_maps.pre) if self.single_pass else streams
+        # batch-split on a mesh: a plain residual's maps are constants (1/N, 1, I) broadcast to
+        # [B, T, ...], which XLA would otherwise keep whole on every device (the 2048-H100 plan:
+        # 61 GiB of them, stacked over microbatches)
+        attn_maps, ffn_maps = jax.tree.map(
+            lambda a: sharding.constrain(a, ("batch",) + (None,) * (a.ndim - 1)),
+            (attn_maps, ffn_maps))
         return carry, (attn_maps, ffn_maps, stats)
 
 
@@ -104,8 +128,9 @@ def remat_group_size(cfg: ModelConfig, n_blocks: int) -> int:
 
 class ModelOutput(NamedTuple):
     """logits [B, T, V] fp32; maps of every site in depth order (`Maps` of [2L, B, T, ...]);
-    router stats of the MoE blocks ({"load": [L_moe, E], "dropped": [L_moe]}, or {}); logits of
-    the multi-token-prediction head when `mtp_depth = 1`."""
+    router stats of the MoE blocks ({"load": [L_moe, E], "dropped": [L_moe]}, or {}; with an
+    MoE MTP block, `mtp_ffn="moe"`, its row is appended: [L_moe + 1, E]); logits of the
+    multi-token-prediction head when `mtp_depth = 1`."""
     logits: jax.Array
     maps: Maps
     router: dict
@@ -156,7 +181,7 @@ class Decoder(nnx.Module):
                 self.mtp_proj = nnx.Linear(2 * cfg.d_model, cfg.d_model, use_bias=False,
                                            dtype=dtype, rngs=rngs, kernel_init=param_init(
                                                cfg.init_std, ("mlp", "embed")))
-                self.mtp_block = Block(cfg, cfg.n_layers, rngs=rngs)
+                self.mtp_block = Block(cfg, cfg.n_layers, moe=cfg.mtp_ffn == "moe", rngs=rngs)
             else:
                 self.mtp_block = None
 
@@ -224,7 +249,7 @@ class Decoder(nnx.Module):
 
     def forward(self, tokens_BxT: jax.Array) -> ModelOutput:
         cfg = self.cfg
-        streams = self._expand(self.embed(tokens_BxT))
+        streams = self._expand(sharding.embed_tokens(self.embed, tokens_BxT))
         streams = self._first_carry(sharding.constrain(streams, ("batch", None, None, None)))
         attn_maps, ffn_maps, router = [], [], {}
         stacks = ((self.dense_blocks, cfg.n_layers - cfg.n_moe_layers),
@@ -240,7 +265,12 @@ class Decoder(nnx.Module):
         diversity = diagnostics.stream_diversity(streams[0] if cfg.single_pass else streams)
         x = self._merge(streams)
         logits = self.lm_head(self.final_norm(x)).astype(jnp.float32)
-        mtp_logits = self._mtp(x, tokens_BxT) if self.mtp_block is not None else None
+        mtp_logits = None
+        if self.mtp_block is not None:
+            mtp_logits, mtp_stats = self._mtp(x, tokens_BxT)
+            if mtp_stats:  # an MoE MTP block: its router's row comes after the MoE blocks'
+                router = {k: jnp.concatenate([router[k], v[None]]) if router else v[None]
+                          for k, v in mtp_stats.items()}
         attn = jax.tree.map(lambda *a: jnp.concatenate(a), *attn_maps)
         ffn = jax.tree.map(lambda *a: jnp.concatenate(a), *ffn_maps)
         maps = jax.tree.map(lambda a, f: jnp.stack([a, f], 1).reshape(-1, *a.shape[1:]),
@@ -249,21 +279,28 @@ class Decoder(nnx.Module):
 
     def _mtp(self, hidden_BxTxC, tokens_BxT):
         """One extra block on [norm(h_t); norm(embed(token_{t+1}))]; the last position has no
-        next token (its prediction is masked out of the loss)."""
+        next token (its prediction is masked out of the loss). Returns (logits [B, T, V], the
+        block's router stats, {} for a dense block)."""
         next_tokens = jnp.concatenate([tokens_BxT[:, 1:], tokens_BxT[:, -1:]], axis=1)
         h = self.mtp_proj(jnp.concatenate([self.mtp_norm_hidden(hidden_BxTxC),
-                                           self.mtp_norm_embed(self.embed(next_tokens))], -1))
+                                           self.mtp_norm_embed(sharding.embed_tokens(
+                                               self.embed, next_tokens))], -1))
         # with single_pass the MTP block carries its own pre-mix, from its one-hot start
-        carry, _ = self.mtp_block(self._first_carry(self._expand(h)))
+        carry, (_, _, stats) = self.mtp_block(self._first_carry(self._expand(h)))
         x = self._merge(carry, use_head=False)
-        return self.lm_head(self.final_norm(x)).astype(jnp.float32)
+        return self.lm_head(self.final_norm(x)).astype(jnp.float32), stats
 
     def __call__(self, tokens_BxT: jax.Array) -> tuple[jax.Array, Maps]:
         out = self.forward(tokens_BxT)
         return out.logits, out.maps
 
     def balance_routers(self, load_LxE: jax.Array) -> None:
-        """Aux-loss-free balancing step for every MoE block (call after each optimizer step)."""
+        """Aux-loss-free balancing step for every MoE block (call after each optimizer step).
+        `load_LxE`: the MoE blocks' loads in depth order, then the MoE MTP block's if any."""
+        n_moe, rate = self.cfg.n_moe_layers, self.cfg.router_bias_rate
         if self.moe_blocks is not None:
             bias = self.moe_blocks.ffn.router_bias
-            bias[...] = balance_router_bias(bias[...], load_LxE, self.cfg.router_bias_rate)
+            bias[...] = balance_router_bias(bias[...], load_LxE[:n_moe], rate)
+        if self.mtp_block is not None and self.mtp_block.moe:
+            bias = self.mtp_block.ffn.router_bias
+            bias[...] = balance_router_bias(bias[...], load_LxE[n_moe], rate)
