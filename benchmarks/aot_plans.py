@@ -1,6 +1,7 @@
-"""AOT memory plans of the paper recipes (3b / 9b / 27b), residual vs mHC, from the compilers of
-the hardware they are meant for: libtpu for a TPU v5p slice, XLA:GPU for an H100 cluster (the
-paper trained on H800s; H100 is the nearest compile target), and XLA:CPU beside them.
+"""AOT memory plans of the paper recipes (3b / 9b / 27b) and DeepSeek-V3 (dsv3-671b, H100 only),
+residual vs mHC, from the compilers of the hardware they are meant for: libtpu for a TPU v5p
+slice, XLA:GPU for an H100 cluster (the paper trained on H800s; H100 is the nearest compile
+target), and XLA:CPU beside them.
 
 Each plan compiles the full training step in a fresh process (`mhc compile --target ... --json`)
 and is kept as one JSON file in `--raw` (reused when present: the run is resumable); the table
@@ -22,7 +23,7 @@ import subprocess
 import sys
 
 from mhc import rundir
-from study import flags
+from study import flags, report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # recipe, mesh (batch divides data*fsdp*expert; experts divide expert), overrides (remat and
@@ -36,6 +37,10 @@ PLANS = [
     ("27b", "fsdp=32,expert=8", ("remat=full", "microbatches=5"), "", None),
     ("27b", "fsdp=32,expert=8", ("remat=full", "microbatches=5", "moe_dispatch=capacity"),
      "capacity", ("v5p",)),
+    # DeepSeek-V3 on the 2048 GPUs it trained on: 256 experts 4 to a device; 16384 sequences
+    # (V3's 15360 does not divide over 2048), one per GPU per microbatch
+    ("dsv3-671b", "fsdp=32,expert=64", ("remat=full", "microbatches=8", "batch_size=16384"), "",
+     ("h100",)),
 ]
 FAMILIES = {  # --target family -> the target name for a mesh of n devices
     "cpu": lambda n: "cpu", "v5p": lambda n: f"v5p-{2 * n}", "h100": lambda n: f"h100x{n}"}
@@ -130,20 +135,10 @@ def notes(rows) -> list[str]:
              f"(`python -m benchmarks.aot_plans`; one JSON per plan in "
              f"`benchmarks/results/aot_plans/`). Peak = arguments + temporaries + unaliased "
              f"outputs per device, from each compiler's memory analysis; the mHC columns carry "
-             f"n = 4 streams; batch and sequence as in Table 5; MoE dispatch \"auto\" is "
+             f"n = 4 streams; batch and sequence as in Table 5 "
+             f"unless the settings say otherwise; MoE dispatch \"auto\" is "
              f"ragged on TPU and capacity on GPU and CPU unless a row says otherwise."] +
             (["", "Refused by the compiler:", *errors] if errors else []))
-
-
-def write_region(readme: str, text: str) -> None:
-    with open(readme) as f:
-        content = f.read()
-    start, end = REGION
-    if content.count(start) != 1 or content.count(end) != 1:
-        raise ValueError(f"{readme}: expected one {start} and one {end}")
-    head, rest = content.split(start, 1)
-    with open(readme, "w") as f:
-        f.write(head + start + "\n" + text + end + rest.split(end, 1)[1])
 
 
 FLAGS = (flags.flag("--target", nargs="+", default=["v5p", "h100", "cpu"], choices=FAMILIES,
@@ -199,7 +194,7 @@ def main(argv=None) -> int:
     with open(args.out, "w") as f:
         f.write(text)
     if args.readme:
-        write_region(args.readme, text)
+        report.write_region(args.readme, REGION, "\n" + text)
     print(text)
     return 0
 

@@ -17,7 +17,7 @@ import csv
 import os
 import sys
 
-from study import REPO, flags
+from study import REPO, flags, report
 from study.report import RESULTS, md_cell
 from study.verdict import RULE, verdict_word
 
@@ -195,9 +195,7 @@ def reproduced_table(results: str, link: str = "paper_repro/README.md") -> list[
 
 def region(text: str) -> str:
     """What lies between the markers of the generated region (ValueError if they are missing)."""
-    if text.count(REGION_START) != 1 or text.count(REGION_END) != 1:
-        raise ValueError(f"expected one {REGION_START} and one {REGION_END}")
-    return text.split(REGION_START, 1)[1].split(REGION_END, 1)[0]
+    return report.region(text, (REGION_START, REGION_END))
 
 
 def region_text(results: str) -> str:
@@ -210,11 +208,8 @@ def region_text(results: str) -> str:
 def write_region(path: str, results: str) -> None:
     """Replace the generated region of `path` (the top-level README.md) and nothing else."""
     with open(path) as f:
-        text = f.read()
-    old = region(text)
-    with open(path, "w") as f:
-        f.write(text.replace(REGION_START + old + REGION_END,
-                             REGION_START + region_text(results) + REGION_END))
+        region(f.read())  # a README without the markers fails before the tables are read
+    report.write_region(path, (REGION_START, REGION_END), region_text(results))
 
 
 def _anchor(title: str) -> str:

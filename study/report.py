@@ -5,7 +5,8 @@
 - `write`: a paper-vs-ours table (`study.verdict.Row`s) as `<name>.md` and `.csv`, with that
   provenance, the exact command (`command_line`) and the verdict rule;
 - `write_report` / `write_json` / `write_summary`: a study's Markdown summary (printed too) and its
-  JSON twin.
+  JSON twin;
+- `region` / `write_region`: a README's generated region between two marker comments.
 """
 from __future__ import annotations
 
@@ -67,6 +68,25 @@ def write_report(path: str, lines, missing=()) -> str:
         f.write(text)
     print(text)
     return text
+
+
+def region(text: str, markers: tuple[str, str]) -> str:
+    """What lies between `markers` (start, end) in `text` (ValueError unless each occurs once)."""
+    start, end = markers
+    if text.count(start) != 1 or text.count(end) != 1:
+        raise ValueError(f"expected one {start} and one {end}")
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def write_region(path: str, markers: tuple[str, str], content: str) -> None:
+    """Replace what lies between `markers` in the file `path` with `content`, nothing else
+    (ValueError, file untouched, unless each marker occurs once)."""
+    with open(path) as f:
+        text = f.read()
+    old = region(text, markers)
+    start, end = markers
+    with open(path, "w") as f:
+        f.write(text.replace(start + old + end, start + content + end))
 
 
 def md_cell(value) -> str:

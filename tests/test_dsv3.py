@@ -3,6 +3,7 @@ group-limited routing against independent NumPy formulations of the paper's equa
 bad values, an MoE multi-token-prediction block, and the `dsv3-671b` / `dsv3-mini` recipes with
 their parameter counts."""
 import dataclasses
+import os
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,8 @@ from mhc.model import Decoder
 from mhc.model.attention import MultiHeadLatentAttention
 from mhc.model.moe import MoE
 from mhc.model.routing import route
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------------ MLA with low-rank queries
@@ -237,3 +240,15 @@ def test_moe_mtp_block_is_routed_and_balanced():
     active, total = recipes.count_params(cfg)
     real = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert total == real and active < total
+
+
+def test_readme_parameter_counts_are_the_generated_table():
+    """The README's DeepSeek-V3 count table is `python -m benchmarks.param_counts`'s output, so a
+    change to the model's shapes that moves a count fails here until the table is regenerated."""
+    from study.report import region
+
+    from test_scripts import _load
+
+    counts = _load("benchmarks/param_counts.py")
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert region(f.read(), counts.REGION) == counts.region_text()

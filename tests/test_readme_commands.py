@@ -53,7 +53,9 @@ SKIP = (
 RUN = {"mhc info": (), "mhc train --recipe tiny --residual mhc": SMOKE_OVERRIDES}
 # Scripts without --smoke: parsed with the README's arguments alone.
 NO_SMOKE = {"paper_repro/collect.py": "trains nothing: it rebuilds paper_repro/README.md from the "
-                                      "result tables (tests/test_scripts.py runs it)"}
+                                      "result tables (tests/test_scripts.py runs it)",
+            "benchmarks/param_counts.py": "trains nothing: it counts from abstract shapes "
+                                          "(tests/test_dsv3.py checks the README's table)"}
 REPO_DIRS = ("mhc/", "study/", "experiments/", "paper_repro/", "benchmarks/", "notebooks/",
              "tests/")
 SCRIPT_PACKAGES = ("experiments", "paper_repro", "benchmarks")  # run as `python -m <pkg>.<script>`
