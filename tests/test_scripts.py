@@ -67,7 +67,7 @@ def test_step_time_smoke(tmp_path):
     text = out.read_text()
     for kind in ("residual", "hc", "mhc", "mhc_lite"):
         assert f"| smoke | {kind} |" in text
-    assert "Compile time of the mHC step (smoke): 4 layers" in text
+    assert "Compile time of the mHC step (smoke): 2 layers" in text and ", 4 layers " in text
 
 
 def test_paper_repro_stability_figures_smoke(tmp_path):
