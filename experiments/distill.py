@@ -134,8 +134,9 @@ def report(out: str, teacher, jobs, records: dict, teacher_record, kinds, seeds)
              f"{len(every)} runs, trained at commits {runs_commits(records=every)}.", "",
              f"Teacher: `{' '.join(TEACHER)}` on the micro data, final eval loss "
              f"{teacher_loss:.4f}. Students: `{student}`, mHC in the regime "
-             f"`{' '.join(regime_overrides(STUDENTS['mhc']))}`; with the teacher: distill_weight {WEIGHT}, "
-             f"distill_temperature {TEMPERATURE} (objective (1 − a) CE + a T² KL). Eval loss: "
+             f"`{' '.join(regime_overrides(STUDENTS['mhc']))}`; with the teacher: "
+             f"distill_weight {WEIGHT}, distill_temperature {TEMPERATURE} (objective "
+             "(1 − a) CE + a T² KL). Eval loss: "
              "data cross-entropy on 16 fixed held-out batches at the last step.", "",
              *lines, "", RULE]
     missing = [j[0] for j in jobs if (j[1]["kind"], j[1]["distilled"], j[1]["seed"])
