@@ -238,6 +238,6 @@ def test_the_study_smoke_runs(tmp_path):
     from experiments import distill as study
 
     out = str(tmp_path / "distill")
-    assert study.main(["--smoke", "--out", out]) == 0
+    assert study.main(["--smoke", "--seeds", "0", "--out", out]) == 0
     summary = open(os.path.join(out, "summary.md")).read()
     assert "mhc" in summary and "residual" in summary and "Verdict rule" in summary
