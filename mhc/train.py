@@ -307,6 +307,7 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
     rundir.check(run_dir, cfg, resume, overwrite)
     teacher = distill.load_teacher(cfg, distill.pinned_step(run_dir) if resume and t.teacher
                                    else None, student_dir=run_dir)
+    teacher_note = teacher.describe() if teacher else ""
     created = None if resume else rundir.make(run_dir, overwrite)
     main = jax.process_index() == 0
     mngr, sink, events, loop = None, metrics.Sink(), metrics.Sink(), None
@@ -347,9 +348,9 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
             loop.event(start, "resume", f"continuing after step {start}" if restored
                        else "no checkpoint yet: starting from step 0")
         if t.teacher:
-            loop.event(start, "teacher", f"distilling {t.teacher} at its step "
-                       f"{stepper.teacher_step} (weight {t.distill_weight:g}, temperature "
-                       f"{t.distill_temperature:g})", path=t.teacher,
+            loop.event(start, "teacher", f"distilling the {teacher_note} (weight "
+                       f"{t.distill_weight:g}, temperature {t.distill_temperature:g})",
+                       path=t.teacher,
                        teacher_step=stepper.teacher_step)
         if start < t.steps:
             with _StopOnSignal() as stop:
