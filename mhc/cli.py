@@ -4,6 +4,7 @@
     mhc train --recipe tiny --residual mhc [key=value ...]
     mhc train --resume --run-dir runs/tiny-mhc-s0           # continue exactly where it stopped
     mhc train --resume --run-dir runs/tiny-mhc-s0 --steps 400  # train a run longer (same LR schedule)
+    mhc train --recipe tiny --residual mhc teacher=runs/tiny-residual-s0   # distil (mhc.distill)
     mhc data prepare corpus/*.txt --out data/train.bin [--tokenizer tokenizer.json]
     mhc plot runs/tiny-mhc-s0
     mhc inspect runs/tiny-mhc-s0 [--step N]                  # the learned maps: PNG + text
@@ -52,6 +53,8 @@ def _resolve_config(args):
     if not args.resume:
         recipe = recipes.get(args.recipe)
         cfg = apply_overrides(recipe, overrides)
+        if cfg.train.teacher:  # saved absolute, so --resume finds it from any directory
+            cfg = apply_overrides(cfg, [f"teacher={os.path.abspath(cfg.train.teacher)}"])
         return cfg, args.run_dir or default_run_dir(cfg, args.recipe, recipe)
     if not args.run_dir:
         raise ConfigError("--resume needs --run-dir RUN_DIR (the run to continue)")

@@ -251,6 +251,14 @@ class TrainConfig:
     peak_flops: float = _resume_safe(0.0)
     # DEBUG ONLY (tests of the NaN guard): steps whose loss and gradients are forced to NaN
     debug_nan_steps: tuple[int, ...] = _resume_safe(())
+    # knowledge distillation (Hinton et al. 2015; mhc.distill): `teacher` is a run directory
+    # (its config.json and latest checkpoint; "" = off), frozen and run in the same jitted step;
+    # the objective is (1 - distill_weight) x CE(data) + distill_weight x T^2 x
+    # KL(p_teacher^T || p_student^T), T = distill_temperature. Teacher and student share the
+    # vocabulary; any residual kind on either side
+    teacher: str = ""
+    distill_weight: float = 0.5
+    distill_temperature: float = 2.0
 
     def __post_init__(self):
         _positive_int(self, "steps", "batch_size", "seq_len", "eval_every", "eval_batches",
@@ -284,6 +292,12 @@ class TrainConfig:
         _check(0 < self.val_fraction < 1, f"val_fraction={self.val_fraction!r}; must be in (0, 1)")
         _choice(self, "wandb", WANDB_MODES)
         _check(isinstance(self.out_dir, str) and self.out_dir != "", "out_dir must be non-empty")
+        _check(isinstance(self.teacher, str), f"teacher={self.teacher!r}; must be a run "
+               f"directory or empty (off)")
+        _check(0 <= self.distill_weight <= 1,  # False for NaN too
+               f"distill_weight={self.distill_weight!r}; must be in [0, 1]")
+        _check(0 < self.distill_temperature < math.inf,
+               f"distill_temperature={self.distill_temperature!r}; must be > 0")
 
 
 @dataclasses.dataclass(frozen=True)

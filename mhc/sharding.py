@@ -208,36 +208,54 @@ def check_batch(batch_size: int, mesh):
                             f"mesh size data*fsdp*expert={size}")
 
 
-def shard_step(step_fn: Callable, model: nnx.Module, optimizer: nnx.Optimizer, mesh):
+def shard_step(step_fn: Callable, model: nnx.Module, optimizer: nnx.Optimizer, mesh,
+               frozen: nnx.Module | None = None):
     """Compile `step_fn(model, optimizer, batch) -> metrics` (which updates both in place) as a
     pure jitted function with explicit in/out shardings and donated state (metrics: any pytree,
     returned replicated).
 
     Returns (step, state): call `state, metrics = step(state, batch)`; `state` starts as the
     placed (model, optimizer) state, and `nnx.update((model, optimizer), state)` brings it back.
+    `frozen`: a module the step only reads (a distillation teacher), placed once on its own
+    shardings and passed as `step_fn(model, optimizer, batch, frozen)`; it is an argument of
+    every call, neither donated nor returned, so nothing the step does to it is kept.
     """
     graphdef, state = nnx.split((model, optimizer))
     shardings = state_shardings(state, mesh)
-    jitted = jit_state_step(step_fn, graphdef, shardings, mesh)
+    extra, frozen_spec = (), None
+    if frozen is not None:
+        frozen_def, frozen_state = nnx.split(frozen)
+        frozen_shardings = state_shardings(frozen_state, mesh)
+        extra, frozen_spec = ((jax.device_put(frozen_state, frozen_shardings),),
+                              (frozen_def, frozen_shardings))
+    jitted = jit_state_step(step_fn, graphdef, shardings, mesh, frozen_spec)
 
     def step(state, batch):
         with jax.set_mesh(mesh):  # activation constraints (`constrain`) see the mesh
-            return jitted(state, batch)
+            return jitted(state, batch, *extra)
 
     return step, jax.device_put(state, shardings)
 
 
-def jit_state_step(step_fn: Callable, graphdef, shardings, mesh):
+def jit_state_step(step_fn: Callable, graphdef, shardings, mesh, frozen=None):
     """`jax.jit` of `(state, batch) -> (new state, step_fn's output)` for the (model, optimizer)
     pair described by `graphdef`, with state shardings `shardings`, the batch split as
     `batch_sharding`, the output replicated and the state donated. Trace or lower it under
-    `jax.set_mesh(mesh)` so that activation constraints see the mesh."""
-    def pure(state, batch):
+    `jax.set_mesh(mesh)` so that activation constraints see the mesh. `frozen`: (graphdef,
+    shardings) of a read-only module, then the function is `(state, batch, frozen state)` and
+    `step_fn` gets the module as its fourth argument (`shard_step`)."""
+    in_shardings = (shardings, batch_sharding(mesh))
+    if frozen is not None:
+        frozen_def, frozen_shardings = frozen
+        in_shardings += (frozen_shardings,)
+
+    def pure(state, batch, *frozen_state):
         model, optimizer = nnx.merge(graphdef, state)
-        out = step_fn(model, optimizer, batch)
+        modules = (nnx.merge(frozen_def, *frozen_state),) if frozen_state else ()
+        out = step_fn(model, optimizer, batch, *modules)
         return nnx.state((model, optimizer)), out
 
-    return jax.jit(pure, in_shardings=(shardings, batch_sharding(mesh)),
+    return jax.jit(pure, in_shardings=in_shardings,
                    out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
 

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from mhc import checkpoint, data, metrics, results, rundir, sharding
+from mhc import checkpoint, data, distill, metrics, results, rundir, sharding
 from mhc.config import Config, ConfigError
 from mhc.model import Decoder
 from mhc.train_step import (evaluate, flops_per_token, lr_schedule, make_optimizer, peak_flops,
@@ -42,9 +42,12 @@ class Stepper:
     mesh) and advanced by `mhc.sharding.shard_step` (explicit shardings, state donated;
     multi-process when `jax.distributed` was initialised: each process feeds its own rows of the
     batch). `modules()` gives a model and optimizer that hold the current state, for eval and
-    checkpoints; `restore` reads a checkpoint straight into the state's shardings."""
+    checkpoints; `restore` reads a checkpoint straight into the state's shardings. With a
+    `teacher` (`mhc.distill.Teacher`) every step distils it: its model is placed once, read by
+    the same jitted step and never updated, donated or saved."""
 
-    def __init__(self, model: Decoder, optimizer: nnx.Optimizer, cfg: Config):
+    def __init__(self, model: Decoder, optimizer: nnx.Optimizer, cfg: Config,
+                 teacher: distill.Teacher | None = None):
         t = cfg.train
         if t.mesh:
             self.mesh = sharding.make_mesh(t.mesh)
@@ -54,9 +57,14 @@ class Stepper:
             self.mesh = sharding.make_mesh(None, devices=jax.local_devices()[:1])
         sharding.check_batch(t.batch_size, self.mesh)
         self._graphdef = nnx.graphdef((model, optimizer))
+        body = functools.partial(train_step_body, microbatches=t.microbatches,
+                                 schedule=lr_schedule(cfg),
+                                 distill_args=(t.distill_weight, t.distill_temperature))
+        self.teacher_step = None if teacher is None else teacher.step
         self._step, self.state = sharding.shard_step(
-            functools.partial(train_step_body, microbatches=t.microbatches,
-                              schedule=lr_schedule(cfg)), model, optimizer, self.mesh)
+            lambda model, optimizer, batch, *frozen: body(model, optimizer, batch,
+                                                          teacher=frozen[0] if frozen else None),
+            model, optimizer, self.mesh, frozen=None if teacher is None else teacher.model)
 
     def __call__(self, batch: dict, poison: bool | None = None):
         """One step on this process's rows of `batch` -> (metrics, per-layer stats). `poison`
@@ -186,8 +194,10 @@ class _Loop:
 
     # -- state that must survive a restart besides model/optimizer/data -------------------------
     def meta(self) -> dict:
+        teacher = ({} if self.stepper.teacher_step is None
+                   else {distill.META_KEY: self.stepper.teacher_step})
         return {"bad_in_a_row": self.bad_in_a_row,
-                "loss_window": list(self.spikes.losses)}
+                "loss_window": list(self.spikes.losses), **teacher}
 
     def load_meta(self, meta: dict | None) -> None:
         # checkpoints written before 2026-12 also carry an "rng" entry that nothing read
@@ -288,11 +298,16 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
         overwrite: bool = False) -> RunResult:
     """Train `cfg` into `run_dir`; with `resume`, continue from its latest checkpoint exactly.
 
-    Bad input (data, vocabulary, run directory) raises before anything is written; a run that
-    fails before its first step leaves no files behind."""
+    Bad input (data, vocabulary, run directory, teacher) raises before anything is written; a
+    run that fails before its first step leaves no files behind. A distilled run (`teacher`)
+    loads its teacher here: the latest checkpoint, or on resume the step its checkpoint
+    recorded (`mhc.distill`)."""
     t = cfg.train
     train_ds, val_tokens = _load_data(cfg)
     rundir.check(run_dir, cfg, resume, overwrite)
+    teacher = distill.load_teacher(cfg, distill.pinned_step(run_dir) if resume and t.teacher
+                                   else None, student_dir=run_dir)
+    teacher_note = teacher.describe() if teacher else ""
     created = None if resume else rundir.make(run_dir, overwrite)
     main = jax.process_index() == 0
     mngr, sink, events, loop = None, metrics.Sink(), metrics.Sink(), None
@@ -304,8 +319,8 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
         if t.checkpoint:
             mngr = checkpoint.manager(run_dir, keep_last=t.keep_last, keep_every=t.keep_every,
                                       async_save=t.async_checkpoint)
-        stepper = Stepper(model, optimizer, cfg)
-        del model, optimizer  # the stepper owns the state from here on
+        stepper = Stepper(model, optimizer, cfg, teacher)
+        del model, optimizer, teacher  # the stepper owns the state from here on
         start, restored = 0, None
         if resume and mngr is not None and mngr.latest_step() is not None:
             restored = stepper.restore(mngr)
@@ -332,6 +347,11 @@ def run(cfg: Config, run_dir: str, *, verbose: bool = True, resume: bool = False
             loop.load_meta(restored.meta if restored else None)
             loop.event(start, "resume", f"continuing after step {start}" if restored
                        else "no checkpoint yet: starting from step 0")
+        if t.teacher:
+            loop.event(start, "teacher", f"distilling the {teacher_note} (weight "
+                       f"{t.distill_weight:g}, temperature {t.distill_temperature:g})",
+                       path=t.teacher,
+                       teacher_step=stepper.teacher_step)
         if start < t.steps:
             with _StopOnSignal() as stop:
                 loop.run(start, stop)

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from mhc import data, diagnostics, recipes
+from mhc import data, diagnostics, distill, recipes
 from mhc.config import Config
 from mhc.model import Decoder
 
@@ -97,12 +97,22 @@ def _router_metrics(router: dict) -> dict:
             "router_dropped": router["dropped"].sum() / jnp.maximum(load.sum(), 1.0)}
 
 
-def _loss_fn(model: Decoder, inputs_BxT, targets_BxT):
-    """(training objective, (ModelOutput, losses)): next-token cross-entropy, plus
-    `mtp_weight` x the multi-token-prediction loss when the model has that head."""
+def _loss_fn(model: Decoder, batch: dict, distill_args: tuple[float, float] | None = None):
+    """(training objective, (ModelOutput, losses)): next-token cross-entropy ("loss"), plus
+    `mtp_weight` x the multi-token-prediction loss when the model has that head. With
+    `distill_args` (weight, temperature) and the teacher's logits in `batch["teacher_logits"]`,
+    the next-token part is `mhc.distill.objective` of the CE and the KL to the teacher (both
+    logged, "distill_kl" and "distill_objective")."""
+    inputs_BxT, targets_BxT = batch["inputs"], batch["targets"]
     out = model.forward(inputs_BxT)
     losses = {"loss": cross_entropy(out.logits, targets_BxT)}
     objective = losses["loss"]
+    if distill_args is not None:
+        weight, temperature = distill_args
+        losses["distill_kl"] = distill.kl_divergence(out.logits, batch["teacher_logits"],
+                                                     temperature)
+        objective = losses["distill_objective"] = distill.objective(
+            objective, losses["distill_kl"], weight, temperature)
     if out.mtp_logits is not None:
         # position t predicts token t+2 = targets[:, t+1]; the last position has no target
         losses["mtp_loss"] = cross_entropy(out.mtp_logits[:, :-1], targets_BxT[:, 1:])
@@ -110,14 +120,15 @@ def _loss_fn(model: Decoder, inputs_BxT, targets_BxT):
     return objective, (out, losses)
 
 
-def _loss_and_grads(model: Decoder, batch: dict, microbatches: int):
+def _loss_and_grads(model: Decoder, batch: dict, microbatches: int,
+                    distill_args: tuple[float, float] | None = None):
     """(losses, ModelOutput, grads w.r.t. Params). With microbatches > 1 the batch is split
     into interleaved slices (row i goes to slice i mod m, so a sharded batch needs no data
     movement); gradients and losses are averaged over slices, router loads summed, and the maps
     of the last slice are returned for diagnostics."""
     grad_fn = nnx.value_and_grad(_loss_fn, has_aux=True)
     if microbatches == 1:
-        (_, (out, losses)), grads = grad_fn(model, batch["inputs"], batch["targets"])
+        (_, (out, losses)), grads = grad_fn(model, batch, distill_args)
         return losses, out, grads
     b = batch["inputs"].shape[0]
     if b % microbatches:
@@ -129,8 +140,7 @@ def _loss_and_grads(model: Decoder, batch: dict, microbatches: int):
     def one(carry, mb):
         # the state rides in the carry: NNX states must enter a traced function as arguments
         (params, rest), total_grads = carry
-        (_, (out, losses)), grads = grad_fn(nnx.merge(graphdef, params, rest), mb["inputs"],
-                                            mb["targets"])
+        (_, (out, losses)), grads = grad_fn(nnx.merge(graphdef, params, rest), mb, distill_args)
         return ((params, rest), jax.tree.map(jnp.add, total_grads, grads)), (out, losses)
 
     zero_grads = jax.tree.map(jnp.zeros_like, params)
@@ -143,7 +153,8 @@ def _loss_and_grads(model: Decoder, batch: dict, microbatches: int):
 
 
 def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
-                    microbatches: int = 1, schedule: optax.Schedule | None = None):
+                    microbatches: int = 1, schedule: optax.Schedule | None = None,
+                    teacher: Decoder | None = None, distill_args: tuple[float, float] = (0.5, 2.0)):
     """One update, in place: loss, gradients (Params only; accumulated over `microbatches`),
     AdamW, then the MoE routers' aux-loss-free balancing from this batch's load.
     Returns (scalar metrics, per-layer stats). Plain function so it can be jitted as is
@@ -155,10 +166,17 @@ def train_step_body(model: Decoder, optimizer: nnx.Optimizer, batch: dict,
     flag per row; debug only, TrainConfig.debug_nan_steps) forces that case by making the losses
     and gradients NaN. With the optimizer's `schedule` (`lr_schedule(cfg)`), `metrics["lr"]` is
     the learning rate this update used.
+
+    With a `teacher` (a frozen `Decoder`, `mhc.distill`), its logits on the whole batch are
+    computed first, outside the differentiated function, and the objective distils them with
+    `distill_args` = (distill_weight, distill_temperature); the teacher is only read.
     """
     batch = dict(batch)
     poison = batch.pop("poison", None)
-    losses, out, grads = _loss_and_grads(model, batch, microbatches)
+    if teacher is not None:
+        batch["teacher_logits"] = jax.lax.stop_gradient(teacher.forward(batch["inputs"]).logits)
+    losses, out, grads = _loss_and_grads(model, batch, microbatches,
+                                         distill_args if teacher is not None else None)
     if poison is not None:
         nan_or_one = jnp.where(jnp.any(poison), jnp.nan, 1.0)
         losses, grads = jax.tree.map(lambda v: v * nan_or_one, (losses, grads))

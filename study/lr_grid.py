@@ -79,11 +79,11 @@ def plan(kinds, depths, lrs, seeds, extra=(), smoke=False, runs_root=None):
 
 
 def record(job, records_dir: str, *, train: bool = True, verbose: bool = True,
-           label: str = "") -> bool:
+           label: str = "", keep=KEEP) -> bool:
     """Whether `job` (a `plan` entry) has its compact record in `records_dir`: a record of a
     finished run with the same overrides is the run (a fresh checkout continues the grid without
     retraining what is committed); otherwise, with `train`, the run trains (or resumes) and its
-    record is written."""
+    record (the `keep` keys of each metrics row) is written."""
     name, *_, overrides, cfg, run_dir = job
     path = os.path.join(records_dir, f"{name}.json")
     if recorded(path, overrides):
@@ -91,15 +91,15 @@ def record(job, records_dir: str, *, train: bool = True, verbose: bool = True,
     if not train:
         return False
     train_or_resume(cfg, run_dir, verbose=verbose, label=label or name)
-    write_record(path, compact_run(run_dir, overrides, KEEP))
+    write_record(path, compact_run(run_dir, overrides, keep))
     return True
 
 
-def record_all(jobs, records_dir: str, verbose: bool = True) -> None:
+def record_all(jobs, records_dir: str, verbose: bool = True, keep=KEEP) -> None:
     """`record` every job of a plan, training what has no record yet."""
     enable_compile_cache()
     for i, job in enumerate(jobs, 1):
-        record(job, records_dir, verbose=verbose, label=f"[{i}/{len(jobs)}] {job[0]}")
+        record(job, records_dir, verbose=verbose, label=f"[{i}/{len(jobs)}] {job[0]}", keep=keep)
 
 
 def load(records_dir: str, jobs) -> tuple[dict, list[dict], list[str]]:
