@@ -140,8 +140,8 @@ def _gemm_fwd(x_BxMxK, w_BxKxN, out_dtype):
 
 def _gemm_bwd(out_dtype, residuals, dy_BxMxN):
     (xq, sx, wq, sw), (x_like, w_like) = residuals
-    b, m, c, _ = xq.shape
-    k, n = x_like.shape[-1], dy_BxMxN.shape[-1]
+    b, _, c, _ = xq.shape
+    k = x_like.shape[-1]
     dy = dy_BxMxN.astype(jnp.float32)
     # dgrad: contraction over N. dy in 1x128 tiles along N; wᵀ's 128x128 blocks are w's
     gq, sg = quantise_tiles(dy)  # [B, M, Cn, T], [B, M, Cn]
