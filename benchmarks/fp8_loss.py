@@ -50,22 +50,27 @@ def distances(runs: dict, last: int = 50) -> dict:
             "eval_abs": float(abs(runs["fp8"]["eval"] - runs["bf16"]["eval"])), "last": last}
 
 
+def report(runs: dict, out: str, last: int = 50) -> dict:
+    """Write the table (and the curves as JSON beside it); return the distances."""
+    d = distances(runs, last)
+    with open(os.path.splitext(out)[0] + ".json", "w") as f:
+        json.dump({"date": str(datetime.date.today()), "distances": d, "runs": runs}, f)
+    lines = [f"fp8=deepseek vs bf16, recipe tiny, residual mhc, {len(runs['bf16']['loss'])} "
+             f"steps, {datetime.date.today()} (CPU: e4m3 products accumulated in fp32)", "",
+             f"| | first loss | last-{last} mean | final eval |", "|---|---|---|---|",
+             *(f"| {k} | {r['loss'][0]:.4f} | {np.mean(r['loss'][-last:]):.4f} | "
+               f"{r['eval']:.4f} |" for k, r in runs.items()), "",
+             f"max per-step |Δloss| {d['max_step_abs']:.4f}; |Δ last-{last} mean| "
+             f"{d['last_mean_abs']:.4f}; |Δ final eval| {d['eval_abs']:.4f}", ""]
+    write_report(out, lines)
+    return d
+
+
 def main(argv=None) -> int:
     args = flags.parser(__doc__, *FLAGS, out="benchmarks/results/fp8_loss.md").parse_args(argv)
     runs = train_pair(SMOKE_OVERRIDES if args.smoke else ())
-    d = distances(runs, 2 if args.smoke else 50)
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
-        json.dump({"date": str(datetime.date.today()), "distances": d, "runs": runs}, f)
-    a, b = runs["bf16"]["loss"], runs["fp8"]["loss"]
-    lines = [f"fp8=deepseek vs bf16, recipe tiny, residual mhc, {len(a)} steps, "
-             f"{datetime.date.today()} (CPU: e4m3 products accumulated in fp32)", "",
-             "| | first loss | last-{0} mean | final eval |".format(d["last"]), "|---|---|---|---|",
-             *(f"| {k} | {r['loss'][0]:.4f} | {np.mean(r['loss'][-d['last']:]):.4f} | "
-               f"{r['eval']:.4f} |" for k, r in runs.items()), "",
-             f"max per-step |Δloss| {d['max_step_abs']:.4f}; |Δ last-{d['last']} mean| "
-             f"{d['last_mean_abs']:.4f}; |Δ final eval| {d['eval_abs']:.4f}", ""]
-    write_report(args.out, lines)
-    return 0 if np.all(np.isfinite(b)) else 1
+    report(runs, args.out, 2 if args.smoke else 50)
+    return 0 if np.all(np.isfinite(runs["fp8"]["loss"])) else 1
 
 
 if __name__ == "__main__":
