@@ -130,7 +130,31 @@ def plan(cfg: Config, mesh_spec: str | None, *, devices=None, target: str = "cpu
         "remat": cfg.model.remat, "compile_seconds": compile_s,
         "kernel_calls": kernel_calls(hlo),
         "all_gathers": len(re.findall(r"\ball-gather(?:-start)?\(", compiled_text)),
+        "fp8_gemms": fp8_gemms(compiled_text),
     }
+
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = \(?(\w+)\[")
+_DOT = re.compile(r"\b(?:dot|convolution)\(%([\w.\-]+), %([\w.\-]+)\)")
+
+
+def fp8_gemms(compiled_text: str) -> dict[str, int]:
+    """The FP8 GEMMs in a compiled program's text (`fp8=deepseek`): cuBLASLt's FP8 matmul custom
+    calls (`__cublas$lt$matmul$f8`), and dots (or convolutions) whose two operands are float8
+    (XLA:GPU emits them inside Triton gemm fusions when it does not pick cuBLASLt). Operand
+    types are looked up by name within each computation."""
+    types, dots = {}, 0
+    for line in compiled_text.splitlines():
+        if line.rstrip().endswith("{") and " = " not in line:  # a computation starts
+            types = {}
+        found = _INSTRUCTION.match(line)
+        if found:
+            types[found.group(1)] = found.group(2)
+        dot = _DOT.search(line)
+        if dot and all(types.get(name, "").startswith("f8") for name in dot.groups()):
+            dots += 1
+    return {"cublas_lt_f8": compiled_text.count('custom_call_target="__cublas$lt$matmul$f8"'),
+            "f8_dots": dots}
 
 
 def kernel_calls(hlo_text: str) -> dict[str, int]:
@@ -169,6 +193,10 @@ def format_plan(name: str, cfg: Config, p: dict, hbm: int | None = None) -> str:
            "no cost analysis from this compiler"),
         f"  remat: {p['remat']}; compiled in {p['compile_seconds']:.1f} s",
     ]
+    if cfg.model.fp8 != "none":
+        f8 = p["fp8_gemms"]
+        lines.append(f"  fp8={cfg.model.fp8}: {f8['cublas_lt_f8']} cuBLASLt FP8 GEMM calls, "
+                     f"{f8['f8_dots']} dots on float8 operands in the compiled program")
     hbm = hbm or p["hbm_bytes"]
     if hbm:
         verdict = "fits" if p["peak_bytes"] <= hbm else "DOES NOT FIT"

@@ -9,7 +9,7 @@ import typing
 
 from mhc import connections, manifolds
 from mhc.metrics import WANDB_MODES
-from mhc.model_choices import ATTENTION, DISPATCH, FFN, MTP_FFN, router_group_error
+from mhc.model_choices import ATTENTION, DISPATCH, FFN, FP8, MTP_FFN, router_group_error
 from mhc.remat import REMAT
 
 DTYPES = ("auto", "float32", "bfloat16")  # auto: bfloat16 on GPU/TPU, float32 on CPU
@@ -100,6 +100,11 @@ class ModelConfig(connections.ConnectionOptions):
     mtp_depth: int = 0
     mtp_weight: float = 0.1
     mtp_ffn: str = "dense"  # the MTP block's FFN: dense (d_ff) or moe (as V3's; needs ffn=moe)
+    # "deepseek": DeepSeek-V3's FP8 training (mhc.fp8) for the attention projections, dense FFNs,
+    # shared and routed experts and the MTP projection: e4m3 inputs forward and backward, 1x128
+    # activation tiles, 128x128 weight blocks, fp32 promotion every 128. Embeddings, LM head,
+    # router, norms, attention scores and the whole HC/mHC coefficient path keep their precision
+    fp8: str = "none"
 
     def __post_init__(self):
         _positive_int(self, "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len")
@@ -109,6 +114,10 @@ class ModelConfig(connections.ConnectionOptions):
         _check(self.mtp_depth in (0, 1), f"mtp_depth={self.mtp_depth!r}; allowed: 0, 1")
         _check(self.mtp_weight >= 0, f"mtp_weight={self.mtp_weight!r}; must be >= 0")
         _choice(self, "mtp_ffn", MTP_FFN)
+        _choice(self, "fp8", FP8)
+        _check(self.fp8 == "none" or self.ffn == "dense" or self.moe_dispatch != "ragged",
+               f"fp8={self.fp8!r} with moe_dispatch='ragged': the FP8 expert GEMMs are batched "
+               f"per expert; allowed: moe_dispatch=capacity or auto (capacity under fp8)")
         _check(self.mtp_ffn == "dense" or self.ffn == "moe",
                f"mtp_ffn={self.mtp_ffn!r} needs ffn='moe' (got ffn={self.ffn!r})")
         if self.attention == "mha":

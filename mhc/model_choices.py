@@ -8,6 +8,8 @@ ATTENTION = ("mha", "mla")  # multi-head attention with RoPE; DeepSeek's latent 
 FFN = ("dense", "moe")  # SwiGLU everywhere; shared + routed experts after n_dense_layers
 DISPATCH = ("auto", "capacity", "ragged")  # MoE token dispatch (mhc.model.moe; auto: by platform)
 MTP_FFN = ("dense", "moe")  # the multi-token-prediction block's FFN (DeepSeek-V3's is MoE)
+# the dense and expert GEMMs: as the compute dtype, or DeepSeek-V3's fine-grained FP8 (mhc.fp8)
+FP8 = ("none", "deepseek")
 
 
 def router_group_error(n_experts: int, k: int, groups: int, topk_groups: int) -> str | None:

@@ -51,11 +51,15 @@ class CausalSelfAttention(nnx.Module):
 
     def __init__(self, d_model: int, n_heads: int, *, rope_theta: float = 10000.0,
                  init_std: float = 0.02, out_std: float | None = None, dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+                 dot_general=jax.lax.dot_general, rngs: nnx.Rngs):
+        # dot_general: the projections' GEMM (jax.lax.dot_general; mhc.fp8's under fp8);
+        # the attention products themselves stay in the compute dtype (DeepSeek-V3's list)
         self.n_heads, self.head_dim, self.rope_theta = n_heads, d_model // n_heads, rope_theta
         self.qkv = nnx.Linear(d_model, 3 * d_model, use_bias=False, dtype=dtype, rngs=rngs,
+                              dot_general=dot_general,
                               kernel_init=param_init(init_std, ("embed", "heads")))
         self.out = nnx.Linear(d_model, d_model, use_bias=False, dtype=dtype, rngs=rngs,
+                              dot_general=dot_general,
                               kernel_init=param_init(out_std or init_std, ("heads", "embed")))
 
     def __call__(self, x_BxTxC: jax.Array) -> jax.Array:
@@ -78,14 +82,16 @@ class MultiHeadLatentAttention(nnx.Module):
     def __init__(self, d_model: int, n_heads: int, *, kv_rank: int = 512, q_rank: int = 0,
                  nope_dim: int = 128, rope_dim: int = 64, v_dim: int = 128,
                  rope_theta: float = 10000.0, norm_eps: float = 1e-6, init_std: float = 0.02,
-                 out_std: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+                 out_std: float | None = None, dtype=jnp.float32,
+                 dot_general=jax.lax.dot_general,
+                 rngs: nnx.Rngs):
         self.n_heads, self.nope_dim, self.rope_dim, self.v_dim = n_heads, nope_dim, rope_dim, v_dim
         self.kv_rank, self.rope_theta = kv_rank, rope_theta
         qk_dim = nope_dim + rope_dim
 
         def linear(d_in, d_out, names, std=init_std):
             return nnx.Linear(d_in, d_out, use_bias=False, dtype=dtype, rngs=rngs,
-                              kernel_init=param_init(std, names))
+                              dot_general=dot_general, kernel_init=param_init(std, names))
 
         if q_rank:
             self.q_down = linear(d_model, q_rank, ("embed", "q_lora"))

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from mhc import fp8 as fp8_gemm
 from mhc import sharding, targets
 from mhc.model.attention import param_init
 from mhc.model.mlp import SwiGLU
@@ -59,25 +60,39 @@ def _from_buffers(out_GxExUxC, where, weights_GxSxA):
                    * weights_GxSxA[..., None].astype(out_GxExUxC.dtype), 2)
 
 
-def _experts(buffers_GxExUxC, w_gate_up_ExCx2F, w_down_ExFxC):
+def _expert_fp8(x_GxExUxC, w_ExCxF):
+    """"gepc,ecf->gepf" as E block-scaled FP8 GEMMs (mhc.fp8): each expert's slots of every group
+    are its M rows."""
+    g, e, u, c = x_GxExUxC.shape
+    rows = jnp.swapaxes(x_GxExUxC, 0, 1).reshape(e, g * u, c)
+    out = fp8_gemm.batched_matmul(rows, w_ExCxF)
+    return jnp.swapaxes(out.reshape(e, g, u, -1), 0, 1)
+
+
+def _experts(buffers_GxExUxC, w_gate_up_ExCx2F, w_down_ExFxC, fp8: bool = False):
+    if fp8:
+        gate, up = jnp.split(_expert_fp8(buffers_GxExUxC, w_gate_up_ExCx2F), 2, -1)
+        return _expert_fp8(jax.nn.silu(gate) * up, w_down_ExFxC)
     gate, up = jnp.split(jnp.einsum("gepc,ecf->gepf", buffers_GxExUxC, w_gate_up_ExCx2F), 2, -1)
     return jnp.einsum("gepf,efc->gepc", jax.nn.silu(gate) * up, w_down_ExFxC)
 
 
 def capacity_dispatch(x_GxSxC, ids_GxSxA, weights_GxSxA, w_gate_up_ExCx2F, w_down_ExFxC,
-                      capacity: int):
+                      capacity: int, fp8: bool = False):
     """Per-expert buffers of `capacity` slots for each of G token groups (a leading G axis is
-    optional). Returns (y [G, S, C], dropped assignment count)."""
+    optional). Returns (y [G, S, C], dropped assignment count). `fp8`: the expert GEMMs in
+    DeepSeek-V3's FP8 (mhc.fp8)."""
     grouped = x_GxSxC.ndim == 3
     if not grouped:
         x_GxSxC, ids_GxSxA, weights_GxSxA = x_GxSxC[None], ids_GxSxA[None], weights_GxSxA[None]
     buffers, where = _to_buffers(x_GxSxC, ids_GxSxA, w_gate_up_ExCx2F.shape[0], capacity)
-    y = _from_buffers(_experts(buffers, w_gate_up_ExCx2F, w_down_ExFxC), where, weights_GxSxA)
+    y = _from_buffers(_experts(buffers, w_gate_up_ExCx2F, w_down_ExFxC, fp8), where,
+                      weights_GxSxA)
     return (y if grouped else y[0]), jnp.sum(~where[3])
 
 
 def expert_parallel_dispatch(x_BxTxC, ids_BxTxA, weights_BxTxA, w_gate_up_ExCx2F, w_down_ExFxC,
-                             capacity: int, mesh):
+                             capacity: int, mesh, fp8: bool = False):
     """Capacity dispatch under `shard_map`: each device fills buffers for its own sequences,
     an all-to-all over `expert` sends them to the devices holding those experts, and a second
     all-to-all brings the outputs back. FSDP-sharded expert weights are all-gathered first."""
@@ -94,7 +109,7 @@ def expert_parallel_dispatch(x_BxTxC, ids_BxTxA, weights_BxTxA, w_gate_up_ExCx2F
         buffers, where = _to_buffers(x, ids, w1.shape[0] * ep, capacity)
         if expert:  # [G, E, U, C] -> [G*ep, E/ep, U, C]: my experts, everyone's tokens
             buffers = jax.lax.all_to_all(buffers, expert, 1, 0, tiled=True)
-        out = _experts(buffers, w1, w2)
+        out = _experts(buffers, w1, w2, fp8)
         if expert:
             out = jax.lax.all_to_all(out, expert, 0, 1, tiled=True)
         dropped = jnp.sum(~where[3])
@@ -130,13 +145,17 @@ class MoE(nnx.Module):
     def __init__(self, d_model: int, expert_ff: int, n_routed: int, n_shared: int, k: int, *,
                  capacity_factor: float = 1.25, dispatch: str = "auto", routed_scale: float = 1.0,
                  groups: int = 1, topk_groups: int = 1, init_std: float = 0.02,
-                 out_std: float | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
+                 out_std: float | None = None, dtype=jnp.float32, fp8: str = "none",
+                 rngs: nnx.Rngs):
         if dispatch not in DISPATCH:
             raise ValueError(f"moe_dispatch={dispatch!r}; allowed: {', '.join(DISPATCH)}")
         check_groups(n_routed, k, groups, topk_groups)
+        if fp8 != "none" and dispatch == "ragged":
+            raise ValueError(f"fp8={fp8!r} with moe_dispatch='ragged'; allowed: capacity, auto")
         self.k, self.capacity_factor, self.routed_scale = k, capacity_factor, routed_scale
         self.groups, self.topk_groups = groups, topk_groups
-        self.dispatch, self.dtype = dispatch, dtype
+        # fp8: the shared and routed experts' GEMMs in FP8; the router stays fp32 (V3's gating)
+        self.dispatch, self.dtype, self.fp8 = dispatch, dtype, fp8 == "deepseek"
         key = rngs.params
         self.router = nnx.Param(param_init(init_std, ("embed", "expert"))(
             key(), (d_model, n_routed), jnp.float32))
@@ -146,7 +165,8 @@ class MoE(nnx.Module):
         self.w_down = nnx.Param(param_init(out_std or init_std, ("expert", "mlp", "embed"))(
             key(), (n_routed, expert_ff, d_model), jnp.float32))
         self.shared = (SwiGLU(d_model, n_shared * expert_ff, init_std=init_std, out_std=out_std,
-                              dtype=dtype, rngs=rngs) if n_shared else None)
+                              dtype=dtype, dot_general=fp8_gemm.linear_dot_general(fp8),
+                              rngs=rngs) if n_shared else None)
 
     def capacity(self, n_tokens: int) -> int:
         """Slots per expert for a group of `n_tokens` tokens."""
@@ -161,15 +181,16 @@ class MoE(nnx.Module):
         w_gate_up = self.w_gate_up[...].astype(self.dtype)
         w_down = self.w_down[...].astype(self.dtype)
         dispatch = self.dispatch
-        if dispatch == "auto":
-            dispatch = AUTO_DISPATCH[targets.current_platform()]
+        if dispatch == "auto":  # the FP8 expert GEMMs are per-expert batched: capacity
+            dispatch = "capacity" if self.fp8 else AUTO_DISPATCH[targets.current_platform()]
         mesh = jax.sharding.get_abstract_mesh()
         if dispatch == "capacity" and not mesh.empty and mesh.shape.get("tensor", 1) == 1:
             y, dropped = expert_parallel_dispatch(x, ids, weights, w_gate_up, w_down,
-                                                  self.capacity(t), mesh)
+                                                  self.capacity(t), mesh, self.fp8)
         elif dispatch == "capacity":
             # one dispatch group per sequence: the batch axis stays data-parallel on a mesh
-            y, dropped = capacity_dispatch(x, ids, weights, w_gate_up, w_down, self.capacity(t))
+            y, dropped = capacity_dispatch(x, ids, weights, w_gate_up, w_down, self.capacity(t),
+                                           self.fp8)
         else:
             y, dropped = ragged_dispatch(x.reshape(b * t, c), ids.reshape(b * t, -1),
                                          weights.reshape(b * t, -1), w_gate_up, w_down)

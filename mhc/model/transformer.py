@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mhc import connections, diagnostics, sharding
+from mhc import connections, diagnostics, fp8, sharding
 from mhc.config import ModelConfig
 from mhc.connections import Maps
 from mhc.layers import HyperConnection, HyperHead
@@ -63,27 +63,31 @@ class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, block_index=0, *, moe: bool = False, rngs: nnx.Rngs):
         dtype = _dtype(cfg)
         out_std = cfg.init_std / (2 * cfg.n_layers) ** 0.5  # GPT-2 style depth scaling
+        # the GEMMs of attention's projections and the FFNs (FP8 under fp8=deepseek); the
+        # norms and the connection sites (HC/mHC coefficients: fp32 by design) are untouched
+        dot_general = fp8.linear_dot_general(cfg.fp8)
         self.attn_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
         if cfg.attention == "mla":
             self.attn = MultiHeadLatentAttention(
                 cfg.d_model, cfg.n_heads, kv_rank=cfg.kv_lora_rank, q_rank=cfg.q_lora_rank,
                 nope_dim=cfg.qk_nope_dim, rope_dim=cfg.qk_rope_dim, v_dim=cfg.v_head_dim,
                 rope_theta=cfg.rope_theta, norm_eps=cfg.norm_eps, init_std=cfg.init_std,
-                out_std=out_std, dtype=dtype, rngs=rngs)
+                out_std=out_std, dtype=dtype, dot_general=dot_general, rngs=rngs)
         else:
             self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, rope_theta=cfg.rope_theta,
                                             init_std=cfg.init_std, out_std=out_std, dtype=dtype,
-                                            rngs=rngs)
+                                            dot_general=dot_general, rngs=rngs)
         self.ffn_norm = nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=dtype, rngs=rngs)
         if moe:
             self.ffn = MoE(cfg.d_model, cfg.expert_ff, cfg.n_routed_experts, cfg.n_shared_experts,
                            cfg.n_active_experts, capacity_factor=cfg.capacity_factor,
                            dispatch=cfg.moe_dispatch, routed_scale=cfg.routed_scale,
                            groups=cfg.router_groups, topk_groups=cfg.router_topk_groups,
-                           init_std=cfg.init_std, out_std=out_std, dtype=dtype, rngs=rngs)
+                           init_std=cfg.init_std, out_std=out_std, dtype=dtype, fp8=cfg.fp8,
+                           rngs=rngs)
         else:
             self.ffn = SwiGLU(cfg.d_model, cfg.d_ff, init_std=cfg.init_std, out_std=out_std,
-                              dtype=dtype, rngs=rngs)
+                              dtype=dtype, dot_general=dot_general, rngs=rngs)
         self.moe = moe
         self.single_pass = cfg.single_pass
         self.attn_hc = _connection(cfg, 2 * block_index)
@@ -180,7 +184,8 @@ class Decoder(nnx.Module):
                 self.mtp_norm_hidden, self.mtp_norm_embed = norm(), norm()
                 self.mtp_proj = nnx.Linear(2 * cfg.d_model, cfg.d_model, use_bias=False,
                                            dtype=dtype, rngs=rngs, kernel_init=param_init(
-                                               cfg.init_std, ("mlp", "embed")))
+                                               cfg.init_std, ("mlp", "embed")),
+                                           dot_general=fp8.linear_dot_general(cfg.fp8))
                 self.mtp_block = Block(cfg, cfg.n_layers, moe=cfg.mtp_ffn == "moe", rngs=rngs)
             else:
                 self.mtp_block = None
