@@ -12,7 +12,6 @@ benchmarks/results/fp8_loss.md and its .json beside it.
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import tempfile
@@ -20,7 +19,7 @@ import tempfile
 import numpy as np
 
 from study import flags
-from study.report import write_report
+from study.report import provenance, write_report
 from study.runs import SMOKE_OVERRIDES
 
 FLAGS = ("smoke", "out")
@@ -53,10 +52,12 @@ def distances(runs: dict, last: int = 50) -> dict:
 def report(runs: dict, out: str, last: int = 50) -> dict:
     """Write the table (and the curves as JSON beside it); return the distances."""
     d = distances(runs, last)
+    meta = provenance()
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
-        json.dump({"date": str(datetime.date.today()), "distances": d, "runs": runs}, f)
+        json.dump({**meta, "distances": d, "runs": runs}, f)
     lines = [f"fp8=deepseek vs bf16, recipe tiny, residual mhc, {len(runs['bf16']['loss'])} "
-             f"steps, {datetime.date.today()} (CPU: e4m3 products accumulated in fp32)", "",
+             f"steps (CPU: e4m3 products accumulated in fp32). {meta['date']}, commit "
+             f"{meta['commit']}, {meta['device']}, jax {meta['jax']}.", "",
              f"| | first loss | last-{last} mean | final eval |", "|---|---|---|---|",
              *(f"| {k} | {r['loss'][0]:.4f} | {np.mean(r['loss'][-last:]):.4f} | "
                f"{r['eval']:.4f} |" for k, r in runs.items()), "",
