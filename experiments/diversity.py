@@ -33,8 +33,6 @@ import math
 import os
 import sys
 
-import numpy as np
-
 from study import REPO, flags, lr_grid, plots
 from study.metrics import mean_spread
 from study.report import provenance, runs_commits, write_summary
@@ -131,12 +129,9 @@ def table(metrics: dict, kinds, seeds) -> list[str]:
 def plot(records: dict, path: str) -> None:
     """Composite mean-zero gain and stream diversity over training, mean over seeds per kind."""
     fig, axes = plots.pyplot().subplots(1, 2, figsize=(11, 4))
-    for kind in dict.fromkeys(k for k, _ in records):
-        runs = [r["rows"] for (k, _), r in records.items() if k == kind]
-        for ax, key in zip(axes, ("composite_mz_gain", "stream_diversity")):
-            steps = [r["step"] for r in runs[0] if key in r]
-            values = np.array([[r[key] for r in rows if key in r][:len(steps)] for rows in runs])
-            ax.plot(steps, values.mean(0), marker="o", ms=3, label=kind)
+    for ax, key in zip(axes, ("composite_mz_gain", "stream_diversity")):
+        for kind, (steps, mean) in plots.seed_means(records, key).items():
+            ax.plot(steps, mean, marker="o", ms=3, label=kind)
     for ax, key in zip(axes, ("24-site composite mean-zero gain", "stream diversity")):
         ax.set(xlabel="step", ylabel=key, yscale="log", title=key)
         ax.grid(alpha=0.3, which="both")

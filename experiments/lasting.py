@@ -163,13 +163,10 @@ def table(metrics: dict, lrs: dict, seeds) -> list[str]:
 def plot(records: dict, path: str) -> None:
     """Eval loss and grad norm over training, mean over seeds per kind."""
     fig, axes = plots.pyplot().subplots(1, 2, figsize=(11, 4))
-    for kind in dict.fromkeys(k for k, _ in records):
-        runs = [r["rows"] for (k, _), r in records.items() if k == kind]
-        for ax, key in zip(axes, ("eval_loss", "grad_norm")):
-            steps = [r["step"] for r in runs[0] if key in r]
-            values = np.array([[r[key] for r in rows if key in r][:len(steps)] for rows in runs])
-            ax.plot(steps, values.mean(0), marker="o" if key == "eval_loss" else None, ms=3,
-                    lw=0.8, label=kind)
+    for ax, key in zip(axes, ("eval_loss", "grad_norm")):
+        for kind, (steps, mean) in plots.seed_means(records, key).items():
+            ax.plot(steps, mean, marker="o" if key == "eval_loss" else None, ms=3, lw=0.8,
+                    label=kind)
     axes[0].set(xlabel="step", ylabel="eval loss (mean over seeds)")
     axes[1].set(xlabel="step", ylabel="grad norm (mean over seeds, no clipping)", yscale="log")
     plots.style(axes, 7, loc="upper right", which="both")

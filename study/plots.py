@@ -39,6 +39,19 @@ def series(rows, key):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def seed_means(records: dict, key: str) -> dict:
+    """{kind: (steps, mean over seeds)} of `key` from {(kind, seed): compact record}, over the
+    steps the kind's first record logs it at."""
+    import numpy as np
+    out = {}
+    for kind in dict.fromkeys(k for k, _ in records):
+        runs = [r["rows"] for (k, _), r in records.items() if k == kind]
+        steps = [r["step"] for r in runs[0] if key in r]
+        values = np.array([[r[key] for r in rows if key in r][:len(steps)] for rows in runs])
+        out[kind] = (steps, values.mean(0))
+    return out
+
+
 def savefig(fig, path: str) -> str:
     """Lay out `fig`, write it to `path` (110 dpi, folders made) and close it; returns `path`."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ from flax import nnx
 from mhc import checkpoint, distill, train, train_step
 from mhc.cli import main
 from mhc.model import Decoder
-from trainkit import TINY, column, events, tiny_config
+from trainkit import TINY, column, events, stop_at_first_eval, tiny_config
 
 
 # ----------------------------------------------------------------- golden: Hinton et al. 2015
@@ -207,17 +206,8 @@ def test_distilled_run_resumes_bitwise_with_the_same_teacher(tmp_path, monkeypat
     reference = str(tmp_path / "reference")
     train.run(cfg, reference, verbose=False)
 
-    evaluate = train.evaluate
-
-    def evaluate_then_sigterm(model, val_tokens, cfg):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return evaluate(model, val_tokens, cfg)
-
-    monkeypatch.setattr(train, "evaluate", evaluate_then_sigterm)
     run_dir = str(tmp_path / "run")
-    with pytest.raises(train.TrainingInterrupted):
-        train.run(cfg, run_dir, verbose=False)
-    monkeypatch.undo()
+    stop_at_first_eval(monkeypatch, cfg, run_dir)
     train.run(dataclasses.replace(teacher_cfg, train=dataclasses.replace(
         teacher_cfg.train, steps=6, schedule_steps=4)), teacher_dir, verbose=False, resume=True)
     assert distill.pinned_step(run_dir) == 4

@@ -15,7 +15,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 from mhc import checkpoint, data, train, train_step
 from mhc.cli import main
 from mhc.model import Decoder
-from trainkit import TINY, column, events, mhc_command, subprocess_env, tiny_config
+from trainkit import (TINY, column, events, mhc_command, stop_at_first_eval, subprocess_env,
+                      tiny_config)
 
 STEPS = 12
 RUN = ["eval_every=4", "log_every=1", "checkpoint_every=1"]
@@ -167,17 +168,8 @@ def test_resume_on_an_8_device_mesh(reference, tmp_path, monkeypatch):
     """Stop a one-device run after step 4 (SIGTERM), continue it on 8 devices (data=4 x tensor=2):
     the checkpoint is restored straight onto the mesh and training goes on (not bitwise: the
     sharded program sums in another order)."""
-    evaluate = train.evaluate
-
-    def evaluate_then_sigterm(model, val_tokens, cfg):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return evaluate(model, val_tokens, cfg)
-
-    monkeypatch.setattr(train, "evaluate", evaluate_then_sigterm)
     run_dir = str(tmp_path / "run")
-    with pytest.raises(train.TrainingInterrupted):
-        train.run(tiny_config(*RUN, f"steps={STEPS}"), run_dir, verbose=False)
-    monkeypatch.undo()
+    stop_at_first_eval(monkeypatch, tiny_config(*RUN, f"steps={STEPS}"), run_dir)
     assert main(["train", "--resume", "--run-dir", run_dir, "--mesh", "data=4,tensor=2",
                  "log_every=100"]) == 0
     assert column(run_dir)[:4] == reference["loss"][:4]

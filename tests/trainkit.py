@@ -26,6 +26,26 @@ def events(run_dir, kind=None):
     return [r for r in rows if kind is None or r["event"] == kind]
 
 
+def stop_at_first_eval(monkeypatch, cfg, run_dir):
+    """Train `cfg` in `run_dir` until its first eval, then stop it as a SIGTERM would (the run
+    checkpoints and raises `TrainingInterrupted`, which this expects)."""
+    import signal
+
+    import pytest
+
+    from mhc import train
+    evaluate = train.evaluate
+
+    def evaluate_then_sigterm(model, val_tokens, cfg):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(model, val_tokens, cfg)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_sigterm)
+    with pytest.raises(train.TrainingInterrupted):
+        train.run(cfg, run_dir, verbose=False)
+    monkeypatch.undo()
+
+
 def mhc_command(*args):
     return [sys.executable, "-m", "mhc", *args]
 
