@@ -142,7 +142,7 @@ def test_multi_token_prediction_head():
                                atol=1e-5)
     from mhc import train_step
     targets = jnp.roll(tokens, -1, 1)
-    objective, (_, losses) = train_step._loss_fn(model, tokens, targets)
+    objective, (_, losses) = train_step._loss_fn(model, {"inputs": tokens, "targets": targets})
     assert float(objective) == pytest.approx(float(losses["loss"] + 0.3 * losses["mtp_loss"]),
                                              rel=1e-6)
     assert Decoder(MOE_CFG, rngs=nnx.Rngs(0)).forward(tokens).mtp_logits is None
