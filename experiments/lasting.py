@@ -31,7 +31,7 @@ import numpy as np
 from study import REPO, flags, lr_grid, plots
 from study.metrics import mean_spread
 from study.report import provenance, runs_commits, write_summary
-from study.runs import RECORDS, SMOKE_OVERRIDES, make_config, recorded, regime_overrides, runs_root
+from study.runs import RECORDS, SMOKE_OVERRIDES, make_config, regime_overrides, runs_root
 from study.verdict import RULE, seeded_verdict, values_cell
 
 KINDS = ("residual", "hc", "mhc", "identity_hc")
@@ -199,12 +199,8 @@ def main(argv=None) -> int:
     root = runs_root(args.runs, args.out, args.smoke, os.path.join(REPO, "runs", "lasting"))
     records_dir = os.path.join(args.out, RECORDS)
     jobs = plan(lrs, args.seeds, args.smoke, root)
-    if not args.only_finished:
-        lr_grid.record_all(jobs, records_dir, verbose=not args.smoke)
-    records = {(kind, seed): r for name, kind, seed, ov, *_ in jobs
-               if (r := recorded(os.path.join(records_dir, f"{name}.json"), ov))}
-    if not records:
-        raise SystemExit(f"no finished runs in {records_dir}; run without --only-finished")
+    records = lr_grid.plan_records(jobs, records_dir, train=not args.only_finished,
+                                   verbose=not args.smoke)
     report(args.out, jobs, records, lrs, args.kinds, args.seeds)
     return 0
 

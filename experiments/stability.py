@@ -1,4 +1,4 @@
-"""Stability study: residual vs HC vs mHC trained on the same data order and schedule, 3 seeds.
+"""Stability study: residual vs HC vs mHC trained on the same data order and schedule, 5 seeds.
 
 Writes, under --out: one run directory per kind and seed, `<kind>-s<seed>` (config.json,
 provenance.json, metrics.jsonl, final checkpoint - not committed), a figure `stability.png` (loss,
@@ -10,8 +10,9 @@ The small scale trains the connections in the study regime (`study.runs.STUDY_RE
 where H_res leaves its initialisation) with gradient clipping off, so that a gradient surge is
 measured rather than clipped away.
 
-    python -m experiments.stability                      # small recipe, 9 runs, ~1.5 h on 2 cores
+    python -m experiments.stability                      # small recipe, 15 runs, ~2.5 h on 2 cores
     python -m experiments.stability --seeds 0            # one seed per kind (~30 min)
+    python -m experiments.stability --no-train           # summarise the finished runs only
     python -m experiments.stability --smoke              # seconds: wiring check used by the tests
     python -m experiments.stability steps=1000 lr=6e-3   # any config override as key=value
     python -m experiments.stability --scale paper mesh=fsdp=64,expert=8   # 27B on hardware
@@ -30,7 +31,7 @@ from study import flags, plots
 from study.metrics import h_res_movement, mean_spread
 from study.report import provenance, write_json, write_report
 from study.runs import STUDY_REGIME
-from study.stability import FLAGS, run_all, run_dirs, scale_setup, seeds_of
+from study.stability import FLAGS, read_all, run_all, run_dirs, scale_setup, seeds_of
 
 PAPER = {  # 27B model, arXiv 2512.24880 Figs. 3 and 7
     "hc": "composite Amax gain peaks near 3000",
@@ -131,18 +132,26 @@ def write_summary(summary: dict, meta: dict, path_md: str, path_json: str):
     return write_report(path_md, lines)
 
 
+# the committed runs keep no checkpoints: retraining them to redraw the summary would replace them
+NO_TRAIN = flags.flag("no-train", help="summarise the finished runs in --out (metrics only); "
+                                      "exit naming a missing one instead of training it")
+
+
 def main(argv=None) -> int:
-    args = flags.parser(__doc__, *FLAGS, out="experiments/results/stability").parse_args(argv)
+    args = flags.parser(__doc__, *FLAGS, NO_TRAIN,
+                        out="experiments/results/stability").parse_args(argv)
     recipe, overrides = scale_setup(args.scale, args.smoke, args.overrides)
     kinds, seeds = args.kinds, seeds_of(args)
     os.makedirs(args.out, exist_ok=True)
-    results = run_all(recipe, kinds, seeds, overrides, args.out, verbose=not args.smoke)
+    results = (read_all(recipe, kinds, seeds, overrides, args.out) if args.no_train else
+               run_all(recipe, kinds, seeds, overrides, args.out, verbose=not args.smoke))
     summary = summarize(results)
     plot(results, os.path.join(args.out, "stability.png"))
     meta = {**provenance(run_dirs(args.out, results)), "recipe": recipe,
             "steps": results[kinds[0]][seeds[0]][-1]["step"], "overrides": overrides,
             "regime": list(STUDY_REGIME), "seeds": list(seeds),
-            "command": " ".join(["python", "experiments/stability.py", *(argv or sys.argv[1:])])}
+            "command": " ".join(["python", "-m", "experiments.stability",
+                                 *(argv or sys.argv[1:])])}
     write_summary(summary, meta, os.path.join(args.out, "summary.md"),
                   os.path.join(args.out, "summary.json"))
     return 0

@@ -12,6 +12,7 @@ runs (small scale by default; shared with Figs. 2/3/5/7).
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from paper_repro.fig3_hc_amax import PAPER_SITES
 from study import flags, plots, stability
-from study.report import publish
+from study.report import publish, write_json
 from study.verdict import Row, exact_verdict, paired_seeds, seeded_verdict, seeds_note, values_cell
 
 SITE = flags.flag("--site", type=int, default=None,
@@ -31,13 +32,14 @@ TITLE = "Fig. 8: H_res heatmaps, single layer and composite, HC vs mHC"
 RUNTIME = "seconds after the stability runs"
 
 
+MAPS = "fig8_maps.json"  # beside the figure: the maps it reads, committed (checkpoints are not)
+
+
 def sequence_maps(run_dir: str) -> tuple[np.ndarray, int]:
     """(H_res of every site for one held-out sequence `[S, T, N, N]`, checkpoint step)."""
     import jax.numpy as jnp
 
     from mhc import checkpoint, data
-    if not os.path.isdir(os.path.join(run_dir, "checkpoints")):  # not committed: train to get them
-        raise SystemExit(f"{run_dir} has no checkpoints; run without --no-train to train it")
     model, cfg, step = checkpoint.load_model(run_dir)
     tokens, _ = data.load_tokens(cfg.train.corpus, cfg.train.token_dtype)
     _, val = data.train_val_split(tokens, cfg.train.val_fraction)
@@ -45,11 +47,44 @@ def sequence_maps(run_dir: str) -> tuple[np.ndarray, int]:
     return np.asarray(model.forward(inputs).maps.res[:, 0]), step
 
 
-def token_average_maps(res_SxTxNxN: np.ndarray, site: int) -> dict[str, np.ndarray]:
-    """Single-site map and the composite over all sites, each averaged over tokens."""
+def token_average_maps(res_SxTxNxN: np.ndarray) -> dict[str, np.ndarray]:
+    """Every site's map `[S, N, N]` and the composite over all sites `[N, N]` (a product per
+    token, then averaged), each averaged over the tokens."""
     from mhc import diagnostics
     composite = np.asarray(diagnostics.composite(res_SxTxNxN))  # [T, N, N]
-    return {"single": res_SxTxNxN[site].mean(0), "composite": composite.mean(0)}
+    return {"sites": res_SxTxNxN.mean(1), "composite": composite.mean(0)}
+
+
+def _trained(run_dir: str) -> list:
+    """The run's provenance (commit, date per start): it identifies the run a stored map is of."""
+    with open(os.path.join(run_dir, "provenance.json")) as f:
+        return [[p["commit"], p["date"]] for p in json.load(f)]
+
+
+def run_maps(run_dir: str, stored: dict) -> dict:
+    """{"step", "tokens", "sites" [S, N, N], "composite" [N, N]} of a run's final checkpoint,
+    or from `stored` (the maps file's entries) for a run whose checkpoint is not here (the
+    committed runs), provided the entry is of this very run (same provenance)."""
+    name = os.path.basename(os.path.normpath(run_dir))
+    if os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        res, step = sequence_maps(run_dir)
+        return {"step": step, "tokens": res.shape[1], **token_average_maps(res)}
+    entry = stored.get(name)
+    if entry is None or entry["trained"] != _trained(run_dir):
+        raise SystemExit(f"{run_dir} has no checkpoints and {MAPS} holds no maps of it; run "
+                         "without --no-train to train it (its final checkpoint is kept)")
+    return {"step": entry["step"], "tokens": entry["tokens"],
+            "sites": np.asarray(entry["sites"], np.float32),
+            "composite": np.asarray(entry["composite"], np.float32)}
+
+
+def write_maps(path: str, maps: dict, run_dirs: dict) -> None:
+    """The maps file: {run name: {"trained", "step", "tokens", "sites", "composite"}}."""
+    entries = {os.path.basename(os.path.normpath(run_dirs[s][k])): {
+        "trained": _trained(run_dirs[s][k]), "step": m["step"], "tokens": m["tokens"],
+        "sites": m["sites"].tolist(), "composite": m["composite"].tolist()}
+        for s, by_kind in maps.items() for k, m in by_kind.items()}
+    write_json(path, dict(sorted(entries.items())))
 
 
 def _heatmap(ax, h: np.ndarray, title: str):
@@ -66,23 +101,24 @@ def _heatmap(ax, h: np.ndarray, title: str):
     return im
 
 
-def plot(shown: dict, first: dict, seeds, site: int, n_sites: int, path: str) -> None:
+def plot(maps: dict, seeds, site: int, path: str) -> None:
     """HC's and mHC's single-site and composite maps of the first seed, with their sums."""
     fig, axes = plots.pyplot().subplots(2, 2, figsize=(9, 8.5))
     for r, kind in enumerate(("hc", "mhc")):
-        for c, which in enumerate(("single", "composite")):
-            label = (f"site {site + 1}" if which == "single" else f"composite of {n_sites} sites")
-            im = _heatmap(axes[r, c], shown[seeds[0]][kind][which],
-                          f"{kind.upper() if kind == 'hc' else 'mHC'} H_res, {label} "
-                          f"(step {first[kind][1]}, seed {seeds[0]})")
+        m = maps[seeds[0]][kind]
+        for c, (label, h) in enumerate(((f"site {site + 1}", m["sites"][site]),
+                                        (f"composite of {len(m['sites'])} sites",
+                                         m["composite"]))):
+            im = _heatmap(axes[r, c], h, f"{kind.upper() if kind == 'hc' else 'mHC'} H_res, "
+                                         f"{label} (step {m['step']}, seed {seeds[0]})")
             fig.colorbar(im, ax=axes[r, c], fraction=0.046)
     plots.savefig(fig, path)
 
 
-def rows(shown: dict, seeds, n_sites: int) -> list[Row]:
-    """Paper-vs-ours rows from the token-averaged maps {seed: {kind: {"single", "composite"}}}."""
-    hc_c = [shown[s]["hc"]["composite"] for s in seeds]
-    mhc_c = [shown[s]["mhc"]["composite"] for s in seeds]
+def rows(maps: dict, seeds, n_sites: int) -> list[Row]:
+    """Paper-vs-ours rows from the token-averaged maps {seed: {kind: `run_maps`}}."""
+    hc_c = [maps[s]["hc"]["composite"] for s in seeds]
+    mhc_c = [maps[s]["mhc"]["composite"] for s in seeds]
     n = seeds_note(len(seeds))
     hc_dev = [float(np.abs(np.concatenate([c.sum(0), c.sum(1)]) - 1).max()) for c in hc_c]
     mhc_col_max = [float(c.sum(0).max()) for c in mhc_c]
@@ -122,22 +158,28 @@ def main(argv=None) -> int:
     args = stability.parser(__doc__, SITE).parse_args(argv)
     results, runs = stability.results(args, ["hc", "mhc"])
     seeds = paired_seeds(results)
-    maps = {s: {k: sequence_maps(stability.run_dir(runs, k, s)) for k in ("hc", "mhc")}
-            for s in seeds}  # {seed: {kind: (maps [S, T, N, N], step)}}
+    maps_path = os.path.join(args.out, MAPS)
+    stored = {}
+    if os.path.exists(maps_path):
+        with open(maps_path) as f:
+            stored = json.load(f)
+    dirs = {s: {k: stability.run_dir(runs, k, s) for k in ("hc", "mhc")} for s in seeds}
+    maps = {s: {k: run_maps(d, stored) for k, d in by_kind.items()} for s, by_kind in dirs.items()}
     first = maps[seeds[0]]
-    gains = np.asarray(diagnostics.amax_gain(first["hc"][0].mean(1))[0])  # [S] forward per site
+    gains = np.asarray(diagnostics.amax_gain(first["hc"]["sites"])[0])  # [S] forward per site
     site = int(np.argmax(gains)) if args.site is None else args.site
-    n_sites = first["hc"][0].shape[0]
+    n_sites = first["hc"]["sites"].shape[0]
     if not 0 <= site < n_sites:
         raise SystemExit(f"--site={site}; allowed: 0..{n_sites - 1}")
-    shown = {s: {k: token_average_maps(v[0], site) for k, v in by_kind.items()}
-             for s, by_kind in maps.items()}
-    plot(shown, first, seeds, site, n_sites, os.path.join(args.out, "fig8_heatmaps.png"))
+    write_maps(maps_path, maps, dirs)
+    plot(maps, seeds, site, os.path.join(args.out, "fig8_heatmaps.png"))
     notes = (f"{stability.runs_note(runs, seeds)} "
-             f"(the plot: the first); one held-out sequence of {first['hc'][0].shape[1]} tokens; "
-             f"composite = H_res(site {n_sites})···H_res(site 1) per token, then averaged.")
+             f"(the plot: the first); one held-out sequence of {first['hc']['tokens']} tokens; "
+             f"composite = H_res(site {n_sites})···H_res(site 1) per token, then averaged. The "
+             f"token-averaged maps of every site are kept in `{MAPS}` beside this table, so the "
+             "table redraws from committed data (the runs' checkpoints are not committed).")
     return publish("fig8_heatmaps", "Fig. 8: H_res heatmaps, HC vs mHC",
-                   rows(shown, seeds, n_sites), args.out, argv, notes,
+                   rows(maps, seeds, n_sites), args.out, argv, notes,
                    stability.run_dirs(runs, results))
 
 

@@ -102,6 +102,19 @@ def record_all(jobs, records_dir: str, verbose: bool = True, keep=KEEP) -> None:
         record(job, records_dir, verbose=verbose, label=f"[{i}/{len(jobs)}] {job[0]}", keep=keep)
 
 
+def plan_records(jobs, records_dir: str, *, train: bool, verbose: bool = True) -> dict:
+    """{(kind, seed): record} of a plan of `(name, kind, seed, overrides, ...)` jobs (the studies
+    that run each kind at one depth and LR: diversity, lasting), after training the unrecorded
+    ones unless `train` is false; exits when no run of the plan is recorded."""
+    if train:
+        record_all(jobs, records_dir, verbose=verbose)
+    records = {(kind, seed): r for name, kind, seed, overrides, *_ in jobs
+               if (r := recorded(os.path.join(records_dir, f"{name}.json"), overrides))}
+    if not records:
+        raise SystemExit(f"no finished runs in {records_dir}; run without --only-finished")
+    return records
+
+
 def load(records_dir: str, jobs) -> tuple[dict, list[dict], list[str]]:
     """({(kind, depth, lr, seed): run metrics}, the records read, names of the planned `jobs`
     with no record yet) from the compact records in `records_dir`."""

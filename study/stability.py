@@ -62,6 +62,14 @@ def run_all(recipe: str, kinds, seeds, overrides, out_dir, *, verbose=True) -> d
     return results
 
 
+def read_all(recipe: str, kinds, seeds, overrides, out_dir) -> dict:
+    """{kind: {seed: metrics rows}} of the finished runs in `out_dir`, training nothing (exits
+    naming the first run that is missing or unfinished)."""
+    return {kind: {seed: logged_rows(config(recipe, kind, seed, overrides),
+                                     run_dir(out_dir, kind, seed))
+                   for seed in seeds} for kind in kinds}
+
+
 def run_dirs(out_dir: str, results: dict) -> list[str]:
     """The run directories behind {kind: {seed: rows}}."""
     return [run_dir(out_dir, kind, seed) for kind, by_seed in results.items() for seed in by_seed]
@@ -103,9 +111,7 @@ def results(args, kinds=None) -> tuple[dict, str]:
     kinds = kinds or args.kinds
     seeds = seeds_of(args)
     if args.no_train:
-        return {kind: {seed: logged_rows(config(recipe, kind, seed, overrides),
-                                         run_dir(runs, kind, seed))
-                       for seed in seeds} for kind in kinds}, runs
+        return read_all(recipe, kinds, seeds, overrides, runs), runs
     return run_all(recipe, kinds, seeds, overrides, runs, verbose=not args.smoke), runs
 
 

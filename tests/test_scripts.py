@@ -3,6 +3,7 @@ figure and tables (no timing is asserted)."""
 import importlib.util
 import json
 import os
+import shutil
 
 import pytest
 
@@ -39,6 +40,18 @@ def test_stability_smoke(tmp_path, capsys):
     table = (tmp_path / "summary.md").read_text()
     assert "| hc |" in table and "3000" in table  # the paper's number stands beside ours
     assert "| mhc |" in capsys.readouterr().out
+    # --no-train summarises the committed form of the runs (no checkpoints) without training
+    for ckpt in tmp_path.glob("*-s*/checkpoints"):
+        shutil.rmtree(ckpt)
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-s*/metrics.jsonl")}
+    assert stability.main(["--smoke", "--out", str(tmp_path), "--seeds", "0,1", "--no-train"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no run was retrained
+    assert json.loads((tmp_path / "summary.json").read_text())["summary"] == summary
+    assert "-m experiments.stability" in (tmp_path / "summary.json").read_text()
+    with pytest.raises(SystemExit, match="hc-s2 holds no finished run"):
+        stability.main(["--smoke", "--out", str(tmp_path), "--seeds", "2", "--kinds", "hc",
+                        "--no-train"])
+    assert not (tmp_path / "hc-s2").exists()
 
 
 @pytest.mark.parametrize("args,match", [(["--seeds", "0,x"], "--seeds '0,x': expected"),
@@ -95,6 +108,18 @@ def test_paper_repro_stability_figures_smoke(tmp_path):
     assert "| inconclusive (1 seed; needs >= 3) |" in fig7 and "Runs read: 1, trained at commits: " in fig7
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert runs == ["hc-s0", "mhc-s0", "residual-s0"]
+    # Fig. 8 redraws from its committed maps file once the checkpoints are gone, to the same table
+    fig8 = (tmp_path / "fig8_heatmaps.md").read_text()
+    assert sorted(json.loads((tmp_path / "fig8_maps.json").read_text())) == ["hc-s0", "mhc-s0"]
+    for ckpt in (tmp_path / "runs").glob("*/checkpoints"):
+        shutil.rmtree(ckpt)
+    redraw = ["--smoke", "--out", str(tmp_path), "--no-train"]
+    assert _load("paper_repro/fig8_heatmaps.py").main(redraw) == 0
+    table = lambda text: text[text.index("| quantity |"):text.index("Verdict rule")]
+    assert table((tmp_path / "fig8_heatmaps.md").read_text()) == table(fig8)
+    (tmp_path / "fig8_maps.json").unlink()
+    with pytest.raises(SystemExit, match="hc-s0 has no checkpoints and fig8_maps.json holds no"):
+        _load("paper_repro/fig8_heatmaps.py").main(redraw)
     # the README is generated from these tables: one index row per item, missing ones marked
     readme = tmp_path / "README.md"
     collect = _load("paper_repro/collect.py")
