@@ -36,7 +36,7 @@ from their last checkpoint, finished ones are reused); each finished run is also
 compacted, to OUT/records/<kind>-L<depth>-lr<lr>-s<seed>.json.xz (its config, provenance, events
 and the per-step metrics the tables use), and the tables are computed from those files alone.
 
-    python -m experiments.lr_sensitivity                     # the full grid (560 runs)
+    python -m experiments.lr_sensitivity                     # the full grid (520 runs)
     python -m experiments.lr_sensitivity --depths 6 --seeds 0
     python -m experiments.lr_sensitivity --only-finished     # tabulate what exists, train nothing
     python -m experiments.lr_sensitivity --smoke --out /tmp/lrs
@@ -49,13 +49,14 @@ import sys
 import numpy as np
 
 from study import flags, plots
-from study.lr_grid import (BASE, DEPTHS, KINDS, LEARNED, LRS, RUNS, SEEDS, SEEDS_AT, SMOKE_GRID,
-                           SMOOTH, STEPS, STUDY, SURGE, load, plan, record_all, run_name,
-                           summarize, table)
+from study.lr_grid import (BASE, DEPTHS, HEADLINE_KINDS, KINDS, LEARNED, LRS, RUNS, SEEDS,
+                           SEEDS_AT, SMOKE_GRID, SMOOTH, STEPS, STUDY, SURGE, default_seeds, load,
+                           plan, record_all, run_name, seeds_text, summarize, table)
 from study.report import provenance, runs_commits, write_summary
 from study.runs import RECORDS, regime_overrides, runs_root
 
-AT = ", ".join(f"{d} blocks: {','.join(map(str, s))}" for d, s in SEEDS_AT.items())
+AT = (", ".join(f"{d} blocks: {','.join(map(str, s))}" for d, s in SEEDS_AT.items())
+      + f" for {', '.join(HEADLINE_KINDS)}")
 FLAGS = (flags.kinds(KINDS, help=f"comma list of: {', '.join(KINDS)}"),
          flags.flag("depths", default=",".join(map(str, DEPTHS))),
          flags.flag("--lrs", default=",".join(map(str, LRS)), type=flags.numbers("lrs"),
@@ -110,7 +111,7 @@ def report(out: str, metrics: dict, read: list[dict], missing: list[str], lrs, s
     lines = ["# LR sensitivity (Wortsman et al. 2023 small-scale proxy)", "",
              f"{meta['date']}, commit {meta['commit']}, {meta['device']}. {len(metrics)} runs, "
              f"trained at commits {meta['runs_commits']}. Grid: LR {', '.join(map(str, lrs))}; "
-             f"seeds {seeds}; {STEPS} steps; clipping off. Base: `{' '.join(BASE)}`; "
+             f"seeds {seeds_text(seeds)}; {STEPS} steps; clipping off. Base: `{' '.join(BASE)}`; "
              f"connection regime `{' '.join(meta['regime']) or 'none'}`.", "",
              "LR sensitivity = mean over the grid of min(final eval loss, initial loss) minus "
              "the best, per seed (a diverged run counts as the initial loss); largest stable LR"
@@ -129,7 +130,7 @@ def report(out: str, metrics: dict, read: list[dict], missing: list[str], lrs, s
 def main(argv=None) -> int:
     args = flags.parser(__doc__, *FLAGS, out=STUDY).parse_args(argv)
     depths, lrs = args.depths, args.lrs
-    seeds = args.seeds or {d: SEEDS_AT.get(d, SEEDS) for d in depths}
+    seeds = args.seeds or default_seeds(depths)
     if args.smoke:
         depths, lrs, seeds = SMOKE_GRID
     records_dir = os.path.join(args.out, RECORDS)

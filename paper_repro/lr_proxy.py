@@ -40,8 +40,7 @@ def per_seed(records_dir: str) -> tuple[dict, list[dict]]:
     """({(kind, depth, lr, seed): run metrics}, the records) of the study's grid and of its
     `--smoke` grid, as far as they are recorded in `records_dir`."""
     ls = lr_grid
-    seeds = {d: ls.SEEDS_AT.get(d, ls.SEEDS) for d in ls.DEPTHS}
-    jobs = (ls.plan(tuple(ls.KINDS), ls.DEPTHS, ls.LRS, seeds, runs_root="")
+    jobs = (ls.plan(tuple(ls.KINDS), ls.DEPTHS, ls.LRS, ls.default_seeds(ls.DEPTHS), runs_root="")
             + ls.plan(tuple(ls.KINDS), *ls.SMOKE_GRID, smoke=True, runs_root=""))
     metrics, records, _ = ls.load(records_dir, jobs)
     return metrics, records

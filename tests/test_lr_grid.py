@@ -126,6 +126,23 @@ def test_grid_extends_upward_and_keeps_every_old_point():
     assert [(d, s) for _, _, d, _, s, *_ in jobs] == [(6, 0), (30, 0), (30, 3), (30, 4)]
 
 
+def test_the_default_plan_gives_five_seeds_to_the_headline_kinds_at_30_blocks():
+    seeds = lrs.default_seeds(lrs.DEPTHS)
+    jobs = lrs.plan(tuple(lrs.KINDS), lrs.DEPTHS, lrs.LRS, seeds, runs_root="r")
+    per = {}
+    for _, kind, depth, _, seed, *_ in jobs:
+        per.setdefault((kind, depth), set()).add(seed)
+    for kind in lrs.KINDS:
+        assert per[(kind, 6)] == {0, 1, 2}
+        assert per[(kind, 30)] == ({0, 1, 2, 3, 4} if kind in lrs.HEADLINE_KINDS else {0, 1, 2})
+    assert {"mhc_lite", "unconstrained"} == set(lrs.KINDS) - set(lrs.HEADLINE_KINDS)
+    assert len(jobs) == 10 * (7 * 3 + 5 * 5 + 2 * 3) == 520
+    # seed by seed within a depth, the kinds with fewer seeds simply stop earlier
+    assert [s for _, k, d, _, s, *_ in jobs if d == 30 and k == "mhc_lite"][-1] == 2
+    assert lrs.seeds_text(seeds) == ("6 blocks: 0,1,2; 30 blocks: 0,1,2,3,4 (mhc_lite: 0,1,2)"
+                                     " (unconstrained: 0,1,2)")
+
+
 @pytest.mark.skipif(not os.path.isdir(RECORDS), reason="no committed LR-sensitivity records")
 def test_every_committed_record_is_reused_by_the_extended_plan():
     """Reuse compares a record's overrides with the plan's: the plan must hold exactly what every
