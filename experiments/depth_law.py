@@ -18,6 +18,11 @@ at the paper's depth (30 blocks, 60 sites: measured here, so the fit is a summar
 not an extrapolation). An edge at the grid's top is a lower bound and one below the grid's
 bottom an upper bound: those seeds are reported and left out of the fit.
 
+Verdicts (`study.verdict.RULE`): each seed with finite edges at two or more depths has its own
+slope; "the edge falls with depth" is a t-test of those slopes against 0, and "HC's edge falls
+faster than kind K's" a paired t-test of the slope differences, seed by seed. The figure
+(`depth_law.png`) draws every per-seed edge against depth, log-log, with each kind's fit.
+
     python -m experiments.depth_law                          # 4 kinds x 4 depths x 5 seeds
     python -m experiments.depth_law --depths 12 --seeds 0    # one depth, one seed
     python -m experiments.depth_law --only-finished          # tabulate, train nothing
@@ -31,10 +36,11 @@ import sys
 
 import numpy as np
 
-from study import flags, lr_grid
+from study import flags, lr_grid, plots
 from study.lr_grid import GRID, bisect_edge, seed_edges  # noqa: F401  (read as depth_law.*)
 from study.report import provenance, write_report
 from study.runs import RECORDS, enable_compile_cache, runs_root
+from study.verdict import RULE, seeded_verdict, values_cell
 
 KINDS = ("residual", "hc", "mhc", "identity_hc")
 DEPTHS = (6, 12, 30, 60)
@@ -76,6 +82,63 @@ def edge_fit(edges: dict[int, list[float]]) -> dict:
     sigma2 = float(resid @ resid) / (len(x) - 2)
     return {"slope": float(b), "slope_se": float(math.sqrt(cov[0, 0] * sigma2)),
             "at_paper_depth": float(10 ** (a + b * math.log10(PAPER_DEPTH))), "points": len(pts)}
+
+
+def seed_slopes(edges: dict, kind: str, depths) -> dict[int, float]:
+    """{seed: least-squares slope of log10(edge) on log10(depth)} of `kind` ({(kind, depth):
+    {seed: edge}}), for the seeds with finite edges at two or more depths."""
+    points: dict[int, list] = {}
+    for depth in depths:
+        for seed, edge in edges.get((kind, depth), {}).items():
+            if math.isfinite(edge):
+                points.setdefault(seed, []).append((math.log10(depth), math.log10(edge)))
+    def slope(p):  # least squares; y measured from its first point, so equal edges give 0.0
+        x, y = np.array(p).T
+        return float(((x - x.mean()) * (y - y[0])).sum() / ((x - x.mean()) ** 2).sum())
+    return {seed: slope(p) for seed, p in sorted(points.items()) if len({x for x, _ in p}) >= 2}
+
+
+def verdict_lines(edges: dict, kinds, depths) -> list[str]:
+    """The depth trend judged under the rule: per kind, do its per-seed slopes fall below 0; per
+    kind beside HC, are HC's slopes below that kind's, paired by seed."""
+    slopes = {kind: seed_slopes(edges, kind, depths) for kind in kinds}
+    lines = ["| claim | per seed | verdict |", "|---|---|---|"]
+    for kind in kinds:
+        v = list(slopes[kind].values())
+        lines.append(f"| {kind}: the edge falls with depth (per-seed slope of log10 edge on "
+                     f"log10 depth < 0) | {values_cell(v, '+.2f')} | {seeded_verdict(v, -1)} |")
+    for kind in (k for k in kinds if k != "hc" and "hc" in kinds):
+        common = [s for s in slopes["hc"] if s in slopes[kind]]
+        v = [slopes["hc"][s] - slopes[kind][s] for s in common]
+        lines.append(f"| HC's edge falls faster than {kind}'s (HC's slope minus {kind}'s, "
+                     f"paired by seed) | {values_cell(v, '+.2f')} | {seeded_verdict(v, -1)} |")
+    return [*lines, "", RULE]
+
+
+def plot(edges: dict, kinds, depths, grid, path: str) -> None:
+    """Every per-seed edge against depth (log-log; an edge stable at the grid's top drawn as ^ at
+    the top, one below its bottom as v at the bottom) and each kind's least-squares fit."""
+    fig, ax = plots.pyplot().subplots(figsize=(6.5, 4.5))
+    for i, kind in enumerate(kinds):
+        color, shift = f"C{i}", 1 + 0.04 * (i - (len(kinds) - 1) / 2)  # kinds side by side
+        for depth in depths:
+            for j, edge in enumerate(edges.get((kind, depth), {}).values()):
+                marker = "^" if edge == math.inf else "v" if edge == -math.inf else "o"
+                y = grid[-1] if edge == math.inf else grid[0] if edge == -math.inf else edge
+                ax.plot(depth * shift, y, marker, color=color, alpha=0.7, ms=5,
+                        label=kind if depth == depths[0] and j == 0 else None)
+        fit = edge_fit({d: list(edges.get((kind, d), {}).values()) for d in depths})
+        if math.isfinite(fit["slope"]):
+            xs = np.array([min(depths), max(depths)], float)
+            ax.plot(xs, fit["at_paper_depth"] * (xs / PAPER_DEPTH) ** fit["slope"], "--",
+                    color=color, lw=1, label=f"{kind} fit: slope {fit['slope']:+.2f} ± "
+                                             f"{fit['slope_se']:.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="blocks", ylabel="largest stable LR",
+           title="Depth law of stability (bisection on the LR grid)")
+    ax.set_xticks(list(depths), [str(d) for d in depths])
+    ax.set_xticks([], minor=True)  # the log axis's own minor labels (2 x 10^1) would clash
+    plots.style([ax], fontsize=7, which="both")
+    plots.savefig(fig, path)
 
 
 def run(kinds, depths, seeds, grid, out: str, runs_root: str, smoke=False, train=True) -> dict:
@@ -153,7 +216,8 @@ def report_lines(result: dict, kinds, depths, seeds, grid) -> list[str]:
             f"over the LR-sensitivity grid, {len(violations)} break it"
             + (": " + "; ".join(f"{k}-L{d}-s{s} stable again at {v}"
                                 for (k, d, s), v in sorted(violations.items())) if violations
-               else "") + "."]
+               else "") + ".", "", *verdict_lines(result["edges"], kinds, depths), "",
+            "![depth law](depth_law.png)"]
 
 
 def main(argv=None) -> int:
@@ -165,6 +229,7 @@ def main(argv=None) -> int:
                  runs_root(args.runs, args.out, args.smoke, lr_grid.RUNS), args.smoke,
                  train=not args.only_finished)
     lines = report_lines(result, args.kinds, depths, seeds, grid)
+    plot(result["edges"], args.kinds, depths, grid, os.path.join(args.out, "depth_law.png"))
     write_report(os.path.join(args.out, "depth_law.md"), lines)
     print("\n".join(lines))
     return 0

@@ -256,12 +256,31 @@ def test_depth_law_report_shows_a_non_monotone_curve_beside_the_bisection_edge()
                for line in lines)
 
 
+def test_depth_law_judges_the_trend_seed_by_seed():
+    from experiments import depth_law
+    depths = (6, 12, 30)
+    hc = {0: -2.0, 1: -2.5, 2: -1.5, 3: -2.2}  # seed 3 has one finite edge only: no slope
+    edges = {("hc", d): {s: 0.5 * (d / 6) ** b for s, b in hc.items()} for d in depths}
+    edges[("hc", 12)][3] = edges[("hc", 30)][3] = -math.inf
+    edges.update({("mhc", d): {0: 2.15, 1: 2.15, 2: 2.15, 3: math.inf} for d in depths})
+    assert depth_law.seed_slopes(edges, "hc", depths) == pytest.approx({0: -2, 1: -2.5, 2: -1.5})
+    assert depth_law.seed_slopes(edges, "mhc", depths) == {0: 0.0, 1: 0.0, 2: 0.0}
+    lines = depth_law.verdict_lines(edges, ["hc", "mhc"], depths)
+    hc_row, mhc_row, faster = (next(x for x in lines if x.startswith(start)) for start in
+                               ("| hc: the edge", "| mhc: the edge", "| HC's edge falls faster"))
+    # slopes -2, -2.5, -1.5: mean -2, sd 0.5, t = -6.93, df 2, p = 0.020
+    assert hc_row.endswith("| yes (t = -6.93, df = 2, p = 0.02, n = 3) |")
+    assert "inconclusive (3 seeds, no difference on any seed)" in mhc_row  # flat on the grid
+    assert faster.endswith("| yes (t = -6.93, df = 2, p = 0.02, n = 3) |")
+
+
 @pytest.mark.slow
 def test_depth_law_smoke(tmp_path):
     from experiments import depth_law
     assert depth_law.main(["--smoke", "--kinds", "residual,mhc", "--out", str(tmp_path)]) == 0
     text = (tmp_path / "depth_law.md").read_text()
     assert "| residual |" in text and "| mhc |" in text and "1 blocks" in text
+    assert (tmp_path / "depth_law.png").stat().st_size > 0 and "| claim | per seed |" in text
     # a second call trains nothing: every bisection step is a record now
     records = sorted(p.name for p in (tmp_path / "records").iterdir())
     assert depth_law.main(["--smoke", "--kinds", "residual,mhc", "--out", str(tmp_path),
