@@ -25,7 +25,7 @@ from study.verdict import Row, all_of, paired_seeds, seeded_verdict, seeds_note,
 # what the paper shows and the runtime on 2 CPU cores: the paper_repro page lists every
 # script that declares them (paper_repro/collect.py)
 TITLE = "Fig. 2: HC instability, loss gap and grad norm"
-RUNTIME = "~1.5 h to train the shared stability runs (3 seeds) once, then seconds"
+RUNTIME = "~2.5 h to train the shared stability runs (5 seeds) once, then seconds"
 
 
 def spikes(run_dir: str) -> list[int]:

@@ -101,7 +101,7 @@ def parser(doc: str, *extra):
 
 def results(args, kinds=None) -> tuple[dict, str]:
     """({kind: {seed: metrics rows}}, runs directory) of the stability study at `args.scale`,
-    for the seeds of `args.seeds` (the study's default: 3; --smoke: 1)."""
+    for the seeds of `args.seeds` (the study's default: 5; --smoke: 1)."""
     # smoke runs keep their (tiny) final checkpoint so Fig. 8 reuses the same runs
     extra = ["checkpoint=true"] if args.smoke else []
     recipe, overrides = scale_setup(args.scale, args.smoke, [*extra, *args.overrides])
