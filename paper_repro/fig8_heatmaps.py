@@ -12,7 +12,6 @@ runs (small scale by default; shared with Figs. 2/3/5/7).
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -57,8 +56,8 @@ def token_average_maps(res_SxTxNxN: np.ndarray) -> dict[str, np.ndarray]:
 
 def _trained(run_dir: str) -> list:
     """The run's provenance (commit, date per start): it identifies the run a stored map is of."""
-    with open(os.path.join(run_dir, "provenance.json")) as f:
-        return [[p["commit"], p["date"]] for p in json.load(f)]
+    from mhc.rundir import read_provenance
+    return [[p["commit"], p["date"]] for p in read_provenance(run_dir)]
 
 
 def run_maps(run_dir: str, stored: dict) -> dict:
@@ -158,11 +157,9 @@ def main(argv=None) -> int:
     args = stability.parser(__doc__, SITE).parse_args(argv)
     results, runs = stability.results(args, ["hc", "mhc"])
     seeds = paired_seeds(results)
+    from mhc import results as stored_files
     maps_path = os.path.join(args.out, MAPS)
-    stored = {}
-    if os.path.exists(maps_path):
-        with open(maps_path) as f:
-            stored = json.load(f)
+    stored = stored_files.read_json(maps_path) if stored_files.exists(maps_path) else {}
     dirs = {s: {k: stability.run_dir(runs, k, s) for k in ("hc", "mhc")} for s in seeds}
     maps = {s: {k: run_maps(d, stored) for k, d in by_kind.items()} for s, by_kind in dirs.items()}
     first = maps[seeds[0]]

@@ -83,15 +83,13 @@ def seeds_of(seeds, depth: int, kind: str) -> tuple:
 
 def seeds_text(seeds) -> str:
     """`seeds` (as `seeds_of` reads them) in words, for a table's header."""
+    csv = lambda s: ",".join(map(str, s))  # noqa: E731
     if not isinstance(seeds, dict):
-        return ",".join(map(str, seeds))
-    parts = []
-    for depth in (k for k in seeds if not isinstance(k, tuple)):
-        kinds = {k: s for (d, k), s in (i for i in seeds.items() if isinstance(i[0], tuple))
-                 if d == depth}
-        parts.append(f"{depth} blocks: {','.join(map(str, seeds[depth]))}" + "".join(
-            f" ({k}: {','.join(map(str, s))})" for k, s in kinds.items()))
-    return "; ".join(parts)
+        return csv(seeds)
+    return "; ".join(
+        f"{depth} blocks: {csv(s)}" + "".join(f" ({key[1]}: {csv(ks)})" for key, ks in seeds.items()
+                                             if isinstance(key, tuple) and key[0] == depth)
+        for depth, s in seeds.items() if not isinstance(depth, tuple))
 
 
 def plan(kinds, depths, lrs, seeds, extra=(), smoke=False, runs_root=None):
