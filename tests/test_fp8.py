@@ -6,7 +6,6 @@ against the same block-scaled computation in float64 NumPy (tight) and against t
 (loose, the bounds stated where they are asserted); the model wiring (which GEMMs are FP8, the
 mHC coefficient path untouched, the option off unchanged); a 200-step tiny run against bf16 and
 the H100 compile (slow)."""
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mhc import aot, fp8, recipes
+from mhc import aot, fp8, recipes, targets
 from mhc.config import ConfigError, apply_overrides
 from mhc.model import Decoder
 from mhc.model.moe import MoE, capacity_dispatch
@@ -420,7 +419,7 @@ def test_tiny_trains_in_fp8_near_bf16(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("jax_plugins.xla_cuda12") is None,
+@pytest.mark.skipif(not targets._has_cuda_plugin(),
                     reason="needs jax's CUDA plugin to compile for H100: pip install -e '.[aot]'")
 def test_h100_compile_emits_fp8_gemms():
     """XLA:GPU (deviceless, sm_90) compiles the fp8 step's GEMMs on e4m3 operands: without
