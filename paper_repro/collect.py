@@ -54,7 +54,7 @@ CLAIMS = (
     ("HC's loss surges with a grad-norm spike", "fig2_hc_instability", "HC loss surge"),
     ("mHC is less LR-sensitive than HC at 60 sites (small-scale proxy)", "lr_proxy",
      "30 blocks: LR sensitivity"),
-    ("HC's composite gain grows with depth across the LR grid", "lr_proxy",
+    ("HC's composite gain grows with depth (6 to 30 blocks, each at its best LR)", "lr_proxy",
      "HC's composite Amax gain grows"),
     ("mHC trains at learning rates where HC diverges (60 sites)", "lr_proxy",
      "30 blocks: log10 largest stable LR"),

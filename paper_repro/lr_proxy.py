@@ -74,9 +74,9 @@ def _best(curve) -> float:
 SINKHORN_CONVERGED = 0.1  # largest column-sum error of H_res for mHC's map to count as DS
 
 
-def _peak(key, keep=lambda m: not m["diverged"]):
-    """The largest `key` over the LRs of a curve whose run `keep`s (default: did not diverge: a
-    dead run's gains, up to 1e29, measure nothing)."""
+def _peak(key, keep):
+    """The largest `key` over the LRs of a curve whose run `keep`s (never a diverged run: a dead
+    run's gains, up to 1e29, measure nothing)."""
     return lambda curve: max((m[key] for m in curve.values() if keep(m)), default=math.nan)
 
 
@@ -110,12 +110,15 @@ def rows_for(metrics: dict) -> list[Row]:
     depths = sorted({d for _, d, _, _ in metrics})
     deep, shallow = max(depths), min(depths)
     sens = lr_grid.sensitivity
-    peak = _peak("composite_fwd_max")
     hc_d, hc_s = by_seed(metrics, "hc", deep), by_seed(metrics, "hc", shallow)
-    # in log10: the peaks span orders of magnitude, and growth over depth is multiplicative
-    hc_growth = ([math.log10(peak(hc_d[s]) / peak(hc_s[s])) for s in sorted(set(hc_d) & set(hc_s))]
-                 if deep != shallow else [])
-    hc_at_best = [_at_best_lr("composite_fwd_max")(c) for c in hc_d.values()]
+    at_best = _at_best_lr("composite_fwd_max")
+    # growth at each depth's best LR, not the grid's maximum: HC's gain rises with the LR by
+    # orders of magnitude even in runs that neither diverge nor surge (6e13 at 6 blocks, LR 1),
+    # and the shallow grid is stable to a far higher LR, so a maximum compares LR ranges, not
+    # depths. In log10: the gains span orders of magnitude, and growth over depth multiplies.
+    hc_growth = ([math.log10(at_best(hc_d[s]) / at_best(hc_s[s]))
+                  for s in sorted(set(hc_d) & set(hc_s))] if deep != shallow else [])
+    hc_at_best = [at_best(c) for c in hc_d.values()]
     converged = lambda m: not m["diverged"] and m["ds_col_err_max"] <= SINKHORN_CONVERGED  # noqa
     mhc_d = by_seed(metrics, "mhc", deep)
     mhc_bound = [PAPER_COMPOSITE_MAX - _peak("composite_bwd_max", converged)(c)
@@ -128,10 +131,10 @@ def rows_for(metrics: dict) -> list[Row]:
                    ", ".join(f"{g:.3g}" for g in hc_at_best) or "no complete seed",
                    seeded_verdict([math.log10(g * 10 / PAPER_PEAK) for g in hc_at_best],
                                          +1, headline=deep == 30)),
-        Row(f"HC's composite Amax gain grows with depth (max over the LR grid's "
-                   f"non-diverged runs; log10 of {deep} blocks over {shallow} blocks, per seed)",
+        Row(f"HC's composite Amax gain grows with depth (at each seed's best LR at each depth; "
+                   f"log10 of {deep} blocks over {shallow} blocks, per seed)",
                    "composite gain near 3000 at 60 sites (Fig. 3)",
-                   f"{deep} blocks: {_fmt([peak(c) for c in hc_d.values()])}; log10 growth "
+                   f"{shallow} blocks: {_fmt([at_best(c) for c in hc_s.values()])}; log10 growth "
                    f"{_fmt(hc_growth)}", seeded_verdict(hc_growth, +1)),
         Row(f"mHC's composite backward gain stays at most {PAPER_COMPOSITE_MAX} at every LR "
                    f"where Sinkhorn converged (column error <= {SINKHORN_CONVERGED:g}; {excluded} "

@@ -91,6 +91,28 @@ def test_a_depth_is_judged_on_its_own_grid():
     assert len(lr_proxy.paired(metrics, "mhc", "hc", 6, lr_proxy._stable)) == 3
 
 
+def test_hc_growth_with_depth_is_read_at_each_depths_best_lr():
+    """The growth row compares HC's composite gain at each depth's best LR: a high-LR run that
+    neither diverges nor surges but blows the gain up (the shallow grid is stable far higher)
+    must not decide it."""
+    from paper_repro import lr_proxy
+    metrics = {}
+    for depth, grid in ((6, (1e-3, 1e-2, 1.0)), (30, (1e-3, 1e-2, 1.0))):
+        for s in (0, 1, 2):
+            for lr in grid:
+                m = dict(lrs.run_metrics(_record([5.5] + [2.0] * 20, 2.1)))
+                best = lr == 1e-2
+                # at 6 blocks: gain 10 at the best LR, 1e13 at LR 1; at 30: 1e3 (s + 1) at best
+                gain = {6: 1e13 if lr == 1.0 else 10.0, 30: 1e3 * (s + 1) if best else 50.0}
+                m.update(eval_loss=2.0 if best else 2.2, composite_fwd_max=gain[depth])
+                for kind in ("hc", "mhc", "residual"):
+                    metrics[(kind, depth, lr, s)] = m
+    row = next(r for r in lr_proxy.rows_for(metrics) if "grows with depth" in r.quantity)
+    want = [np.log10(1e3 * (s + 1) / 10.0) for s in (0, 1, 2)]  # +2, +2.30, +2.48
+    assert row.ours.endswith("log10 growth " + ", ".join(f"{w:+.4g}" for w in want))
+    assert row.agrees.startswith("yes")
+
+
 def _committed(name):
     return lrs.run_metrics(results.read_json(os.path.join(RECORDS, f"{name}.json")))
 
