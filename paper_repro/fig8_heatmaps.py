@@ -17,6 +17,8 @@ import sys
 
 import numpy as np
 
+from mhc import results as result_files
+from mhc.rundir import read_provenance
 from paper_repro.fig3_hc_amax import PAPER_SITES
 from study import flags, plots, stability
 from study.report import publish, write_json
@@ -56,7 +58,6 @@ def token_average_maps(res_SxTxNxN: np.ndarray) -> dict[str, np.ndarray]:
 
 def _trained(run_dir: str) -> list:
     """The run's provenance (commit, date per start): it identifies the run a stored map is of."""
-    from mhc.rundir import read_provenance
     return [[p["commit"], p["date"]] for p in read_provenance(run_dir)]
 
 
@@ -157,9 +158,8 @@ def main(argv=None) -> int:
     args = stability.parser(__doc__, SITE).parse_args(argv)
     results, runs = stability.results(args, ["hc", "mhc"])
     seeds = paired_seeds(results)
-    from mhc import results as stored_files
     maps_path = os.path.join(args.out, MAPS)
-    stored = stored_files.read_json(maps_path) if stored_files.exists(maps_path) else {}
+    stored = result_files.read_json(maps_path) if result_files.exists(maps_path) else {}
     dirs = {s: {k: stability.run_dir(runs, k, s) for k in ("hc", "mhc")} for s in seeds}
     maps = {s: {k: run_maps(d, stored) for k, d in by_kind.items()} for s, by_kind in dirs.items()}
     first = maps[seeds[0]]
